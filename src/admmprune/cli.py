@@ -1,0 +1,215 @@
+"""The ``admmprune`` command line: train, prune, eval, report, models, keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+from .config import KEY_HELP, Config, ConfigError, load_config, parse_value
+
+__all__ = ["main", "build_parser"]
+
+EXAMPLES = """examples:
+  admmprune prune recipes/lenet5.yaml --data-dir ../shared/data/mnist
+  admmprune prune recipes/lenet5.yaml --all-percent 99 --k-step 8 --rho-growth 1.5
+  admmprune prune recipes/lenet5.yaml --stage admm --run-dir runs/a   # then:
+  admmprune prune --stage retrain --run-dir runs/a --retraining-epochs 8
+  admmprune prune --resume runs/a                                    # after Ctrl-C
+  admmprune report runs/a
+"""
+
+
+def _add_recipe_keys(parser: argparse.ArgumentParser) -> None:
+    """One ``--key value`` flag per recipe key; values parse as YAML ([90, 99], 1e-3)."""
+    group = parser.add_argument_group(
+        "recipe keys", "override any key of the recipe; values are YAML, so lists are "
+        "written [90, 98, 99.6] and booleans true/false")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        aliases = [flag] if "_" not in f.name else [flag, "--" + f.name]
+        choices = f.metadata.get("choices")
+        help_text = KEY_HELP[f.name] + (f" ({'|'.join(choices)})" if choices else "")
+        default = Config().__dict__[f.name]
+        group.add_argument(*aliases, dest=f"key_{f.name}", metavar="V", type=parse_value,
+                           default=argparse.SUPPRESS,
+                           help=f"{help_text} [default: {default!r}]")
+    group.add_argument("--no-progress", dest="key_progress", action="store_const", const=False,
+                       default=argparse.SUPPRESS, help="same as --progress false")
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {k.removeprefix("key_"): v for k, v in vars(args).items() if k.startswith("key_")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="admmprune",
+        description="ADMM weight pruning under one global removal ratio "
+                    "(all_percent): the method finds each layer's share by itself.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    prune = sub.add_parser(
+        "prune", help="dense training (or --pretrained), ADMM, hard prune, masked retraining",
+        description="Run the pruning job of a recipe and write a run directory: config.yaml, "
+                    "metrics.jsonl, checkpoint.pt, dense.pt, admm.pt, model.pt, summary.json.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    prune.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    prune.add_argument("--stage", choices=("all", "admm", "retrain"), default="all",
+                       help="admm: stop after the hard prune; retrain: continue the run in "
+                            "--run-dir; all (default): both")
+    prune.add_argument("--run-dir", type=Path, help="run directory (default: "
+                       "OUTPUT_DIR/NAME-TIMESTAMP)")
+    prune.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue an interrupted run from its last checkpoint")
+    _add_recipe_keys(prune)
+
+    train = sub.add_parser("train", help="train a dense model only (no pruning)",
+                           description="Train the recipe's model densely for dense_epochs and "
+                                       "save it as RUN_DIR/dense.pt (usable as --pretrained).")
+    train.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    train.add_argument("--run-dir", type=Path, help="run directory")
+    _add_recipe_keys(train)
+
+    evaluate = sub.add_parser("eval", help="test accuracy and sparsity of a saved model",
+                              description="Evaluate a run directory's model.pt (or any state "
+                                          "dict given with --weights) on the test set.")
+    evaluate.add_argument("run_dir", type=Path, help="run directory")
+    evaluate.add_argument("--weights", type=Path, help="state dict to evaluate instead of "
+                          "RUN_DIR/model.pt")
+    evaluate.add_argument("--data-dir", help="dataset directory")
+
+    report = sub.add_parser("report", help="print a run's summary table and draw its plots",
+                            description="Print the summary of a run directory and write "
+                                        "admm_residuals.png, accuracy.png, kept_per_layer.png.")
+    report.add_argument("run_dir", type=Path, help="run directory")
+    report.add_argument("--no-plots", action="store_true", help="print the table only")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    sub.add_parser("models", help="list the registered models")
+    sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    return parser
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .pipeline import load_run_config, run_pipeline
+    from .report import format_summary
+
+    overrides = _overrides(args)
+    run_dir = args.resume or args.run_dir
+    if args.resume or args.stage == "retrain":
+        if run_dir is None:
+            raise ConfigError("--stage retrain needs --run-dir RUN_DIR of an ADMM stage")
+        config = load_run_config(run_dir, overrides)
+    else:
+        config = load_config(args.recipe, overrides)
+    try:
+        summary = run_pipeline(config, stage=args.stage, run_dir=run_dir,
+                               resume=args.resume is not None)
+    except KeyboardInterrupt:
+        where = run_dir or "the run directory printed above"
+        print(f"\ninterrupted: the last finished epoch/iteration is saved; continue with\n"
+              f"  admmprune prune --resume {where}", file=sys.stderr)
+        return 130
+    print(format_summary(summary))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline import Run, new_run_dir
+
+    config = load_config(args.recipe, _overrides(args))
+    run = Run(config, args.run_dir or new_run_dir(config), resume=False)
+    try:
+        run.dense()
+    finally:
+        run.close()
+    accuracy = run.progress.results["dense_accuracy"]
+    print(f"dense test accuracy {100 * accuracy:.2f}%  ->  {run.run_dir / 'dense.pt'}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .masks import global_sparsity, sparsity_report
+    from .models import create_model
+    from .pipeline import _load_weights, load_data, load_run_config, resolve_device
+    from .report import format_table
+    from .selection import prunable_parameters
+    from .train import evaluate as evaluate_model
+
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    config = load_run_config(args.run_dir, overrides)
+    device = resolve_device(config.device)
+    model = create_model(config.model, **config.model_args).to(device)
+    weights = args.weights or args.run_dir / "model.pt"
+    _load_weights(model, Path(weights), device)
+    _, test = load_data(config, device)
+    result = evaluate_model(model, test, device=device)
+    named = prunable_parameters(model, config.include, config.exclude)
+    report = sparsity_report([n for n, _ in named], [p.detach() for _, p in named])
+    totals = global_sparsity(report)
+    print(f"{weights}: test accuracy {100 * result['accuracy']:.2f}%  loss "
+          f"{result['loss']:.4f}  sparsity {totals['sparsity_percent']:.3f}%  compression "
+          f"{totals['compression']:.1f}x")
+    print(format_table(["layer", "weights", "kept", "kept %"],
+                       [(r.name, r.total, r.kept, f"{100 * r.kept_fraction:.2f}%")
+                        for r in report]))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import format_summary, plot_run, read_summary
+
+    summary = read_summary(args.run_dir)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+    if not args.no_plots:
+        for path in plot_run(args.run_dir):
+            print(f"wrote {path}")
+    return 0
+
+
+def _cmd_models(_: argparse.Namespace) -> int:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def _cmd_keys(_: argparse.Namespace) -> int:
+    from .report import format_table
+
+    defaults = Config().__dict__
+    print(format_table(["key", "default", "meaning"],
+                       [(k, repr(defaults[k]), KEY_HELP[k]) for k in KEY_HELP]))
+    return 0
+
+
+COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval,
+            "report": _cmd_report, "models": _cmd_models, "keys": _cmd_keys}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DatasetError
+    from .pipeline import RunError
+    from .pruner import PrunerError
+    from .selection import SelectionError
+    from .train import NonFiniteLossError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, DatasetError, RunError, PrunerError, SelectionError,
+            NonFiniteLossError, FileNotFoundError) as err:
+        print(f"admmprune {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Run configuration: one flat set of keys, read from a YAML recipe, overridable on the CLI.
+
+The key names are the users' vocabulary (k_step, epochs, retraining_epochs,
+steps_per_epoch, rho, p_lambda, all_percent, learning_rate, batch_size). Keys that
+describe an ADMM stage (all_percent, k_step, epochs, rho, rho_growth, rho_max) may be
+lists, one value per progressive stage; a scalar applies to every stage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "STAGE_KEYS", "KEY_HELP"]
+
+STAGE_KEYS = ("all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max")
+
+
+class ConfigError(ValueError):
+    """A recipe or command-line value that cannot be used; the message says which."""
+
+
+def _key(default: Any, help: str, choices: tuple[str, ...] | None = None):
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Config:
+    # what to run
+    name: str = _key("run", "run name; the run directory is OUTPUT_DIR/NAME-TIMESTAMP")
+    model: str = _key("lenet5", "registered model name (see `admmprune models`)")
+    model_args: dict = _key({}, "keyword arguments of the model factory, e.g. {depth: 3}")
+    dataset: str = _key("mnist", "dataset", ("mnist", "synthetic"))
+    data_dir: str | None = _key(None, "directory with the dataset files "
+                                      "(default: $ADMMPRUNE_DATA_DIR, then the cache)")
+    download: bool = _key(True, "download the dataset when it is not found locally")
+    train_subset: int | None = _key(None, "use only the first N training examples")
+    test_subset: int | None = _key(None, "use only the first N test examples")
+    seed: int = _key(0, "random seed (weights, data order)")
+    device: str = _key("auto", "auto, cpu, cuda, cuda:1, ...")
+    output_dir: str = _key("runs", "parent directory of run directories")
+    progress: bool = _key(True, "show progress bars")
+    # dense model
+    pretrained: str | None = _key(None, "dense checkpoint to start from (skips dense training)")
+    dense_epochs: int = _key(4, "epochs of dense training when no pretrained model is given")
+    batch_size: int = _key(64, "mini-batch size for every phase")
+    learning_rate: float = _key(1e-3, "learning rate of dense training and of the W-steps")
+    optimizer: str = _key("adam", "optimizer of every phase", ("adam", "sgd"))
+    momentum: float = _key(0.9, "SGD momentum")
+    # ADMM
+    all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
+                                           "a list runs progressive stages")
+    k_step: int | list = _key(6, "ADMM iterations (per stage)")
+    epochs: int | list = _key(1, "W-step epochs per ADMM iteration (per stage)")
+    steps_per_epoch: int | None = _key(None, "cap on mini-batches per W-step/retraining epoch")
+    rho: float | list = _key(1e-3, "initial ADMM penalty (per stage)")
+    rho_growth: float | list = _key(2.0, "rho multiplier after each ADMM iteration (per stage)")
+    rho_max: float | list = _key(1.0, "upper bound of rho (per stage)")
+    adaptive_rho: bool = _key(False, "residual balancing (Boyd 3.4.1) instead of rho_growth")
+    p_lambda: float = _key(0.0, "L2 weight (p_lambda/2)·Σ‖W‖² on prunable weights")
+    projection: str = _key("global", "one budget for all layers, or the same ratio per layer",
+                           ("global", "layerwise"))
+    layer_percents: list | None = _key(None, "layerwise only: one removal percent per layer")
+    score: str = _key("magnitude", "Z-step ranking", ("magnitude", "rms", "lamp"))
+    include: list = _key([], "module-name patterns to prune (default: every Conv/Linear)")
+    exclude: list = _key([], "module-name patterns never pruned")
+    z_init: str = _key("projection", "initial Z", ("projection", "weights"))
+    admm_lr_schedule: str = _key("constant", "learning rate inside each ADMM iteration: "
+                                 "constant, or cosine decay restarted every iteration",
+                                 ("constant", "cosine"))
+    hard_prune_support: str = _key("weights", "support kept by the hard prune: Π(W) or supp(Z)",
+                                   ("weights", "z"))
+    stage_retraining_epochs: int = _key(0, "masked retraining epochs between stages")
+    allow_regrowth: bool = _key(False, "let a later stage revive weights removed earlier")
+    # retraining
+    retraining_epochs: int = _key(6, "masked retraining epochs after the last stage")
+    retraining_learning_rate: float | None = _key(None, "default: learning_rate")
+    retraining_lr_schedule: str = _key("step", "step: x0.1 for the last third; cosine; constant",
+                                       ("step", "cosine", "constant"))
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def stages(self) -> int:
+        return len(self.all_percent) if isinstance(self.all_percent, list) else 1
+
+    def stage_value(self, key: str, stage: int) -> Any:
+        """The value of a per-stage key for stage ``stage`` (0-based)."""
+        value = getattr(self, key)
+        return value[stage] if isinstance(value, list) else value
+
+    def final_percent(self) -> float:
+        return float(self.stage_value("all_percent", self.stages - 1))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> Config:
+        """Raise ``ConfigError`` naming the first bad key; return self otherwise."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}; "
+                                  f"got {getattr(self, f.name)!r}")
+        for key in STAGE_KEYS:
+            value = getattr(self, key)
+            if isinstance(value, list) and len(value) != self.stages:
+                raise ConfigError(f"{key} lists {len(value)} values but all_percent lists "
+                                  f"{self.stages} stages; give one value or one per stage")
+        previous = -math.inf
+        for s in range(self.stages):
+            percent = self.stage_value("all_percent", s)
+            _check(_is_number(percent) and 0 <= percent < 100, "all_percent",
+                   f"must be in [0, 100) (the share of weights removed), got {percent!r}")
+            _check(self.allow_regrowth or percent >= previous, "all_percent",
+                   "stages must not decrease unless allow_regrowth is true")
+            previous = percent
+            k_step = self.stage_value("k_step", s)
+            _check(isinstance(k_step, int) and k_step >= 1, "k_step",
+                   f"must be an integer >= 1, got {k_step!r}")
+            epochs = self.stage_value("epochs", s)
+            _check(isinstance(epochs, int) and epochs >= 1, "epochs",
+                   f"must be an integer >= 1, got {epochs!r}")
+            rho = self.stage_value("rho", s)
+            _check(_is_number(rho) and rho > 0, "rho", f"must be > 0, got {rho!r}")
+            growth = self.stage_value("rho_growth", s)
+            _check(_is_number(growth) and growth >= 1, "rho_growth",
+                   f"must be >= 1, got {growth!r}")
+            rho_max = self.stage_value("rho_max", s)
+            _check(_is_number(rho_max) and rho_max >= rho, "rho_max",
+                   f"must be >= rho ({rho}), got {rho_max!r}")
+        for key in ("dense_epochs", "retraining_epochs", "stage_retraining_epochs"):
+            value = getattr(self, key)
+            _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, "
+                   f"got {value!r}")
+        for key in ("batch_size", "steps_per_epoch", "train_subset", "test_subset"):
+            value = getattr(self, key)
+            _check(value is None and key != "batch_size" or isinstance(value, int) and value >= 1,
+                   key, f"must be an integer >= 1, got {value!r}")
+        for key in ("learning_rate", "retraining_learning_rate"):
+            value = getattr(self, key)
+            _check(value is None and key != "learning_rate" or _is_number(value) and value > 0,
+                   key, f"must be > 0, got {value!r}")
+        _check(_is_number(self.p_lambda) and self.p_lambda >= 0, "p_lambda",
+               f"must be >= 0, got {self.p_lambda!r}")
+        _check(isinstance(self.model_args, dict), "model_args", "must be a mapping")
+        return self
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {message}")
+
+
+KEY_HELP = {f.name: f.metadata["help"] for f in fields(Config)}
+_FIELD_NAMES = [f.name for f in fields(Config)]
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _FIELD_NAMES, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown recipe key {key!r}{hint}; see `admmprune keys` for the list")
+
+
+_FLOAT_KEYS = {"learning_rate", "retraining_learning_rate", "rho", "rho_growth", "rho_max",
+               "p_lambda", "all_percent", "momentum", "layer_percents"}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string and ``99`` as an int: make float keys floats."""
+    if key not in _FLOAT_KEYS or value is None:
+        return value
+    if isinstance(value, list):
+        return [_coerce(key, v) for v in value]
+    if isinstance(value, bool):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, got {value!r}") from None
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Set keys in place (values already parsed); unknown keys raise ``ConfigError``."""
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        if key not in _FIELD_NAMES:
+            raise _unknown_key(key)
+        setattr(config, key, _coerce(key, value))
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None
+                ) -> Config:
+    """Defaults, then the YAML recipe at ``path``, then ``overrides``; validated."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} does not exist (recipes live in recipes/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of keys to values")
+        apply_overrides(config, data)
+    apply_overrides(config, overrides or {})
+    return config.validate()
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value as YAML: numbers, booleans, null and [lists] come out typed."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text

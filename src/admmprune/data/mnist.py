@@ -1,0 +1,470 @@
+"""MNIST without torchvision: IDX reading, locating, downloading and in-memory batching.
+
+The four IDX files may be raw or gzipped (detected from the content, not the name) and are
+always decompressed in memory: the data directory may be shared and read-only, so nothing is
+ever written next to the source files. Integrity is checked with the md5 of the uncompressed
+bytes, which is the same whether a copy was re-gzipped or not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DatasetError",
+    "MNIST_FILES",
+    "MNIST_MD5",
+    "MIRRORS",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "MNISTData",
+    "TensorBatches",
+    "read_idx",
+    "find_mnist",
+    "default_cache_dir",
+    "download_mnist",
+    "load_mnist",
+    "mnist_loaders",
+]
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "ADMMPRUNE_DATA_DIR"
+CACHE_DIR_ENV = "ADMMPRUNE_CACHE_DIR"
+
+TRAIN_IMAGES = "train-images-idx3-ubyte"
+TRAIN_LABELS = "train-labels-idx1-ubyte"
+TEST_IMAGES = "t10k-images-idx3-ubyte"
+TEST_LABELS = "t10k-labels-idx1-ubyte"
+MNIST_FILES: tuple[str, ...] = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+
+# md5 of the *uncompressed* files, so re-gzipped copies still verify.
+MNIST_MD5: dict[str, str] = {
+    TRAIN_IMAGES: "6bbc9ace898e44ae57da46a324031adb",
+    TRAIN_LABELS: "a25bea736e30d166cdddb491f175f624",
+    TEST_IMAGES: "2646ac647ad5339dbf082846283269ea",
+    TEST_LABELS: "27ae3e4e09519cfbb04c329615203637",
+}
+
+# yann.lecun.com is no longer reliable (403s), so it is not listed.
+MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_FIX_HINT = (
+    "Delete the file and download it again, or point --data-dir / "
+    f"{DATA_DIR_ENV} at an intact copy."
+)
+_LOCAL_COPY_HINT = (
+    f"Pass --data-dir DIR or set the environment variable {DATA_DIR_ENV}=DIR, where DIR "
+    f"holds {', '.join(MNIST_FILES)} (raw or .gz; DIR/mnist/ and the torchvision layout "
+    "DIR/MNIST/raw/ are also accepted)."
+)
+
+# IDX type codes; the format stores every multi-byte value big-endian.
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+class DatasetError(ValueError):
+    """A data set is missing, corrupt or could not be downloaded."""
+
+
+# --------------------------------------------------------------------------- IDX reading
+
+
+def _read_uncompressed(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] != _GZIP_MAGIC:
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        # A download cut short is the usual cause: gzip reports it as EOFError.
+        raise DatasetError(
+            f"{path}: the gzip stream is truncated or corrupt ({exc}). {_FIX_HINT}"
+        ) from exc
+
+
+def _parse_idx(data: bytes, path: Path) -> np.ndarray:
+    def fail(what: str) -> DatasetError:
+        return DatasetError(f"{path} is not a valid IDX file: {what}. {_FIX_HINT}")
+
+    if len(data) < 4:
+        raise fail(f"only {len(data)} bytes, shorter than the 4-byte magic number")
+    zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
+    if zero0 != 0 or zero1 != 0 or code not in _IDX_DTYPES or ndim == 0:
+        raise fail(
+            f"bad magic number 0x{data[:4].hex()} (expected 0x0000, a type code in "
+            f"{{{', '.join(f'0x{c:02x}' for c in _IDX_DTYPES)}}} and a dimension count >= 1)"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise fail(
+            f"the header declares {ndim} dimensions but the file ends after {len(data)} bytes"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dtype = _IDX_DTYPES[code]
+    # Python ints: prod(dims) * itemsize must not overflow for a corrupt header.
+    expected = math.prod(dims) * dtype.itemsize
+    got = len(data) - header
+    if got != expected:
+        kind = "truncated" if got < expected else "has trailing bytes"
+        raise fail(
+            f"{kind}: dims {dims} of {dtype.itemsize}-byte items need {expected} payload "
+            f"bytes, found {got}"
+        )
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(dims), offset=header)
+    # Copy to native byte order: a frombuffer view over bytes is read-only, and torch
+    # warns on (and cannot own) non-writable or big-endian arrays.
+    return array.astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (raw or gzip, detected by content) into a native-endian array.
+
+    Raises :class:`DatasetError` when the file is truncated, has a bad magic number or
+    its payload length does not match the dimensions in the header.
+    """
+    path = Path(path)
+    return _parse_idx(_read_uncompressed(path), path)
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+# --------------------------------------------------------------------------- locating
+
+
+def default_cache_dir() -> Path:
+    """Where downloads go: ``$ADMMPRUNE_CACHE_DIR/mnist``, else ``~/.cache/admmprune/mnist``."""
+    root = os.environ.get(CACHE_DIR_ENV)
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "admmprune"
+    return base / "mnist"
+
+
+def _file_in(directory: Path, name: str) -> Path | None:
+    # Prefer the raw file: it needs no decompression.
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _holds_mnist(directory: Path) -> bool:
+    return all(_file_in(directory, name) is not None for name in MNIST_FILES)
+
+
+def _layouts(directory: Path) -> list[Path]:
+    return [directory, directory / "mnist", directory / "MNIST" / "raw"]
+
+
+def _search(data_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str | None]:
+    """Return (directory found, None) or (None, source that was configured but empty)."""
+    sources: list[tuple[str, Path]] = []
+    if data_dir is not None:
+        sources.append(("--data-dir / data_dir", Path(data_dir).expanduser()))
+    elif os.environ.get(DATA_DIR_ENV):
+        sources.append((f"${DATA_DIR_ENV}", Path(os.environ[DATA_DIR_ENV]).expanduser()))
+    for label, directory in sources:
+        for candidate in _layouts(directory):
+            if _holds_mnist(candidate):
+                return candidate, None
+        # A location the user named explicitly must not silently fall through to the cache
+        # (or a download): a typo would otherwise go unnoticed.
+        return None, f"{label} = {directory}"
+    cache = default_cache_dir()
+    for candidate in _layouts(cache):
+        if _holds_mnist(candidate):
+            return candidate, None
+    return None, None
+
+
+def find_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Return the directory holding the four MNIST files (raw or ``.gz``).
+
+    The first configured location decides: ``data_dir`` if given, else ``$ADMMPRUNE_DATA_DIR``
+    if set; if that location lacks the files this is an error rather than a fall-through.
+    With neither configured, the download cache (:func:`default_cache_dir`) is used. For each
+    location D, the files may lie in D, D/mnist or D/MNIST/raw (torchvision's layout).
+    """
+    found, configured = _search(data_dir)
+    if found is not None:
+        return found
+    if configured is not None:
+        raise DatasetError(
+            f"MNIST not found in {configured} (nor in its mnist/ or MNIST/raw/ "
+            f"subdirectory). {_LOCAL_COPY_HINT}"
+        )
+    raise DatasetError(
+        f"MNIST not found: {DATA_DIR_ENV} is not set and the cache {default_cache_dir()} "
+        f"holds no copy. {_LOCAL_COPY_HINT} Or allow the download."
+    )
+
+
+# --------------------------------------------------------------------------- downloading
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> Path:
+    # Some hosts reject urllib's default User-Agent.
+    request = urllib.request.Request(url, headers={"User-Agent": "admmprune"})
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as r:
+            while chunk := r.read(1 << 20):
+                out.write(chunk)
+    except BaseException:
+        os.unlink(tmp_name)
+        raise
+    return Path(tmp_name)
+
+
+def download_mnist(
+    dest: str | os.PathLike[str],
+    mirrors: Sequence[str] = MIRRORS,
+    checksums: Mapping[str, str] = MNIST_MD5,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the four ``.gz`` files into ``dest`` and return ``dest``.
+
+    Each file is tried on every mirror in turn; a copy is only renamed into place (atomically)
+    after the md5 of its decompressed content matches ``checksums``. Files already in ``dest``
+    with the right md5 are kept. Raises :class:`DatasetError` when a file fails on every mirror.
+    """
+    if isinstance(mirrors, str):
+        raise TypeError("mirrors must be a sequence of base URLs, not a single string")
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in MNIST_FILES:
+        final = dest / f"{name}.gz"
+        expected = checksums.get(name)
+        if final.is_file():
+            try:
+                if expected is None or _md5(_read_uncompressed(final)) == expected:
+                    continue
+            except DatasetError:
+                pass  # a corrupt leftover: fetch it again
+        errors: list[str] = []
+        for mirror in mirrors:
+            url = f"{mirror.rstrip('/')}/{name}.gz"
+            log.info("downloading %s", url)
+            try:
+                tmp = _fetch(url, final, timeout)
+            except (OSError, ValueError) as exc:  # URLError/HTTPError are OSErrors
+                errors.append(f"{url}: {exc}")
+                continue
+            try:
+                data = _read_uncompressed(tmp)
+                _parse_idx(data, tmp)
+                got = _md5(data)
+                if expected is not None and got != expected:
+                    raise DatasetError(f"md5 {got}, expected {expected}")
+            except DatasetError as exc:
+                tmp.unlink()
+                errors.append(f"{url}: corrupt download ({exc})")
+                continue
+            os.replace(tmp, final)
+            break
+        else:
+            tried = "\n  ".join(errors) if errors else "(no mirrors given)"
+            raise DatasetError(
+                f"MNIST could not be downloaded: {name}.gz failed on every mirror:\n  {tried}\n"
+                f"{_LOCAL_COPY_HINT}"
+            )
+    return dest
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class MNISTData:
+    """Normalised images (N, 1, 28, 28) float32 and labels (N,) int64."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def __repr__(self) -> str:  # the default would print tensor contents
+        return (
+            f"MNISTData(train_x={tuple(self.train_x.shape)}, train_y={tuple(self.train_y.shape)}"
+            f", test_x={tuple(self.test_x.shape)}, test_y={tuple(self.test_y.shape)})"
+        )
+
+
+def _load_checked(
+    directory: Path, name: str, checksums: Mapping[str, str]
+) -> tuple[Path, np.ndarray]:
+    path = _file_in(directory, name)
+    if path is None:  # vanished between find and load
+        raise DatasetError(f"{directory / name}[.gz] does not exist. {_LOCAL_COPY_HINT}")
+    data = _read_uncompressed(path)
+    expected = checksums.get(name)
+    if expected is not None:
+        got = _md5(data)
+        if got != expected:
+            raise DatasetError(
+                f"{path}: md5 of the uncompressed content is {got}, expected {expected}; "
+                f"the file is corrupt or not the original MNIST. {_FIX_HINT}"
+            )
+    return path, _parse_idx(data, path)
+
+
+def _check_subset(n: int | None, what: str) -> None:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"{what} must be a positive int or None, got {n!r}")
+
+
+def _images(path: Path, array: np.ndarray, n: int | None) -> torch.Tensor:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != (28, 28):
+        raise DatasetError(
+            f"{path}: expected uint8 images of shape (N, 28, 28), got {array.dtype} "
+            f"{array.shape}. {_FIX_HINT}"
+        )
+    # Convert only the kept slice: a 1000-example subset costs almost nothing.
+    x = torch.from_numpy(array[:n]).to(torch.float32)
+    x.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+    return x.unsqueeze(1)
+
+
+def _labels(path: Path, array: np.ndarray, n: int | None, count: int) -> torch.Tensor:
+    if array.dtype != np.uint8 or array.ndim != 1 or array.shape[0] != count:
+        raise DatasetError(
+            f"{path}: expected {count} uint8 labels to match the images, got "
+            f"{array.dtype} {array.shape}. {_FIX_HINT}"
+        )
+    if array.size and int(array.max()) > 9:
+        raise DatasetError(f"{path}: labels outside 0..9. {_FIX_HINT}")
+    return torch.from_numpy(array[:n]).to(torch.int64)
+
+
+def load_mnist(
+    data_dir: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    checksums: Mapping[str, str] = MNIST_MD5,
+    mirrors: Sequence[str] = MIRRORS,
+) -> MNISTData:
+    """Locate (see :func:`find_mnist`), verify and load MNIST as normalised tensors.
+
+    When no location is configured and the cache is empty, the files are downloaded into
+    :func:`default_cache_dir` if ``download`` is true. ``train_subset`` / ``test_subset`` keep
+    the first n examples (n larger than the set keeps all); the md5 is still checked on the full
+    file. Names absent from ``checksums`` are not checked.
+    """
+    _check_subset(train_subset, "train_subset")
+    _check_subset(test_subset, "test_subset")
+    found, configured = _search(data_dir)
+    if found is None:
+        if configured is not None or not download:
+            find_mnist(data_dir)  # raises the right message
+        found = download_mnist(default_cache_dir(), mirrors=mirrors, checksums=checksums)
+
+    # All four are verified before any conversion, so a bad file fails fast and clearly.
+    loaded = {name: _load_checked(found, name, checksums) for name in MNIST_FILES}
+    train_x = _images(*loaded[TRAIN_IMAGES], train_subset)
+    test_x = _images(*loaded[TEST_IMAGES], test_subset)
+    n_train, n_test = loaded[TRAIN_IMAGES][1].shape[0], loaded[TEST_IMAGES][1].shape[0]
+    train_y = _labels(*loaded[TRAIN_LABELS], train_subset, n_train)
+    test_y = _labels(*loaded[TEST_LABELS], test_subset, n_test)
+    return MNISTData(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class TensorBatches:
+    """Mini-batches over in-memory tensors, without DataLoader's per-example overhead.
+
+    Each ``iter()`` starts a new epoch; with ``shuffle`` its order is a permutation drawn from
+    a CPU generator seeded with ``seed + epoch``, so epochs differ while a run with the same
+    seed repeats exactly (also across devices). Use :meth:`set_epoch` when resuming.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.x = x
+        self.y = y
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` produce epoch ``epoch``'s order."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Not a generator function: the epoch advances when iter() is called, not on the
+        # first next(), so bookkeeping does not depend on when consumption starts.
+        epoch = self.epoch
+        self.epoch += 1
+        order = None
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.x.shape[0], generator=generator).to(self.x.device)
+        return self._batches(order)
+
+    def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.x.shape[0]
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            end = start + self.batch_size
+            if order is None:  # slices are views: no copy at all
+                yield self.x[start:end], self.y[start:end]
+            else:
+                idx = order[start:end]
+                yield self.x.index_select(0, idx), self.y.index_select(0, idx.to(self.y.device))
+
+
+def mnist_loaders(
+    data: MNISTData, batch_size: int, seed: int
+) -> tuple[TensorBatches, TensorBatches]:
+    """Shuffled training batches and unshuffled test batches of 1000."""
+    train = TensorBatches(data.train_x, data.train_y, batch_size, shuffle=True, seed=seed)
+    test = TensorBatches(data.test_x, data.test_y, 1000, shuffle=False)
+    return train, test

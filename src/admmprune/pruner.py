@@ -1,0 +1,304 @@
+"""``ADMMPruner``: the object any training loop talks to.
+
+    pruner = ADMMPruner(model, all_percent=99.0, rho=1e-3)
+    loss = criterion(model(x), y) + pruner.penalty()     # W-step, every batch
+    pruner.admm_step()                                    # once per ADMM iteration
+    pruner.hard_prune(); ...; pruner.enforce()            # masked retraining
+
+It never wraps the optimizer or the loop; it only reads and writes the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from . import admm
+from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report
+from .projection import (
+    ProjectionError,
+    check_percent,
+    compute_scores,
+    global_topk_masks,
+    layerwise_topk_masks,
+    survivor_count,
+)
+from .selection import prunable_parameters
+
+__all__ = ["ADMMPruner", "PrunerError"]
+
+PROJECTIONS = ("global", "layerwise")
+SUPPORTS = ("weights", "z")
+Z_INITS = ("projection", "weights")
+
+
+class PrunerError(ValueError):
+    """Invalid pruner settings or a call in the wrong order."""
+
+
+class ADMMPruner:
+    """Global (or layer-wise) ADMM pruning of a model's Conv/Linear weights.
+
+    Args:
+        model: any ``nn.Module``.
+        all_percent: share of the prunable weights to remove, in [0, 100).
+        rho: initial ADMM penalty weight (> 0).
+        rho_growth, rho_max: progressive schedule rho ← min(rho_max, rho·rho_growth)
+            after every ``admm_step``.
+        adaptive_rho: use residual balancing (Boyd §3.4.1) instead of the fixed growth.
+        p_lambda: L2 regularisation (p_lambda/2)·Σ‖W‖² of the prunable weights.
+        projection: ``"global"`` (one budget over all layers) or ``"layerwise"``
+            (every layer removes ``layer_percents``, default all_percent each).
+        score: ranking criterion of the Z-step: ``magnitude``, ``rms`` or ``lamp``.
+        include, exclude: module-name patterns (``fnmatch``) selecting prunable layers.
+        z_init: ``"projection"`` (Z = Π(W), the standard start) or ``"weights"`` (Z = W:
+            the first W-step is only pulled towards the current weights).
+        allow_regrowth: after a hard prune, may a later stage revive removed weights?
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        all_percent: float,
+        rho: float = 1e-3,
+        *,
+        rho_growth: float = 1.0,
+        rho_max: float = math.inf,
+        adaptive_rho: bool = False,
+        p_lambda: float = 0.0,
+        projection: str = "global",
+        layer_percents: Sequence[float] | None = None,
+        score: str = "magnitude",
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        z_init: str = "projection",
+        allow_regrowth: bool = False,
+    ) -> None:
+        if not (isinstance(rho, (int, float)) and rho > 0 and math.isfinite(rho)):
+            raise PrunerError(f"rho must be a positive number, got {rho!r}")
+        if rho_growth < 1:
+            raise PrunerError(f"rho_growth must be >= 1, got {rho_growth}")
+        if rho_max < rho:
+            raise PrunerError(f"rho_max ({rho_max}) must be >= rho ({rho})")
+        if p_lambda < 0:
+            raise PrunerError(f"p_lambda must be >= 0, got {p_lambda}")
+        if projection not in PROJECTIONS:
+            raise PrunerError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        if z_init not in Z_INITS:
+            raise PrunerError(f"z_init must be one of {Z_INITS}, got {z_init!r}")
+        compute_scores([torch.zeros(1)], score)  # fails early on an unknown score name
+
+        named = prunable_parameters(model, include, exclude)
+        self.model = model
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.rho = float(rho)
+        self.rho_growth = float(rho_growth)
+        self.rho_max = float(rho_max)
+        self.adaptive_rho = bool(adaptive_rho)
+        self.p_lambda = float(p_lambda)
+        self.projection = projection
+        self.score = score
+        self.z_init = z_init
+        self.allow_regrowth = bool(allow_regrowth)
+        self.layer_percents = None if layer_percents is None else [float(p) for p in
+                                                                   layer_percents]
+        if self.layer_percents is not None:
+            if len(self.layer_percents) != len(self.params):
+                raise PrunerError(
+                    f"layer_percents has {len(self.layer_percents)} entries but there are "
+                    f"{len(self.params)} prunable tensors: {', '.join(self.names)}"
+                )
+            for p in self.layer_percents:
+                _checked(check_percent, p)
+        self.total = sum(p.numel() for p in self.params)
+        self.iteration = 0
+        self.history: list[dict] = []
+        self.masks: list[torch.Tensor] | None = None
+        self.pruned = False  # True between hard_prune() and the next start_stage()
+        self._enforcer: MaskEnforcer | None = None
+        self.all_percent = 0.0
+        self.keep = self.total
+        self.set_target(all_percent)
+        self.reset_admm()
+
+    # -- targets and state ---------------------------------------------------------------
+    def set_target(self, all_percent: float) -> None:
+        """Change the global removal ratio (a progressive stage) without touching Z/U."""
+        keep = _checked(survivor_count, self.total, all_percent)
+        if self.masks is not None and not self.allow_regrowth:
+            kept_now = sum(int(m.sum()) for m in self.masks)
+            if keep > kept_now:
+                raise PrunerError(
+                    f"all_percent={all_percent} keeps {keep} weights but only {kept_now} "
+                    "survive the previous stage; stages must not decrease all_percent "
+                    "unless allow_regrowth is set"
+                )
+        self.all_percent = float(all_percent)
+        self.keep = keep
+
+    @torch.no_grad()
+    def reset_admm(self) -> None:
+        """Z from ``z_init``, U = 0: the start of an ADMM run (or of a stage)."""
+        weights = [p.detach() for p in self.params]
+        if self.z_init == "weights":
+            self.z = [w.clone() for w in weights]
+        else:
+            self.z = admm.project(weights, self._project(weights))
+        self.u = [torch.zeros_like(w) for w in weights]
+
+    def start_stage(self, all_percent: float) -> None:
+        """Begin a new progressive stage towards ``all_percent`` from the current result.
+
+        After a hard prune the previous mask keeps holding (the W-step cannot revive
+        removed weights) unless ``allow_regrowth``; then the mask is dropped.
+        """
+        if self.allow_regrowth and self._enforcer is not None:
+            self._enforcer.remove()
+            self._enforcer = None
+            self.masks = None
+        self.set_target(all_percent)
+        self.pruned = False
+        self.reset_admm()
+
+    # -- the three calls of a training loop -----------------------------------------------
+    def penalty(self) -> torch.Tensor:
+        """The term to add to the loss: ADMM penalty (until hard pruning) + p_lambda term."""
+        total = self.params[0].new_zeros(())
+        if not self.pruned:
+            total = total + admm.admm_penalty(self.params, self.z, self.u, self.rho)
+        if self.p_lambda:
+            total = total + admm.weight_decay_penalty(self.params, self.p_lambda)
+        return total
+
+    @torch.no_grad()
+    def admm_step(self) -> dict:
+        """Z-step, U-step, residuals and the rho update; returns this iteration's record."""
+        if self.pruned:
+            raise PrunerError("admm_step() after hard_prune(); call start_stage() first")
+        weights = [p.detach() for p in self.params]
+        target = [w + u for w, u in zip(weights, self.u, strict=True)]
+        z_prev = self.z
+        self.z = admm.project(target, self._project(target))
+        self.u = admm.update_dual(self.u, weights, self.z)
+        res = admm.residuals(weights, self.z, z_prev, self.rho)
+        self.iteration += 1
+        record = {
+            "iteration": self.iteration,
+            "all_percent": self.all_percent,
+            "rho": self.rho,
+            "primal_residual": res.primal,
+            "dual_residual": res.dual,
+        }
+        if self.adaptive_rho:
+            new_rho = admm.balanced_rho(self.rho, res.primal, res.dual, rho_max=self.rho_max)
+        else:
+            new_rho = admm.next_rho(self.rho, self.rho_growth, self.rho_max)
+        self.u = admm.rescale_dual(self.u, self.rho, new_rho)
+        self.rho = new_rho
+        record["next_rho"] = new_rho
+        self.history.append(record)
+        return record
+
+    @torch.no_grad()
+    def hard_prune(self, support: str = "weights") -> list[LayerSparsity]:
+        """Zero all but the K survivors and keep them zero from now on.
+
+        ``support="weights"`` keeps the projection of the current weights Π(W);
+        ``"z"`` keeps the support of the last Z.
+        """
+        if support not in SUPPORTS:
+            raise PrunerError(f"support must be one of {SUPPORTS}, got {support!r}")
+        weights = [p.detach() for p in self.params]
+        if support == "z":
+            # Z has exactly K non-zeros unless some kept values are exactly 0; re-project
+            # |Z| with ties to guarantee the count.
+            masks = self._project([z.abs() for z in self.z], raw_scores=True)
+        else:
+            masks = self._project(weights)
+        if self._enforcer is not None:
+            self._enforcer.remove()
+        self.masks = masks
+        self._enforcer = MaskEnforcer(self.params, masks)
+        self.pruned = True
+        return self.sparsity()
+
+    def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Re-zero pruned weights (and the optimizer's buffers, if given); call after
+        ``optimizer.step()`` during masked retraining."""
+        if self._enforcer is None:
+            raise PrunerError("enforce() before hard_prune(): there is no mask yet")
+        self._enforcer.enforce(optimizer)
+
+    def remove_hooks(self) -> None:
+        """Detach the gradient hooks (masks are no longer enforced)."""
+        if self._enforcer is not None:
+            self._enforcer.remove()
+            self._enforcer = None
+
+    # -- reports ---------------------------------------------------------------------------
+    def sparsity(self) -> list[LayerSparsity]:
+        return sparsity_report(self.names, [p.detach() for p in self.params])
+
+    def summary(self) -> dict:
+        return global_sparsity(self.sparsity())
+
+    # -- persistence -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "names": list(self.names),
+            "all_percent": self.all_percent,
+            "rho": self.rho,
+            "iteration": self.iteration,
+            "history": list(self.history),
+            "z": [z.clone() for z in self.z],
+            "u": [u.clone() for u in self.u],
+            "masks": None if self.masks is None else [m.clone() for m in self.masks],
+            "pruned": self.pruned,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if list(state["names"]) != self.names:
+            raise PrunerError(
+                "pruner state was saved for other prunable tensors: saved "
+                f"{state['names']}, this model has {self.names}"
+            )
+        device = self.params[0].device
+        self.masks = None
+        self.remove_hooks()
+        self.set_target(state["all_percent"])
+        self.rho = float(state["rho"])
+        self.iteration = int(state["iteration"])
+        self.history = list(state["history"])
+        self.z = [z.to(device) for z in state["z"]]
+        self.u = [u.to(device) for u in state["u"]]
+        if state["masks"] is not None:
+            self.masks = [m.to(device) for m in state["masks"]]
+            self._enforcer = MaskEnforcer(self.params, self.masks)
+        self.pruned = bool(state["pruned"])
+
+    # -- internals -------------------------------------------------------------------------
+    def _project(self, values: Sequence[torch.Tensor], raw_scores: bool = False
+                 ) -> list[torch.Tensor]:
+        """Masks of the projection of ``values`` onto the current sparsity set."""
+        scores = list(values) if raw_scores else compute_scores(values, self.score)
+        if self.masks is not None and not self.allow_regrowth:
+            # Removed entries score -1, below any real score: never chosen again.
+            scores = [torch.where(m, s, torch.full_like(s, -1.0)) for s, m in
+                      zip(scores, self.masks, strict=True)]
+        if self.projection == "layerwise":
+            percents = self.layer_percents if self.layer_percents is not None else \
+                self.all_percent
+            return _checked(layerwise_topk_masks, scores, percents)
+        return _checked(global_topk_masks, scores, self.keep)
+
+
+def _checked(fn, *args):
+    """Call a projection function, turning its errors into ``PrunerError``."""
+    try:
+        return fn(*args)
+    except ProjectionError as err:
+        raise PrunerError(str(err)) from None

@@ -1,0 +1,153 @@
+"""Readable reports of a run: the summary table, and plots of its metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["format_table", "format_summary", "read_metrics", "read_summary", "plot_run"]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
+                 markdown: bool = False) -> str:
+    """A plain-text (or Markdown) table with right-aligned numbers."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(values, widths,
+                                                                           strict=True)]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts).rstrip()
+
+    rule = ("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown else \
+        "  ".join("-" * w for w in widths)
+    return "\n".join([line(list(headers)), rule, *(line(r) for r in cells)])
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.4f}" \
+            .rstrip("0").rstrip(".")
+    return "" if value is None else str(value)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text.rstrip("x%"))
+        return True
+    except ValueError:
+        return False
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-run report: accuracies, sparsity, compression, per-layer kept fraction."""
+    overview = [
+        ("model / dataset", f"{summary['model']} / {summary['dataset']}"),
+        ("dense accuracy", _percent(summary.get("dense_accuracy"))),
+        ("after hard prune", _percent(summary.get("admm_accuracy"))),
+        ("pruned accuracy", _percent(summary.get("pruned_accuracy"))),
+        ("prunable weights", f"{summary.get('total', '-')}"),
+        ("kept weights", f"{summary.get('kept', '-')}"),
+        ("global sparsity", f"{summary['sparsity_percent']:.3f}%" if "sparsity_percent"
+         in summary else "-"),
+        ("compression N/K", f"{summary['compression']:.1f}x" if "compression" in summary
+         else "-"),
+        ("wall time", _duration(summary.get("wall_seconds", 0.0)) + "  (" + ", ".join(
+            f"{k} {_duration(v)}" for k, v in summary.get("seconds", {}).items()) + ")"),
+        ("run directory", summary.get("run_dir", "")),
+    ]
+    width = max(len(k) for k, _ in overview)
+    text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in overview)
+    layers = summary.get("layers") or []
+    if layers:
+        rows = [(r["name"], "x".join(map(str, r["shape"])), r["total"], r["kept"],
+                 f"{100 * r['kept_fraction']:.2f}%") for r in layers]
+        text += "\n\n" + format_table(["layer", "shape", "weights", "kept", "kept %"], rows)
+    return text
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_summary(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run has not finished "
+                                "(resume it with `admmprune prune --resume RUN_DIR`)")
+    return json.loads(path.read_text())
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """PNG plots next to the run's metrics: ADMM residuals and rho, test accuracy per
+    phase, kept fraction per layer. Returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    metrics = read_metrics(run_dir)
+    written = []
+    admm = [m for m in metrics if m.get("phase") == "admm"]
+    if admm:
+        fig, (ax_res, ax_rho) = plt.subplots(1, 2, figsize=(10, 4))
+        steps = range(1, len(admm) + 1)
+        ax_res.semilogy(steps, [m["primal_residual"] for m in admm], "o-", label="primal ‖W−Z‖")
+        ax_res.semilogy(steps, [max(m["dual_residual"], 1e-12) for m in admm], "s-",
+                        label="dual ρ‖Z−Z_prev‖")
+        ax_res.set_xlabel("ADMM iteration")
+        ax_res.set_title("residuals")
+        ax_res.legend()
+        ax_rho.semilogy(steps, [m["rho"] for m in admm], "o-")
+        ax_rho.set_xlabel("ADMM iteration")
+        ax_rho.set_title("ρ")
+        fig.tight_layout()
+        written.append(_save(fig, run_dir / "admm_residuals.png"))
+    curve = [m for m in metrics if "test_accuracy" in m]
+    if curve:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for phase in dict.fromkeys(m["phase"] for m in curve):
+            xs = [i for i, m in enumerate(curve) if m["phase"] == phase]
+            ax.plot(xs, [100 * curve[i]["test_accuracy"] for i in xs], "o-", label=phase)
+        ax.set_xlabel("epoch / iteration (run order)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(_save(fig, run_dir / "accuracy.png"))
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        layers = json.loads(summary_path.read_text()).get("layers") or []
+        if layers:
+            fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(layers) + 2), 4))
+            ax.bar([r["name"].removesuffix(".weight") for r in layers],
+                   [100 * r["kept_fraction"] for r in layers])
+            ax.set_ylabel("kept weights (%)")
+            ax.set_title("kept fraction per layer")
+            ax.tick_params(axis="x", rotation=45)
+            fig.tight_layout()
+            written.append(_save(fig, run_dir / "kept_per_layer.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
