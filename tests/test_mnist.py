@@ -25,7 +25,6 @@ from admmprune.data import (
 )
 
 # Read before the autouse fixture clears it for the offline tests.
-REAL_DIR = Path(os.environ.get("ADMMPRUNE_DATA_DIR") or "/work/shared/data/mnist")
 
 TYPE_CODES = {
     np.dtype("u1"): 0x08,
@@ -456,10 +455,9 @@ def test_mnist_loaders(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not REAL_DIR.is_dir(), reason=f"real MNIST not available at {REAL_DIR}")
-def test_real_mnist_subset() -> None:
-    before = sorted(p.name for p in REAL_DIR.iterdir())
-    data = load_mnist(REAL_DIR, download=False, train_subset=1000)
+def test_real_mnist_subset(mnist_dir: Path) -> None:
+    before = sorted(p.name for p in mnist_dir.iterdir())
+    data = load_mnist(mnist_dir, download=False, train_subset=1000)
     assert data.train_x.shape == (1000, 1, 28, 28) and data.train_y.shape == (1000,)
     assert data.test_x.shape == (10000, 1, 28, 28) and data.test_y.shape == (10000,)
     assert int(data.train_y.min()) == 0 and int(data.train_y.max()) == 9
@@ -469,4 +467,4 @@ def test_real_mnist_subset() -> None:
     assert abs(float(data.test_x.std()) - 1.0) < 0.05
     # The well-known first training labels: 5 0 4 1 9 2 1 3 1 4.
     assert data.train_y[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert sorted(p.name for p in REAL_DIR.iterdir()) == before
+    assert sorted(p.name for p in mnist_dir.iterdir()) == before

@@ -198,6 +198,7 @@ COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval,
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DatasetError
+    from .models import UnknownModelError
     from .pipeline import RunError
     from .pruner import PrunerError
     from .selection import SelectionError
@@ -206,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, DatasetError, RunError, PrunerError, SelectionError,
-            NonFiniteLossError, FileNotFoundError) as err:
+            NonFiniteLossError, FileNotFoundError, UnknownModelError) as err:
         print(f"admmprune {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -155,7 +155,10 @@ class Run:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(),
                                                                  sort_keys=False))
         _seed_everything(config.seed)
-        self.model = create_model(config.model, **config.model_args).to(self.device)
+        try:
+            self.model = create_model(config.model, **config.model_args).to(self.device)
+        except TypeError as err:
+            raise ConfigError(f"model_args do not fit model {config.model!r}: {err}") from None
         self.pruner: ADMMPruner | None = None
         if resume:
             self._restore(checkpoint)

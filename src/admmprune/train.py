@@ -94,7 +94,7 @@ def train_epoch(
         if not torch.isfinite(loss):
             bar.close()
             raise NonFiniteLossError(
-                f"{desc}: the loss became {float(loss)} at step {steps + 1}; training "
+                f"{desc}: the loss became {float(loss.detach())} at step {steps + 1}; training "
                 "diverged. Lower learning_rate (or rho / rho_max during ADMM) and rerun; "
                 "the last checkpoint of the run directory is intact."
             )

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set up, then prune LeNet-5 on MNIST with the default recipe (a few minutes on
+# 2 CPU cores). Extra arguments go to `admmprune prune`, e.g. ./run.sh --all-percent 99
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+source scripts/env.sh
+exec .venv/bin/admmprune prune recipes/lenet5.yaml "$@"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite: set up, lint, then run every test (offline, a few minutes).
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh
+source scripts/env.sh
+.venv/bin/ruff check src tests benchmarks
+exec .venv/bin/python -m pytest "$@"

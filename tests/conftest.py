@@ -1,0 +1,38 @@
+"""Shared fixtures. Real MNIST comes from $ADMMPRUNE_DATA_DIR (test.sh sets it to
+../shared/data/mnist when that exists); tests that need it fail, not skip, without it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_mnist_dir() -> Path | None:
+    candidates = [os.environ.get("ADMMPRUNE_DATA_DIR"), REPO.parent / "shared/data/mnist"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "t10k-labels-idx1-ubyte.gz").exists():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    found = real_mnist_dir()
+    if found is None:
+        pytest.fail("real MNIST not found: set ADMMPRUNE_DATA_DIR to a directory holding the "
+                    "four IDX files (run the tests through ./test.sh)")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    # Tests are small; more threads only add contention on a 2-core machine.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
