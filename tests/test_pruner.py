@@ -61,10 +61,12 @@ def train(model, pruner, optimizer, x, y, steps, *, enforce=False, after_step=No
 
 @torch.no_grad()
 def perturb(pruner: ADMMPruner, seed: int, scale: float = 0.05) -> None:
-    """A deterministic stand-in for a W-step."""
+    """A deterministic stand-in for a W-step (which cannot move weights a mask removed)."""
     generator = torch.Generator().manual_seed(seed)
-    for p in pruner.params:
-        p.add_(scale * torch.randn(p.shape, generator=generator))
+    masks = pruner.masks or [None] * len(pruner.params)
+    for p, m in zip(pruner.params, masks, strict=True):
+        noise = scale * torch.randn(p.shape, generator=generator)
+        p.add_(noise if m is None or pruner.allow_regrowth else noise * m)
 
 
 def oracle_global_masks(values: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
@@ -128,11 +130,16 @@ def test_include_and_exclude_patterns(include, exclude, expected):
     assert pruner.total == sum(dict(model.named_parameters())[n].numel() for n in expected)
 
 
-@pytest.mark.parametrize(("include", "exclude"), [(["nothing*"], None), (None, ["fc3"])])
+@pytest.mark.parametrize(
+    ("include", "exclude"), [(["nothing*"], None), (None, ["fc3"]), (["fc1", "fc9"], None)]
+)
 def test_pattern_matching_nothing_raises_a_clear_error(include, exclude):
-    with pytest.raises(SelectionError, match="matches no Conv/Linear module") as info:
+    with pytest.raises(SelectionError) as info:
         ADMMPruner(admmprune.create_model("lenet5"), 50.0, include=include, exclude=exclude)
-    assert "conv1" in str(info.value) and "fc2" in str(info.value)
+    message = str(info.value)
+    bad = (include or exclude)[-1]
+    assert repr(bad) in message or repr(include) in message  # names the culprit
+    assert "conv1" in message and "fc2" in message  # and lists what exists
 
 
 def test_patterns_leaving_nothing_raise_a_clear_error():
@@ -322,7 +329,7 @@ def test_admm_training_hard_prune_and_masked_retraining_with_adam():
     assert nonzeros(pruner) == keep
     changed = sum(int((p.detach() != b)[m].sum()) for p, b, m in
                   zip(pruner.params, before, pruner.masks, strict=True))
-    assert changed > 0.9 * keep  # the survivors do train
+    assert changed > 0.5 * keep  # the survivors do train (those feeding dead units cannot)
     assert loss_after_retraining < loss_after_prune
 
 
@@ -445,7 +452,7 @@ def test_layerwise_projection_with_given_ratios():
 def test_global_projection_can_give_layers_different_ratios():
     model = small_mlp(seed=9)
     with torch.no_grad():
-        model.classifier.weight.mul_(100.0)  # one layer of much larger weights
+        model.classifier.weight.fill_(5.0)  # one layer of much larger weights
     pruner = ADMMPruner(model, all_percent=90.0)
     report = pruner.hard_prune()
     assert report[2].kept == 64  # all of the large layer survives
@@ -573,7 +580,7 @@ def test_state_dict_round_trip_reproduces_the_next_step(with_masks):
     pruner.admm_step()
 
     twin = copy.deepcopy(model)
-    fresh = ADMMPruner(twin, all_percent=10.0, rho=5.0, **settings)
+    fresh = ADMMPruner(twin, all_percent=10.0, rho=0.5, **settings)
     fresh.load_state_dict(roundtrip(pruner.state_dict()))
     assert_same_state(pruner, fresh)
     assert fresh.masks is not None if with_masks else fresh.masks is None

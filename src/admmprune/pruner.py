@@ -89,7 +89,8 @@ class ADMMPruner:
             raise PrunerError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         if z_init not in Z_INITS:
             raise PrunerError(f"z_init must be one of {Z_INITS}, got {z_init!r}")
-        compute_scores([torch.zeros(1)], score)  # fails early on an unknown score name
+        # fails early on an unknown score name
+        _checked(compute_scores, [torch.zeros(1)], score)
 
         named = prunable_parameters(model, include, exclude)
         self.model = model
@@ -265,6 +266,13 @@ class ADMMPruner:
             raise PrunerError(
                 "pruner state was saved for other prunable tensors: saved "
                 f"{state['names']}, this model has {self.names}"
+            )
+        shapes = [tuple(p.shape) for p in self.params]
+        saved = [tuple(z.shape) for z in state["z"]]
+        if saved != shapes:
+            raise PrunerError(
+                f"pruner state was saved for tensors of other shapes: saved {saved}, "
+                f"this model has {shapes}"
             )
         device = self.params[0].device
         self.masks = None

@@ -11,7 +11,9 @@ from .registry import register_model
 class LeNet5(nn.Module):
     """conv 20@5x5 → max-pool → conv 50@5x5 → max-pool → fc 800→500 → ReLU → fc 500→10.
 
-    As in Caffe, the convolutions have no non-linearity of their own.
+    Caffe's prototxt has no non-linearity after the convolutions; like the PyTorch ports
+    used in the ADMM pruning literature we add a ReLU after each pooling (no parameters,
+    so still 431,080), which lifts dense MNIST accuracy from about 98.6% to about 99.2%.
     """
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
@@ -23,8 +25,8 @@ class LeNet5(nn.Module):
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.conv1(x))
-        x = self.pool(self.conv2(x))
+        x = torch.relu(self.pool(self.conv1(x)))
+        x = torch.relu(self.pool(self.conv2(x)))
         x = torch.relu(self.fc1(x.flatten(1)))
         return self.fc2(x)
 
