@@ -259,17 +259,25 @@ def test_rho_growth_caps_at_rho_max():
 
 
 def test_adaptive_rho_raises_rho_while_the_primal_residual_dominates():
-    pruner = ADMMPruner(small_mlp(), all_percent=90.0, rho=0.01, adaptive_rho=True)
-    perturb(pruner, seed=1, scale=1.0)  # weights far from the sparse set, Z barely moves
-    pruner.admm_step()
-    perturb(pruner, seed=2, scale=1.0)
+    pruner = ADMMPruner(small_mlp(), all_percent=90.0, rho=0.01, adaptive_rho=True,
+                        rho_growth=5.0)  # rho_growth is unused with adaptive_rho
+    perturb(pruner, seed=1, scale=1.0)  # dense weights, far from the sparse set
     record = pruner.admm_step()
-    if record["primal_residual"] > 10 * record["dual_residual"]:
-        assert pruner.rho == pytest.approx(2 * record["rho"])
-    elif record["dual_residual"] > 10 * record["primal_residual"]:
-        assert pruner.rho == pytest.approx(record["rho"] / 2)
-    else:
-        assert pruner.rho == record["rho"]
+    assert record["primal_residual"] > 10 * record["dual_residual"]
+    assert pruner.rho == pytest.approx(0.02)
+
+
+def test_adaptive_rho_lowers_rho_while_the_dual_residual_dominates():
+    pruner = ADMMPruner(small_mlp(), all_percent=90.0, rho=100.0, adaptive_rho=True)
+    with torch.no_grad():  # weights already exactly K-sparse, but on another support than Z
+        for p, z in zip(pruner.params, pruner.z, strict=True):
+            p.copy_(z.flip(0))
+    z_before = [z.clone() for z in pruner.z]
+    record = pruner.admm_step()
+    assert record["primal_residual"] == 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(z_before, pruner.z, strict=True))
+    assert record["dual_residual"] > 0
+    assert pruner.rho == pytest.approx(50.0)
 
 
 # -- the whole method on generated data -------------------------------------------------------
@@ -540,7 +548,7 @@ def test_a_stage_that_keeps_more_weights_works_with_allow_regrowth():
     assert sum(int(m.sum()) for m in pruner.masks) == survivor_count(1344, 50.0)
 
 
-# -- state ------------------------------------------------------------------------------------------
+# -- state ------------------------------------------------------------------------------------
 
 
 def assert_same_state(a: ADMMPruner, b: ADMMPruner) -> None:

@@ -90,6 +90,28 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-plots", action="store_true", help="print the table only")
     report.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    compare = sub.add_parser(
+        "compare", help="several methods, same data/seed/dense start/epoch budget",
+        description="Run pruning methods side by side and write results.json, results.csv, "
+                    "results.md and plots into --out. Methods: " + "; ".join(
+                        f"{k}: {v[0]}" for k, v in _methods().items()) + ". Finished runs "
+                    "in --out are reused, so an interrupted sweep resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  admmprune compare recipes/lenet5.yaml --methods "
+               "dense,admm,layerwise,magnitude,lamp --all-percent 90,95,99 --seeds 0,1 "
+               "--out runs/cmp\n  admmprune compare recipes/mlp.yaml --depths 1,2,3,4,5,6 "
+               "--all-percent 98 --out runs/mlp")
+    compare.add_argument("recipe", help="YAML recipe (see recipes/)")
+    compare.add_argument("--methods", default="dense,admm,layerwise,magnitude",
+                         help="comma-separated methods [default: %(default)s]")
+    compare.add_argument("--seeds", default="0", help="comma-separated seeds [default: 0]")
+    compare.add_argument("--depths", help="mlp only: comma-separated depths to sweep "
+                         "(model_args.depth)")
+    compare.add_argument("--out", type=Path, required=True, help="output directory")
+    compare.add_argument("--layers-at", type=float, help="all_percent of the per-layer plot "
+                         "[default: the highest]")
+    _add_recipe_keys(compare)
+
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("keys", help="list every recipe key with its default and meaning")
     return parser
@@ -175,6 +197,42 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods() -> dict:
+    from .compare import METHODS
+
+    return METHODS
+
+
+def _number_list(value, what: str) -> list[float]:
+    """[90, 95], "90,95" or 90 -> [90.0, 95.0]."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        return [float(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be numbers separated by commas, got {value!r}") from None
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import format_rows, markdown_table, plot_compare, run_compare
+
+    overrides = _overrides(args)
+    percents = _number_list(overrides.pop("all_percent", None) or 98.6, "--all-percent")
+    config = load_config(args.recipe, {**overrides, "all_percent": percents[-1]})
+    seeds = [int(s) for s in _number_list(args.seeds, "--seeds")]
+    variants = None
+    if args.depths:
+        variants = [{"depth": int(d)} for d in _number_list(args.depths, "--depths")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = run_compare(config, methods, percents, args.out, seeds=seeds, variants=variants)
+    print(format_rows(rows))
+    print()
+    print(markdown_table(rows))
+    for path in plot_compare(rows, args.out, layers_at=args.layers_at):
+        print(f"wrote {path}")
+    print(f"wrote {args.out / 'results.json'}, results.csv, results.md")
+    return 0
+
+
 def _cmd_models(_: argparse.Namespace) -> int:
     from .models import list_models
 
@@ -191,7 +249,7 @@ def _cmd_keys(_: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval,
+COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare,
             "report": _cmd_report, "models": _cmd_models, "keys": _cmd_keys}
 
 

@@ -56,6 +56,8 @@ class Config:
     optimizer: str = _key("adam", "optimizer of every phase", ("adam", "sgd"))
     momentum: float = _key(0.9, "SGD momentum")
     # ADMM
+    pruning: str = _key("admm", "admm, or oneshot: global magnitude pruning at once (baseline)",
+                        ("admm", "oneshot"))
     all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
                                            "a list runs progressive stages")
     k_step: int | list = _key(6, "ADMM iterations (per stage)")

@@ -270,6 +270,8 @@ class Run:
     def _admm_stage(self, s: int) -> None:
         cfg, prog, pruner = self.config, self.progress, self.pruner
         k_step, epochs = cfg.stage_value("k_step", s), cfg.stage_value("epochs", s)
+        if cfg.pruning == "oneshot":
+            k_step = 0  # the baseline: hard prune the current weights, no W-steps
         label = f"stage {s + 1}/{cfg.stages}" if cfg.stages > 1 else "admm"
         if prog.iteration == 0 and not prog.stage_pruned:
             if s > 0:

@@ -1,0 +1,341 @@
+"""Method comparisons: several pruning methods, same data, seed, dense start and epoch budget.
+
+For every (seed, model variant) one dense model is trained and shared by all methods, so
+differences come from pruning alone. Each method then runs through the ordinary pipeline
+in its own run directory; finished runs are reused, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from .config import Config, ConfigError
+from .pipeline import Run, run_pipeline
+from .report import format_table
+
+__all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
+
+# name -> (description, recipe keys it sets)
+METHODS: dict[str, tuple[str, dict]] = {
+    "dense": ("the dense model, no pruning", {}),
+    "admm": ("global ADMM, magnitude Z-step (ours)", {"projection": "global",
+                                                       "score": "magnitude"}),
+    "layerwise": ("layer-wise ADMM, every layer at the same ratio",
+                  {"projection": "layerwise", "score": "magnitude"}),
+    "magnitude": ("one-shot global magnitude pruning + retraining for the same epoch budget",
+                  {"pruning": "oneshot", "projection": "global", "score": "magnitude"}),
+    "lamp": ("global ADMM, LAMP scores in the Z-step", {"projection": "global",
+                                                        "score": "lamp"}),
+    "rms": ("global ADMM, magnitude / layer RMS in the Z-step", {"projection": "global",
+                                                               "score": "rms"}),
+}
+
+
+def admm_epochs(config: Config) -> int:
+    """Training epochs spent in W-steps over all stages."""
+    return sum(config.stage_value("k_step", s) * config.stage_value("epochs", s)
+               for s in range(config.stages))
+
+
+def method_config(base: Config, method: str, all_percent: float) -> Config:
+    """The config of one method at one ratio; one-shot pruning gets the W-step epochs as
+    extra retraining, so every method trains for the same number of epochs."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    config = replace(base, **METHODS[method][1], all_percent=float(all_percent))
+    # per-stage lists make no sense for a single-ratio sweep point
+    for key in ("k_step", "epochs", "rho", "rho_growth", "rho_max"):
+        value = getattr(config, key)
+        if isinstance(value, list):
+            setattr(config, key, value[-1])
+    if method == "magnitude":
+        config.retraining_epochs += admm_epochs(config)
+    return config.validate()
+
+
+def _tag(value: float) -> str:
+    return f"{value:g}".replace(".", "p")
+
+
+def _variant_name(model_args: dict) -> str:
+    return "-".join(f"{k}{v}" for k, v in sorted(model_args.items())) or "default"
+
+
+def run_compare(
+    base: Config,
+    methods: Sequence[str],
+    percents: Sequence[float],
+    out_dir: str | Path,
+    seeds: Sequence[int] = (0,),
+    variants: Sequence[dict] | None = None,
+    stop_after_dense: bool = False,
+) -> list[dict]:
+    """Run every method at every ratio, seed and model variant; write results files.
+
+    ``variants`` are model_args overrides (e.g. ``[{"depth": 1}, {"depth": 2}]``).
+    Returns one row per run.
+    """
+    for method in methods:
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for variant in variants or [{}]:
+        model_args = {**base.model_args, **variant}
+        for seed in seeds:
+            config = replace(base, seed=seed, model_args=model_args).validate()
+            label = f"{_variant_name(variant)}-seed{seed}" if variant else f"seed{seed}"
+            dense_path, dense_accuracy, dense_seconds = _dense(config, out_dir / f"dense-{label}")
+            if "dense" in methods:
+                rows.append(_row("dense", config, math.nan, variant, {
+                    "dense_accuracy": dense_accuracy, "pruned_accuracy": dense_accuracy,
+                    "compression": 1.0, "sparsity_percent": 0.0, "layers": [],
+                    "wall_seconds": dense_seconds, "run_dir": str(dense_path.parent)}))
+            if stop_after_dense:
+                continue
+            for method in (m for m in methods if m != "dense"):
+                for percent in percents:
+                    run_config = method_config(replace(config, pretrained=str(dense_path)),
+                                               method, percent)
+                    run_dir = out_dir / f"{method}-{label}-p{_tag(percent)}"
+                    rows.append(_row(method, run_config, percent, variant,
+                                     _run_once(run_config, run_dir)))
+            _write_results(rows, out_dir)
+    _write_results(rows, out_dir)
+    return rows
+
+
+def _dense(config: Config, run_dir: Path) -> tuple[Path, float, float]:
+    """Train (or reuse) the dense model shared by all methods of one seed/variant."""
+    summary_path = run_dir / "dense.json"
+    if summary_path.is_file():
+        saved = json.loads(summary_path.read_text())
+        return run_dir / "dense.pt", saved["dense_accuracy"], saved["seconds"]
+    start = time.perf_counter()
+    run = Run(replace(config, pretrained=None), run_dir, resume=(run_dir / "checkpoint.pt")
+              .is_file())
+    try:
+        run.dense()
+    finally:
+        run.close()
+    accuracy = run.progress.results["dense_accuracy"]
+    seconds = time.perf_counter() - start
+    summary_path.write_text(json.dumps({"dense_accuracy": accuracy, "seconds": seconds}))
+    return run_dir / "dense.pt", accuracy, seconds
+
+
+def _run_once(config: Config, run_dir: Path) -> dict:
+    summary_path = run_dir / "summary.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("complete"):
+            return summary
+    return run_pipeline(config, run_dir=run_dir, resume=(run_dir / "checkpoint.pt").is_file())
+
+
+def _row(method: str, config: Config, percent: float, variant: dict, summary: dict) -> dict:
+    return {
+        "method": method,
+        "all_percent": percent,
+        "seed": config.seed,
+        **{f"model_{k}": v for k, v in variant.items()},
+        "dense_accuracy": summary.get("dense_accuracy"),
+        "admm_accuracy": summary.get("admm_accuracy"),
+        "pruned_accuracy": summary.get("pruned_accuracy"),
+        "compression": summary.get("compression"),
+        "sparsity_percent": summary.get("sparsity_percent"),
+        "train_epochs": (0 if method == "dense" else
+                         (0 if config.pruning == "oneshot" else admm_epochs(config))
+                         + config.retraining_epochs),
+        "kept_per_layer": {r["name"]: r["kept_fraction"] for r in summary.get("layers", [])},
+        "wall_seconds": summary.get("wall_seconds"),
+        "run_dir": summary.get("run_dir"),
+    }
+
+
+def summarize(rows: Sequence[dict]) -> list[dict]:
+    """Mean and standard deviation of the pruned accuracy over seeds, per method / ratio /
+    model variant."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        variant = tuple((k, row[k]) for k in sorted(row) if k.startswith("model_"))
+        percent = row["all_percent"]
+        key = (variant, row["method"], None if _isnan(percent) else percent)
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (variant, method, percent), group in groups.items():
+        accuracies = [r["pruned_accuracy"] for r in group]
+        out.append({
+            **dict(variant),
+            "method": method,
+            "all_percent": percent,
+            "compression": group[0]["compression"],
+            "seeds": len(group),
+            "accuracy_mean": statistics.fmean(accuracies),
+            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+        })
+    return out
+
+
+def _isnan(value) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """Methods as rows, ratios as columns, cells "mean ± std" test accuracy in %."""
+    summary = summarize(rows)
+    variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
+    percents = sorted({r["all_percent"] for r in summary if r["all_percent"] is not None})
+    blocks = []
+    for variant in dict.fromkeys(tuple(r.get(k) for k in variant_keys) for r in summary):
+        subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
+        title = ", ".join(f"{k.removeprefix('model_')} = {v}" for k, v in
+                          zip(variant_keys, variant, strict=True))
+        headers = ["method"] + [f"{p:g}% ({_compression(subset, p)})" for p in percents]
+        table_rows = []
+        for method in dict.fromkeys(r["method"] for r in subset):
+            cells = [method]
+            for p in percents:
+                match = [r for r in subset if r["method"] == method and
+                         (r["all_percent"] == p or r["all_percent"] is None)]
+                cells.append(_fmt_acc(match[0]) if match else "")
+            table_rows.append(cells)
+        table = format_table(headers, table_rows, markdown=True)
+        blocks.append((f"**{title}**\n\n" if title else "") + table)
+    return "\n\n".join(blocks) + "\n"
+
+
+def _compression(rows: Sequence[dict], percent: float) -> str:
+    values = [r["compression"] for r in rows if r["all_percent"] == percent]
+    return f"{values[0]:.0f}x" if values else "-"
+
+
+def _fmt_acc(row: dict) -> str:
+    text = f"{100 * row['accuracy_mean']:.2f}"
+    if row["accuracy_std"] is not None:
+        text += f" ± {100 * row['accuracy_std']:.2f}"
+    return text
+
+
+def _write_results(rows: Sequence[dict], out_dir: Path) -> None:
+    (out_dir / "results.json").write_text(json.dumps(list(rows), indent=2))
+    flat_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "kept_per_layer"]
+    with (out_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=flat_keys + ["kept_per_layer"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "kept_per_layer": json.dumps(row["kept_per_layer"])})
+    (out_dir / "results.md").write_text(
+        "Test accuracy (%) after pruning and retraining; mean ± std over seeds; the column "
+        "header gives all_percent and the compression ratio N/K.\n\n" + markdown_table(rows))
+
+
+def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | None = None
+                 ) -> list[Path]:
+    """accuracy_vs_compression.png, kept_per_layer.png (at ``layers_at``, default the
+    highest ratio) and admm_residuals.png (global ADMM at that ratio)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    summary = summarize(rows)
+    variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
+    variants = list(dict.fromkeys(tuple(r.get(k) for k in variant_keys) for r in summary))
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4.5), squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
+        for method in dict.fromkeys(r["method"] for r in subset):
+            points = sorted((r["compression"], 100 * r["accuracy_mean"],
+                             100 * (r["accuracy_std"] or 0)) for r in subset
+                            if r["method"] == method)
+            if method == "dense":
+                ax.axhline(points[0][1], color="gray", linestyle="--", label="dense")
+                continue
+            xs, ys, errs = zip(*points, strict=True)
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("compression N/K (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(", ".join(f"{k.removeprefix('model_')}={v}" for k, v in
+                               zip(variant_keys, variant, strict=True)) or "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = out_dir / "accuracy_vs_compression.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    percents = [r["all_percent"] for r in rows if not _isnan(r["all_percent"])]
+    if percents:
+        at = layers_at if layers_at is not None else max(percents)
+        chosen = [r for r in rows if r["all_percent"] == at and r["kept_per_layer"]]
+        if variant_keys:  # one variant only: the deepest, where layer shares matter most
+            deepest = max(r.get(variant_keys[0]) for r in chosen)
+            chosen = [r for r in chosen if r.get(variant_keys[0]) == deepest]
+        first_seed = {}
+        for r in chosen:
+            first_seed.setdefault(r["method"], r)
+        if first_seed:
+            fig, ax = plt.subplots(figsize=(8, 4.5))
+            layer_names = list(next(iter(first_seed.values()))["kept_per_layer"])
+            width = 0.8 / len(first_seed)
+            for i, (method, r) in enumerate(first_seed.items()):
+                ax.bar([j + i * width for j in range(len(layer_names))],
+                       [100 * r["kept_per_layer"][n] for n in layer_names], width, label=method)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(layer_names))])
+            ax.set_xticklabels([n.removesuffix(".weight") for n in layer_names], rotation=30)
+            ax.set_yscale("log")
+            ax.set_ylabel("kept weights (%, log)")
+            ax.set_title(f"kept fraction per layer at all_percent {at:g}")
+            ax.legend()
+            fig.tight_layout()
+            path = out_dir / "kept_per_layer.png"
+            fig.savefig(path, dpi=110)
+            plt.close(fig)
+            written.append(path)
+            admm_row = first_seed.get("admm")
+            if admm_row and admm_row["run_dir"]:
+                from .report import read_metrics
+
+                records = [m for m in read_metrics(admm_row["run_dir"]) if m["phase"] == "admm"]
+                if records:
+                    fig, ax = plt.subplots(figsize=(7, 4))
+                    steps = range(1, len(records) + 1)
+                    ax.semilogy(steps, [m["primal_residual"] for m in records], "o-",
+                                label="primal ‖W−Z‖")
+                    ax.semilogy(steps, [max(m["dual_residual"], 1e-12) for m in records], "s-",
+                                label="dual ρ‖Z−Z_prev‖")
+                    ax.semilogy(steps, [m["rho"] for m in records], "^-", label="ρ")
+                    ax.set_xlabel("ADMM iteration")
+                    ax.set_title(f"global ADMM at all_percent {at:g}")
+                    ax.legend()
+                    fig.tight_layout()
+                    path = out_dir / "admm_residuals.png"
+                    fig.savefig(path, dpi=110)
+                    plt.close(fig)
+                    written.append(path)
+    return written
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    """A terminal table of every run."""
+    return format_table(
+        ["method", "all_percent", "seed", "variant", "pruned acc", "compression", "epochs",
+         "time"],
+        [(r["method"], "" if _isnan(r["all_percent"]) else r["all_percent"], r["seed"],
+          _variant_name({k.removeprefix("model_"): v for k, v in r.items()
+                         if k.startswith("model_")}),
+          f"{100 * r['pruned_accuracy']:.2f}%", f"{r['compression']:.1f}x",
+          r["train_epochs"], f"{r['wall_seconds'] or 0:.0f}s") for r in rows])
