@@ -58,6 +58,15 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
         print(fmt(row))
 
 
+def warn_if_loaded() -> None:
+    """Oversubscribed cores make torch's OpenMP workers wait on each other: say so."""
+    load, cpus, threads = os.getloadavg()[0], os.cpu_count() or 1, torch.get_num_threads()
+    if threads > 1 and load > cpus:
+        print(f"note: load average {load:.1f} on {cpus} CPUs; with {threads} torch threads "
+              "each kernel can wait for busy cores (seen: 25x slower steps); --threads 1 "
+              "gives steadier figures on a shared machine")
+
+
 def parse_set(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -256,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     config = build_config(args)
+    warn_if_loaded()
     if not args.skip_overhead:
         w_step_overhead(config, args.overhead_epochs, args.steps, args.warmup_steps,
                         args.progress)

@@ -8,15 +8,14 @@ of one call relative to the size of the weights.
 
     .venv/bin/python benchmarks/projection.py                  # 1M, 8M, 64M at 99 %
     .venv/bin/python benchmarks/projection.py --sizes 64M --repeats 5
-    .venv/bin/python benchmarks/projection.py --threads 1,2 --breakdown
+    .venv/bin/python benchmarks/projection.py --threads 1,2
 
 Target: 64M weights in <= 1.5 s (best of 3) on a CPU.
 
 ``--threads 1,2`` times every thread count on the same weights, interleaved run by run,
 so their ratio is fair even on a machine whose load changes. On a machine shared with
 other jobs torch's element-wise kernels with 2+ threads can be several times slower
-than with 1 (OpenMP workers wait for busy cores). ``--breakdown`` also times the steps
-of ``global_topk_masks`` one by one (they are re-done here, mirroring that function).
+than with 1 (OpenMP workers wait for busy cores).
 
 Peak memory: on Linux the peak resident set (VmHWM) is reset before each measured call
 (``/proc/self/clear_refs``), so the figure is the call's own peak above the resident
@@ -44,7 +43,6 @@ import torch
 
 from admmprune.projection import (
     global_topk_masks,
-    kth_largest,
     magnitude_scores,
     survivor_count,
 )
@@ -181,8 +179,6 @@ def check_masks(scores: Sequence[torch.Tensor], masks: Sequence[torch.Tensor], k
     assert not removed or max(removed) <= min_kept, "a removed weight outscores a kept one"
 
 
-STEPS = ("scores |w|", "finite check", "threshold", "masks s > t", "count")
-
 
 @dataclass
 class Result:
@@ -193,37 +189,14 @@ class Result:
     times: list[float]
     peak_extra: int
     memory_method: str
-    steps: dict[str, list[float]]
 
     @property
     def weight_bytes(self) -> int:
         return self.size * 4
 
 
-def time_steps(weights: Sequence[torch.Tensor], keep: int) -> dict[str, float]:
-    """Seconds of each step of ``global_topk_masks(magnitude_scores(w), keep)``."""
-    out: dict[str, float] = {}
-    start = time.perf_counter()
-    scores = magnitude_scores(weights)
-    out[STEPS[0]] = time.perf_counter() - start
-    start = time.perf_counter()
-    finite = all(bool(torch.isfinite(s).all()) for s in scores)
-    out[STEPS[1]] = time.perf_counter() - start
-    assert finite
-    start = time.perf_counter()
-    threshold = kth_largest(scores, keep)
-    out[STEPS[2]] = time.perf_counter() - start
-    start = time.perf_counter()
-    masks = [(s > threshold).contiguous() for s in scores]
-    out[STEPS[3]] = time.perf_counter() - start
-    start = time.perf_counter()
-    sum(int(m.sum()) for m in masks)
-    out[STEPS[4]] = time.perf_counter() - start
-    return out
-
-
 def bench_size(target: int, all_percent: float, repeats: int, seed: int,
-               threads: Sequence[int], breakdown: bool) -> list[Result]:
+               threads: Sequence[int]) -> list[Result]:
     """One ``Result`` per thread count; the thread counts alternate run by run."""
     shapes = scaled_shapes(target)
     weights = make_weights(shapes, seed)
@@ -239,8 +212,7 @@ def bench_size(target: int, all_percent: float, repeats: int, seed: int,
     check_masks(magnitude_scores(weights), project(), keep)
 
     results = [Result(size=total, tensors=len(weights), keep=keep, threads=t, times=[],
-                      peak_extra=peak, memory_method=method,
-                      steps={name: [] for name in STEPS}) for t in threads]
+                      peak_extra=peak, memory_method=method) for t in threads]
     for _ in range(repeats):
         for result in results:
             torch.set_num_threads(result.threads)
@@ -250,9 +222,6 @@ def bench_size(target: int, all_percent: float, repeats: int, seed: int,
             kept = sum(int(m.sum()) for m in masks)
             assert kept == keep, f"projection kept {kept} weights, expected K = {keep}"
             del masks
-            if breakdown:
-                for name, seconds in time_steps(weights, keep).items():
-                    result.steps[name].append(seconds)
     return results
 
 
@@ -280,8 +249,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=parse_threads, default=[default_threads],
                         help="comma-separated torch thread counts, timed alternately "
                              f"(default: torch's default, here {default_threads})")
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time each step of the projection (median of the repeats)")
     parser.add_argument("--target", type=float, default=1.5,
                         help="target seconds (best run) for the largest size (default: 1.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
@@ -295,13 +262,18 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"repeats={args.repeats}, threads {','.join(map(str, args.threads))}, "
           f"torch {torch.__version__}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f}")
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if max(args.threads) > 1 and load > cpus:
+        print(f"note: load average {load:.1f} on {cpus} CPUs; torch kernels with several "
+              "threads wait for busy cores here, compare with --threads 1,"
+              f"{max(args.threads)}")
     results: list[tuple[int, Result]] = []
     for target in sorted(args.sizes):
         if args.show_shapes:
             shapes = ", ".join(f"{n}{list(s)}" for n, s in scaled_shapes(target))
             print(f"  {format_size(target)}: {shapes}")
         for result in bench_size(target, args.all_percent, args.repeats, args.seed,
-                                 args.threads, args.breakdown):
+                                 args.threads):
             results.append((target, result))
             print(f"  {format_size(target)} with {result.threads} thread(s): best "
                   f"{min(result.times):.3f} s", flush=True)
@@ -323,14 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nsurvivor count == K asserted on every run; peak memory of the first call via "
           f"{results[0][1].memory_method} (measured with {args.threads[0]} thread(s)), "
           "relative to the float32 weights (4 B each).")
-
-    if args.breakdown:
-        print("\nsteps, median seconds of the repeats (separate runs, so they need not add up "
-              "to the total):")
-        rows = [[format_size(target), str(r.threads),
-                 *(f"{statistics.median(r.steps[name]):.3f}" for name in STEPS)]
-                for target, r in results]
-        print_table(["size", "threads", *STEPS], rows)
 
     if len(args.threads) > 1:
         print("\nthread-count ratios (median time / median time with "

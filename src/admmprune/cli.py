@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_keys(compare)
 
     sub.add_parser("models", help="list the registered models")
-    sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
+    keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
     return parser
 
 
@@ -240,12 +241,19 @@ def _cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_keys(_: argparse.Namespace) -> int:
+def _cmd_keys(args: argparse.Namespace) -> int:
     from .report import format_table
 
     defaults = Config().__dict__
-    print(format_table(["key", "default", "meaning"],
-                       [(k, repr(defaults[k]), KEY_HELP[k]) for k in KEY_HELP]))
+    rows = []
+    for f in fields(Config):
+        choices = f.metadata.get("choices")
+        meaning = KEY_HELP[f.name] + (f" ({', '.join(choices)})" if choices else "")
+        if args.markdown:
+            rows.append((f"`{f.name}`", f"`{defaults[f.name]!r}`", meaning.replace("|", "/")))
+        else:
+            rows.append((f.name, repr(defaults[f.name]), meaning))
+    print(format_table(["key", "default", "meaning"], rows, markdown=args.markdown))
     return 0
 
 

@@ -46,6 +46,8 @@ class Config:
     test_subset: int | None = _key(None, "use only the first N test examples")
     seed: int = _key(0, "random seed (weights, data order)")
     device: str = _key("auto", "auto, cpu, cuda, cuda:1, ...")
+    threads: int | None = _key(None, "CPU threads for torch (default: torch's choice); use 1 "
+                                     "per job when several jobs share the cores")
     output_dir: str = _key("runs", "parent directory of run directories")
     progress: bool = _key(True, "show progress bars")
     # dense model
@@ -142,7 +144,7 @@ class Config:
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, "
                    f"got {value!r}")
-        for key in ("batch_size", "steps_per_epoch", "train_subset", "test_subset"):
+        for key in ("batch_size", "steps_per_epoch", "train_subset", "test_subset", "threads"):
             value = getattr(self, key)
             _check(value is None and key != "batch_size" or isinstance(value, int) and value >= 1,
                    key, f"must be an integer >= 1, got {value!r}")

@@ -154,6 +154,8 @@ class Run:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(),
                                                                  sort_keys=False))
+        if config.threads:
+            torch.set_num_threads(config.threads)
         _seed_everything(config.seed)
         try:
             self.model = create_model(config.model, **config.model_args).to(self.device)
@@ -323,7 +325,8 @@ class Run:
                                 cfg.retraining_lr_schedule, enforce=True,
                                 phase_progress=(epoch, total))
             accuracy = self.test_accuracy()
-            self.log({"phase": phase, "stage": prog.stage + 1, "epoch": epoch + 1,
+            stage = {"stage": prog.stage + 1} if phase == "stage_retrain" else {}
+            self.log({"phase": phase, **stage, "epoch": epoch + 1,
                       "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
                       "test_accuracy": accuracy, "seconds": stats["seconds"]})
             setattr(prog, counter, epoch + 1)

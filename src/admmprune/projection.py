@@ -61,30 +61,40 @@ def check_percent(all_percent: float) -> None:
 
 def kth_largest(scores: Sequence[torch.Tensor], k: int) -> float:
     """The k-th largest value over all tensors jointly (1-based k)."""
+    return _select(scores, k)[0]
+
+
+_NOT_FINITE = ("scores hold NaN or infinite values; the model has diverged "
+               "(lower learning_rate or rho)")
+
+
+def _select(scores: Sequence[torch.Tensor], k: int) -> tuple[float, int]:
+    """(t, above): the k-th largest score t and how many scores are strictly above it.
+
+    Raises ``ProjectionError`` on NaN or infinite scores.
+    """
     total = sum(s.numel() for s in scores)
     if not 1 <= k <= total:
         raise ProjectionError(f"k={k} is outside [1, {total}]")
     # float64 scores are ranked in float64: rounding them to float32 would merge distinct
     # values and break the exact count of global_topk_masks.
     dtype = torch.float64 if any(s.dtype == torch.float64 for s in scores) else torch.float32
+    position = total - k
     if all(s.device.type == "cpu" for s in scores):
         # numpy's SIMD introselect is ~25x faster than torch.kthvalue on CPU, and
         # partitioning the concatenated copy in place keeps memory at one extra copy.
+        # Everything after `position` is >= t, so counting there is a pass over K entries.
         flat = np.concatenate([s.detach().reshape(-1).to(dtype).numpy() for s in scores])
-        position = total - k
+        if not np.isfinite(flat).all():
+            raise ProjectionError(_NOT_FINITE)
         flat.partition(position)
-        return float(flat[position])
+        threshold = flat[position]
+        return float(threshold), int(np.count_nonzero(flat[position:] > threshold))
     flat_t = torch.cat([s.detach().reshape(-1).to(dtype) for s in scores])
-    return float(torch.kthvalue(flat_t, total - k + 1).values)
-
-
-def _check_finite(scores: Sequence[torch.Tensor]) -> None:
-    for index, s in enumerate(scores):
-        if not bool(torch.isfinite(s).all()):
-            raise ProjectionError(
-                f"tensor #{index} holds NaN or infinite values; the model has diverged "
-                "(lower learning_rate or rho)"
-            )
+    if not bool(torch.isfinite(flat_t).all()):
+        raise ProjectionError(_NOT_FINITE)
+    threshold_t = torch.kthvalue(flat_t, position + 1).values
+    return float(threshold_t), int((flat_t > threshold_t).sum())
 
 
 def global_topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.Tensor]:
@@ -99,16 +109,15 @@ def global_topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.T
     total = sum(s.numel() for s in scores)
     if not 0 <= keep <= total:
         raise ProjectionError(f"cannot keep {keep} of {total} entries")
-    if keep == total:
-        return [torch.ones_like(s, dtype=torch.bool) for s in scores]
-    if keep == 0:
-        return [torch.zeros_like(s, dtype=torch.bool) for s in scores]
-    _check_finite(scores)
-    threshold = kth_largest(scores, keep)
+    if keep == total or keep == 0:
+        if not all(bool(torch.isfinite(s).all()) for s in scores):
+            raise ProjectionError(_NOT_FINITE)
+        return [torch.full_like(s, keep > 0, dtype=torch.bool) for s in scores]
+    threshold, above = _select(scores, keep)
     # contiguous: `s > threshold` keeps the strides of a non-contiguous s (channels_last,
     # transposed views), and the tie fill below writes through m.view(-1).
     masks = [(s > threshold).contiguous() for s in scores]
-    missing = keep - sum(int(m.sum()) for m in masks)
+    missing = keep - above
     for s, m in zip(scores, masks, strict=True):
         if missing <= 0:
             break
