@@ -214,7 +214,7 @@ def _number_list(value, what: str) -> list[float]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import format_rows, markdown_table, plot_compare, run_compare
+    from .compare import format_rows, markdown_table, merged_rows, plot_compare, run_compare
 
     overrides = _overrides(args)
     percents = _number_list(overrides.pop("all_percent", None) or 98.6, "--all-percent")
@@ -226,6 +226,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = run_compare(config, methods, percents, args.out, seeds=seeds, variants=variants)
     print(format_rows(rows))
+    rows = merged_rows(rows, args.out)  # tables and plots cover earlier invocations too
     print()
     print(markdown_table(rows))
     for path in plot_compare(rows, args.out, layers_at=args.layers_at):

@@ -225,7 +225,18 @@ def _fmt_acc(row: dict) -> str:
     return text
 
 
+def merged_rows(rows: Sequence[dict], out_dir: Path) -> list[dict]:
+    """Rows already in ``out_dir/results.json`` (earlier invocations, e.g. another seed)
+    updated with ``rows``; a run directory appears once."""
+    path = out_dir / "results.json"
+    previous = json.loads(path.read_text()) if path.is_file() else []
+    by_run = {r["run_dir"]: r for r in previous}
+    by_run.update({r["run_dir"]: r for r in rows})
+    return list(by_run.values())
+
+
 def _write_results(rows: Sequence[dict], out_dir: Path) -> None:
+    rows = merged_rows(rows, out_dir)
     (out_dir / "results.json").write_text(json.dumps(list(rows), indent=2))
     flat_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "kept_per_layer"]
     with (out_dir / "results.csv").open("w", newline="") as handle:

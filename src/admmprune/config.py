@@ -53,6 +53,9 @@ class Config:
     # dense model
     pretrained: str | None = _key(None, "dense checkpoint to start from (skips dense training)")
     dense_epochs: int = _key(4, "epochs of dense training when no pretrained model is given")
+    dense_lr_schedule: str = _key("constant", "dense training learning rate: constant, step "
+                                  "(x0.1 for the last third) or cosine",
+                                  ("constant", "step", "cosine"))
     batch_size: int = _key(64, "mini-batch size for every phase")
     learning_rate: float = _key(1e-3, "learning rate of dense training and of the W-steps")
     optimizer: str = _key("adam", "optimizer of every phase", ("adam", "sgd"))

@@ -234,7 +234,8 @@ class Run:
             optimizer = self._optimizer(cfg.learning_rate, resume_state=True)
             for epoch in range(prog.dense_epoch, cfg.dense_epochs):
                 stats = self._epoch(optimizer, f"dense {epoch + 1}/{cfg.dense_epochs}",
-                                    cfg.learning_rate, "constant")
+                                    cfg.learning_rate, cfg.dense_lr_schedule,
+                                    phase_progress=(epoch, cfg.dense_epochs))
                 accuracy = self.test_accuracy()
                 self.log({"phase": "dense", "epoch": epoch + 1, "train_loss": stats["loss"],
                           "train_accuracy": stats["accuracy"], "test_accuracy": accuracy,
