@@ -1,0 +1,101 @@
+"""The compare machinery on tiny generated data."""
+
+import json
+
+import pytest
+
+from admmprune.compare import METHODS, markdown_table, method_config, plot_compare, run_compare
+from admmprune.config import ConfigError, load_config
+
+TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64,
+        "dense_epochs": 1, "k_step": 2, "epochs": 1, "retraining_epochs": 1,
+        "progress": False, "threads": 1}
+
+
+def tiny_config(**extra):
+    return load_config("recipes/mlp.yaml", {**TINY, "model_args": {"depth": 2, "width": 32},
+                                            **extra})
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+
+
+def test_every_method_has_the_same_epoch_budget():
+    base = tiny_config()
+    budgets = {}
+    for method in METHODS:
+        if method == "dense":
+            continue
+        config = method_config(base, method, 95.0)
+        admm = 0 if config.pruning == "oneshot" else config.k_step * config.epochs
+        budgets[method] = admm + config.retraining_epochs
+    assert len(set(budgets.values())) == 1, budgets
+    assert method_config(base, "magnitude", 95.0).pruning == "oneshot"
+    assert method_config(base, "layerwise", 95.0).projection == "layerwise"
+    assert method_config(base, "lamp", 95.0).score == "lamp"
+
+
+def test_unknown_method_is_rejected():
+    with pytest.raises(ConfigError, match="unknown method"):
+        method_config(tiny_config(), "random", 90.0)
+
+
+def test_compare_runs_every_method_from_one_dense_model(tmp_path):
+    rows = run_compare(tiny_config(), ["dense", "admm", "layerwise", "magnitude", "lamp"],
+                       [90.0, 97.0], tmp_path, seeds=[0])
+    assert len(rows) == 1 + 4 * 2
+    dense_accuracy = rows[0]["pruned_accuracy"]
+    pruned = [r for r in rows if r["method"] != "dense"]
+    # all methods start from the same dense weights
+    assert {r["dense_accuracy"] for r in pruned} == {dense_accuracy}
+    assert len({r["train_epochs"] for r in pruned}) == 1
+    sizes = [784 * 32, 32 * 32, 32 * 10]
+    total = sum(sizes)
+    for r in pruned:
+        p = r["all_percent"]
+        keep = total - round(p * total / 100)
+        if r["method"] == "layerwise":  # each layer rounds its own share
+            keep = sum(n - round(p * n / 100) for n in sizes)
+        assert r["compression"] == pytest.approx(total / keep)
+        summary = json.loads((tmp_path / r["run_dir"].split("/")[-1] / "summary.json")
+                             .read_text())
+        assert summary["kept"] == keep and summary["complete"]
+    for r in (r for r in pruned if r["method"] == "layerwise"):
+        fractions = list(r["kept_per_layer"].values())
+        assert max(fractions) - min(fractions) < 0.01, fractions  # rounding only
+    global_97 = next(r for r in pruned if r["method"] == "admm" and r["all_percent"] == 97.0)
+    fractions = list(global_97["kept_per_layer"].values())
+    assert max(fractions) - min(fractions) > 0.01  # the global budget is not uniform
+
+    for name in ["results.json", "results.csv", "results.md"]:
+        assert (tmp_path / name).is_file()
+    table = (tmp_path / "results.md").read_text()
+    assert "| layerwise" in table and "97% (" in table
+    written = plot_compare(rows, tmp_path)
+    assert {p.name for p in written} == {"accuracy_vs_compression.png", "kept_per_layer.png",
+                                         "admm_residuals.png"}
+
+
+def test_finished_runs_are_reused_and_results_merge_across_invocations(tmp_path):
+    config = tiny_config()
+    run_compare(config, ["admm"], [90.0], tmp_path, seeds=[0])
+    stamp = (tmp_path / "admm-seed0-p90" / "summary.json").stat().st_mtime_ns
+    rows = run_compare(config, ["admm"], [90.0], tmp_path, seeds=[0, 1])
+    assert (tmp_path / "admm-seed0-p90" / "summary.json").stat().st_mtime_ns == stamp
+    assert len(rows) == 2
+    merged = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["seed"] for r in merged) == [0, 1]
+    assert "±" in markdown_table(merged)  # two seeds give a spread
+
+
+def test_depth_sweep_gives_one_block_per_depth(tmp_path):
+    rows = run_compare(tiny_config(), ["admm"], [95.0], tmp_path,
+                       variants=[{"depth": 1}, {"depth": 3}])
+    assert sorted(r["model_depth"] for r in rows) == [1, 3]
+    assert len(rows[1]["kept_per_layer"]) == 4  # 3 hidden + classifier
+    table = markdown_table(rows)
+    assert "depth = 1" in table and "depth = 3" in table
