@@ -8,7 +8,7 @@ from torch import nn
 
 import admmprune.pipeline as pipeline
 from admmprune.cli import build_parser, main
-from admmprune.models import register_model
+from admmprune.models import registry
 
 SMALL = ["--train-subset", "640", "--test-subset", "300", "--dense-epochs", "1", "--k-step",
          "2", "--retraining-epochs", "1", "--no-progress"]
@@ -155,10 +155,10 @@ class _Diverging(nn.Module):
         return self.fc(x.flatten(1)) * float("nan")
 
 
-register_model("test_diverging")(_Diverging)
-
-
-def test_nan_loss_stops_with_advice_and_keeps_the_run(tmp_path, mnist_dir, capsys):
+def test_nan_loss_stops_with_advice_and_keeps_the_run(tmp_path, mnist_dir, capsys,
+                                                     monkeypatch):
+    # registered for this test only, so the registry-wide model tests never see it
+    monkeypatch.setitem(registry._REGISTRY, "test_diverging", _Diverging)
     run_dir = tmp_path / "run"
     code = prune(tmp_path, mnist_dir, "--run-dir", str(run_dir), "--model", "test_diverging")
     assert code == 2
