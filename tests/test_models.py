@@ -15,13 +15,6 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {}
 MNIST_SHAPE = (1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_the_documented_models_are_registered():
     assert {"lenet5", "mlp"} <= set(list_models())

@@ -14,16 +14,6 @@ from admmprune import ADMMPruner, PrunerError
 from admmprune.projection import survivor_count
 from admmprune.selection import SelectionError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train ~1000x faster on one thread than on two shared, contended cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- helpers ------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError
 from .pipeline import Run, run_pipeline
-from .report import format_table
+from .report import format_table, plot_residuals, read_metrics, save_figure
 
 __all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
 
@@ -282,11 +282,7 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
                                zip(variant_keys, variant, strict=True)) or "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    path = out_dir / "accuracy_vs_compression.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, out_dir / "accuracy_vs_compression.png"))
 
     percents = [r["all_percent"] for r in rows if not _isnan(r["all_percent"])]
     if percents:
@@ -311,32 +307,13 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
             ax.set_ylabel("kept weights (%, log)")
             ax.set_title(f"kept fraction per layer at all_percent {at:g}")
             ax.legend()
-            fig.tight_layout()
-            path = out_dir / "kept_per_layer.png"
-            fig.savefig(path, dpi=110)
-            plt.close(fig)
-            written.append(path)
+            written.append(save_figure(fig, out_dir / "kept_per_layer.png"))
             admm_row = first_seed.get("admm")
             if admm_row and admm_row["run_dir"]:
-                from .report import read_metrics
-
                 records = [m for m in read_metrics(admm_row["run_dir"]) if m["phase"] == "admm"]
                 if records:
-                    fig, ax = plt.subplots(figsize=(7, 4))
-                    steps = range(1, len(records) + 1)
-                    ax.semilogy(steps, [m["primal_residual"] for m in records], "o-",
-                                label="primal ‖W−Z‖")
-                    ax.semilogy(steps, [max(m["dual_residual"], 1e-12) for m in records], "s-",
-                                label="dual ρ‖Z−Z_prev‖")
-                    ax.semilogy(steps, [m["rho"] for m in records], "^-", label="ρ")
-                    ax.set_xlabel("ADMM iteration")
-                    ax.set_title(f"global ADMM at all_percent {at:g}")
-                    ax.legend()
-                    fig.tight_layout()
-                    path = out_dir / "admm_residuals.png"
-                    fig.savefig(path, dpi=110)
-                    plt.close(fig)
-                    written.append(path)
+                    written.append(plot_residuals(records, out_dir / "admm_residuals.png",
+                                                  f"(global ADMM, all_percent {at:g})"))
     return written
 
 

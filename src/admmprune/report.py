@@ -6,7 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["format_table", "format_summary", "read_metrics", "read_summary", "plot_run"]
+__all__ = ["format_table", "format_summary", "read_metrics", "read_summary", "plot_run",
+           "plot_residuals", "save_figure"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
@@ -105,19 +106,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     written = []
     admm = [m for m in metrics if m.get("phase") == "admm"]
     if admm:
-        fig, (ax_res, ax_rho) = plt.subplots(1, 2, figsize=(10, 4))
-        steps = range(1, len(admm) + 1)
-        ax_res.semilogy(steps, [m["primal_residual"] for m in admm], "o-", label="primal ‖W−Z‖")
-        ax_res.semilogy(steps, [max(m["dual_residual"], 1e-12) for m in admm], "s-",
-                        label="dual ρ‖Z−Z_prev‖")
-        ax_res.set_xlabel("ADMM iteration")
-        ax_res.set_title("residuals")
-        ax_res.legend()
-        ax_rho.semilogy(steps, [m["rho"] for m in admm], "o-")
-        ax_rho.set_xlabel("ADMM iteration")
-        ax_rho.set_title("ρ")
-        fig.tight_layout()
-        written.append(_save(fig, run_dir / "admm_residuals.png"))
+        written.append(plot_residuals(admm, run_dir / "admm_residuals.png"))
     curve = [m for m in metrics if "test_accuracy" in m]
     if curve:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -129,7 +118,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        written.append(_save(fig, run_dir / "accuracy.png"))
+        written.append(save_figure(fig, run_dir / "accuracy.png"))
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         layers = json.loads(summary_path.read_text()).get("layers") or []
@@ -141,13 +130,38 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.set_title("kept fraction per layer")
             ax.tick_params(axis="x", rotation=45)
             fig.tight_layout()
-            written.append(_save(fig, run_dir / "kept_per_layer.png"))
+            written.append(save_figure(fig, run_dir / "kept_per_layer.png"))
     return written
 
 
-def _save(fig, path: Path) -> Path:
+def plot_residuals(records: Sequence[dict], path: Path, title: str = "") -> Path:
+    """Primal and dual residuals (left) and rho (right) per ADMM iteration, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, (ax_res, ax_rho) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = range(1, len(records) + 1)
+    ax_res.semilogy(steps, [m["primal_residual"] for m in records], "o-", label="primal ‖W−Z‖")
+    # the first dual residual can be exactly 0 (Z did not move): keep it on the log axis
+    ax_res.semilogy(steps, [max(m["dual_residual"], 1e-12) for m in records], "s-",
+                    label="dual ρ‖Z−Z_prev‖")
+    ax_res.set_xlabel("ADMM iteration")
+    ax_res.set_title(f"residuals {title}".strip())
+    ax_res.legend()
+    ax_rho.semilogy(steps, [m["rho"] for m in records], "o-")
+    ax_rho.set_xlabel("ADMM iteration")
+    ax_rho.set_title("ρ")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write as PNG and close (pyplot keeps every open figure alive)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
