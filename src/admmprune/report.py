@@ -117,7 +117,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.set_ylabel("test accuracy (%)")
         ax.legend()
         ax.grid(alpha=0.3)
-        fig.tight_layout()
         written.append(save_figure(fig, run_dir / "accuracy.png"))
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
@@ -129,7 +128,6 @@ def plot_run(run_dir: str | Path) -> list[Path]:
             ax.set_ylabel("kept weights (%)")
             ax.set_title("kept fraction per layer")
             ax.tick_params(axis="x", rotation=45)
-            fig.tight_layout()
             written.append(save_figure(fig, run_dir / "kept_per_layer.png"))
     return written
 
@@ -153,7 +151,6 @@ def plot_residuals(records: Sequence[dict], path: Path, title: str = "") -> Path
     ax_rho.semilogy(steps, [m["rho"] for m in records], "o-")
     ax_rho.set_xlabel("ADMM iteration")
     ax_rho.set_title("ρ")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 
