@@ -159,7 +159,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .masks import global_sparsity, sparsity_report
     from .models import create_model
-    from .pipeline import _load_weights, load_data, load_run_config, resolve_device
+    from .pipeline import load_data, load_run_config, load_weights, resolve_device
     from .report import format_table
     from .selection import prunable_parameters
     from .train import evaluate as evaluate_model
@@ -169,7 +169,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     device = resolve_device(config.device)
     model = create_model(config.model, **config.model_args).to(device)
     weights = args.weights or args.run_dir / "model.pt"
-    _load_weights(model, Path(weights), device)
+    load_weights(model, Path(weights), device)
     _, test = load_data(config, device)
     result = evaluate_model(model, test, device=device)
     named = prunable_parameters(model, config.include, config.exclude)

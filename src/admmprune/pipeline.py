@@ -29,7 +29,7 @@ from .pruner import ADMMPruner
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
-           "build_pruner", "load_data", "new_run_dir"]
+           "load_weights", "build_pruner", "load_data", "new_run_dir"]
 
 STAGES = ("all", "admm", "retrain")
 CHECKPOINT = "checkpoint.pt"
@@ -229,7 +229,7 @@ class Run:
             return
         start = time.perf_counter()
         if cfg.pretrained:
-            _load_weights(self.model, Path(cfg.pretrained), self.device)
+            load_weights(self.model, Path(cfg.pretrained), self.device)
         else:
             optimizer = self._optimizer(cfg.learning_rate, resume_state=True)
             for epoch in range(prog.dense_epoch, cfg.dense_epochs):
@@ -369,7 +369,7 @@ class Run:
         self.metrics.close()
 
 
-def _load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
+def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
     if not path.is_file():
         raise RunError(f"pretrained checkpoint {path} does not exist")
     try:
