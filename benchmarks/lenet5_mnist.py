@@ -36,26 +36,15 @@ import torch
 import admmprune
 from admmprune.config import Config, load_config, parse_value
 from admmprune.pipeline import build_pruner, load_data, new_run_dir, resolve_device, run_pipeline
+from admmprune.report import format_table
 from admmprune.train import evaluate, make_optimizer, train_epoch
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lenet5.yaml"
 OVERHEAD_TARGET = 1.15
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-                align_left: int = 1) -> None:
-    """A plain text table; the first ``align_left`` columns are left-aligned."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i < align_left else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-    line = fmt(headers)
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print(fmt(row))
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], **_: object) -> None:
+    print(format_table(headers, rows))
 
 
 def warn_if_loaded() -> None:

@@ -46,6 +46,7 @@ from admmprune.projection import (
     magnitude_scores,
     survivor_count,
 )
+from admmprune.report import format_table
 
 # (kind, shape) of AlexNet's prunable tensors: 5 convolutions and 3 linear layers.
 ALEXNET_SHAPES: list[tuple[str, tuple[int, ...]]] = [
@@ -225,13 +226,8 @@ def bench_size(target: int, all_percent: float, repeats: int, seed: int,
     return results
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], **_: object) -> None:
+    print(format_table(headers, rows))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
