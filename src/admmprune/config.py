@@ -57,6 +57,8 @@ class Config:
                                   "(x0.1 for the last third) or cosine",
                                   ("constant", "step", "cosine"))
     batch_size: int = _key(64, "mini-batch size for every phase")
+    augment_shift: int = _key(0, "random translation of training images by up to this many "
+                                 "pixels (every phase; 0: none)")
     learning_rate: float = _key(1e-3, "learning rate of dense training and of the W-steps")
     optimizer: str = _key("adam", "optimizer of every phase", ("adam", "sgd"))
     momentum: float = _key(0.9, "SGD momentum")
@@ -143,7 +145,8 @@ class Config:
             rho_max = self.stage_value("rho_max", s)
             _check(_is_number(rho_max) and rho_max >= rho, "rho_max",
                    f"must be >= rho ({rho}), got {rho_max!r}")
-        for key in ("dense_epochs", "retraining_epochs", "stage_retraining_epochs"):
+        for key in ("dense_epochs", "retraining_epochs", "stage_retraining_epochs",
+                    "augment_shift"):
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, "
                    f"got {value!r}")

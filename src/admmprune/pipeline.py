@@ -62,7 +62,7 @@ def load_data(config: Config, device: torch.device) -> tuple[TensorBatches, Tens
     # The whole set fits in memory (MNIST: 190 MB); moving it once avoids per-batch copies.
     data = dataclasses.replace(data, **{name: getattr(data, name).to(device) for name in
                                         ("train_x", "train_y", "test_x", "test_y")})
-    return mnist_loaders(data, config.batch_size, config.seed)
+    return mnist_loaders(data, config.batch_size, config.seed, config.augment_shift)
 
 
 def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner:

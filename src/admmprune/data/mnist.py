@@ -16,12 +16,14 @@ import os
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .augment import RandomShift
 
 __all__ = [
     "DatasetError",
@@ -417,6 +419,7 @@ class TensorBatches:
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
@@ -428,6 +431,7 @@ class TensorBatches:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.transform = transform  # applied to each batch of x (augmentation)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -455,16 +459,20 @@ class TensorBatches:
         for start in range(0, stop, self.batch_size):
             end = start + self.batch_size
             if order is None:  # slices are views: no copy at all
-                yield self.x[start:end], self.y[start:end]
+                x, y = self.x[start:end], self.y[start:end]
             else:
                 idx = order[start:end]
-                yield self.x.index_select(0, idx), self.y.index_select(0, idx.to(self.y.device))
+                x, y = self.x.index_select(0, idx), self.y.index_select(0, idx.to(self.y.device))
+            yield (self.transform(x) if self.transform is not None else x), y
 
 
 def mnist_loaders(
-    data: MNISTData, batch_size: int, seed: int
+    data: MNISTData, batch_size: int, seed: int, augment_shift: int = 0
 ) -> tuple[TensorBatches, TensorBatches]:
-    """Shuffled training batches and unshuffled test batches of 1000."""
-    train = TensorBatches(data.train_x, data.train_y, batch_size, shuffle=True, seed=seed)
+    """Shuffled training batches (randomly shifted by up to ``augment_shift`` pixels) and
+    unshuffled test batches of 1000."""
+    transform = RandomShift(augment_shift, seed) if augment_shift > 0 else None
+    train = TensorBatches(data.train_x, data.train_y, batch_size, shuffle=True, seed=seed,
+                          transform=transform)
     test = TensorBatches(data.test_x, data.test_y, 1000, shuffle=False)
     return train, test
