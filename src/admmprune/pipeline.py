@@ -144,6 +144,7 @@ class Run:
         self.device = resolve_device(config.device)
         self.progress = Progress()
         self.optimizer_state: dict | None = None
+        self._accuracy: float | None = None  # cached test accuracy of the current weights
         checkpoint = self.run_dir / CHECKPOINT
         if resume:
             if not checkpoint.is_file():
@@ -211,6 +212,7 @@ class Run:
         """One training epoch; ``phase_progress=(done, total)`` epochs places it in its
         phase so the learning-rate schedule spans the whole phase."""
         done, total = phase_progress
+        self._accuracy = None  # the weights change
         after = (lambda: self.pruner.enforce()) if enforce else None
         return train_epoch(
             self.model, self.train_batches, optimizer, device=self.device, penalty=penalty,
@@ -220,7 +222,12 @@ class Run:
         )
 
     def test_accuracy(self) -> float:
-        return evaluate(self.model, self.test_batches, device=self.device)["accuracy"]
+        """Test accuracy of the current weights, evaluated once per change of the weights
+        (the end of a phase reuses its last epoch's evaluation)."""
+        if self._accuracy is None:
+            self._accuracy = evaluate(self.model, self.test_batches,
+                                      device=self.device)["accuracy"]
+        return self._accuracy
 
     # -- phases ----------------------------------------------------------------------------
     def dense(self) -> None:
@@ -303,6 +310,7 @@ class Run:
                 self.save(optimizer)
             start = time.perf_counter()
             pruner.hard_prune(cfg.hard_prune_support)
+            self._accuracy = None
             accuracy = self.test_accuracy()
             prog.results[f"stage{s + 1}_pruned_accuracy"] = accuracy
             self.log({"phase": "hard_prune", "stage": s + 1,
