@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 def real_mnist_dir() -> Path | None:
     candidates = [os.environ.get("ADMMPRUNE_DATA_DIR"), REPO.parent / "shared/data/mnist"]
     for candidate in candidates:
-        if candidate and (Path(candidate) / "t10k-labels-idx1-ubyte.gz").exists():
-            return Path(candidate)
+        for folder in (Path(candidate), Path(candidate) / "mnist") if candidate else ():
+            if (folder / "t10k-labels-idx1-ubyte.gz").exists():
+                return folder
     return None
 
 

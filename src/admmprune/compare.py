@@ -17,8 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Config, ConfigError
+from .models import create_model
 from .pipeline import Run, run_pipeline
 from .report import format_table, plot_residuals, read_metrics, save_figure
+from .selection import prunable_parameters
 
 __all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
 
@@ -35,6 +37,11 @@ METHODS: dict[str, tuple[str, dict]] = {
                                                         "score": "lamp"}),
     "rms": ("global ADMM, magnitude / layer RMS in the Z-step", {"projection": "global",
                                                                "score": "rms"}),
+    # Zhang et al. 2018, table 1: kept conv1 20%, conv2 8%, fc1 0.9%, fc2 7% (71.2x).
+    "paper": ("layer-wise ADMM with the ADMM paper's hand-tuned LeNet-5 ratios (kept conv1 "
+              "20%, conv2 8%, fc1 0.9%, fc2 7%: 71.2x); runs once per seed at that ratio",
+              {"projection": "layerwise", "score": "magnitude",
+               "layer_percents": [80.0, 92.0, 99.1, 93.0]}),
 }
 
 
@@ -42,6 +49,22 @@ def admm_epochs(config: Config) -> int:
     """Training epochs spent in W-steps over all stages."""
     return sum(config.stage_value("k_step", s) * config.stage_value("epochs", s)
                for s in range(config.stages))
+
+
+def fixed_percent(config: Config, method: str) -> float | None:
+    """The global removal percent implied by a method with fixed per-layer ratios (``paper``),
+    or None for methods swept over ``--all-percent``."""
+    layer_percents = METHODS[method][1].get("layer_percents")
+    if layer_percents is None:
+        return None
+    model = create_model(config.model, **config.model_args)
+    sizes = [p.numel() for _, p in prunable_parameters(model, config.include, config.exclude)]
+    if len(sizes) != len(layer_percents):
+        raise ConfigError(f"method {method!r} sets {len(layer_percents)} per-layer ratios "
+                          f"(LeNet-5's layers) but {config.model} has {len(sizes)} prunable "
+                          "tensors; drop it from --methods")
+    kept = sum(n - round(p / 100 * n) for n, p in zip(sizes, layer_percents, strict=True))
+    return 100.0 * (1 - kept / sum(sizes))
 
 
 def method_config(base: Config, method: str, all_percent: float) -> Config:
@@ -85,6 +108,7 @@ def run_compare(
     for method in methods:
         if method not in METHODS:
             raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    fixed = {m: fixed_percent(base, m) for m in methods if m != "dense"}  # fails before training
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -102,7 +126,7 @@ def run_compare(
             if stop_after_dense:
                 continue
             for method in (m for m in methods if m != "dense"):
-                for percent in percents:
+                for percent in percents if fixed[method] is None else [fixed[method]]:
                     run_config = method_config(replace(config, pretrained=str(dense_path)),
                                                method, percent)
                     run_dir = out_dir / f"{method}-{label}-p{_tag(percent)}"

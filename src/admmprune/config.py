@@ -38,7 +38,7 @@ class Config:
     name: str = _key("run", "run name; the run directory is OUTPUT_DIR/NAME-TIMESTAMP")
     model: str = _key("lenet5", "registered model name (see `admmprune models`)")
     model_args: dict = _key({}, "keyword arguments of the model factory, e.g. {depth: 3}")
-    dataset: str = _key("mnist", "dataset", ("mnist", "synthetic"))
+    dataset: str = _key("mnist", "dataset", ("mnist", "fashion-mnist", "synthetic"))
     data_dir: str | None = _key(None, "directory with the dataset files "
                                       "(default: $ADMMPRUNE_DATA_DIR, then the cache)")
     download: bool = _key(True, "download the dataset when it is not found locally")

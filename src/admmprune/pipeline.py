@@ -23,7 +23,7 @@ import yaml
 from torch import nn
 
 from .config import Config, ConfigError, apply_overrides
-from .data import TensorBatches, load_mnist, make_synthetic, mnist_loaders
+from .data import IDX_SPECS, TensorBatches, load_mnist, make_synthetic, mnist_loaders
 from .models import create_model
 from .pruner import ADMMPruner
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
@@ -51,9 +51,10 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(config: Config, device: torch.device) -> tuple[TensorBatches, TensorBatches]:
     """Training and test batches for the configured dataset, held on ``device``."""
-    if config.dataset == "mnist":
+    if config.dataset in IDX_SPECS:
         data = load_mnist(config.data_dir, download=config.download,
-                          train_subset=config.train_subset, test_subset=config.test_subset)
+                          train_subset=config.train_subset, test_subset=config.test_subset,
+                          spec=IDX_SPECS[config.dataset])
     elif config.dataset == "synthetic":
         data = make_synthetic(train_size=config.train_subset or 2000,
                               test_size=config.test_subset or 500, seed=config.seed)

@@ -1,6 +1,10 @@
 """Data sets: MNIST reading, locating, downloading and in-memory batching."""
 
 from admmprune.data.mnist import (
+    FASHION_MNIST,
+    IDX_SPECS,
+    MNIST,
+    IDXSpec,
     MIRRORS,
     MNIST_FILES,
     MNIST_MD5,
@@ -19,6 +23,10 @@ from admmprune.data.mnist import (
 
 __all__ = [
     "DatasetError",
+    "FASHION_MNIST",
+    "IDX_SPECS",
+    "IDXSpec",
+    "MNIST",
     "MIRRORS",
     "MNIST_FILES",
     "MNIST_MD5",

@@ -1,4 +1,9 @@
-"""MNIST without torchvision: IDX reading, locating, downloading and in-memory batching.
+"""MNIST and Fashion-MNIST without torchvision: IDX reading, locating, downloading and
+in-memory batching.
+
+Both sets use the same four IDX file names; an :class:`IDXSpec` says which set is meant
+(its checksums, mirrors, folder names and normalisation), so a folder holding the other set
+fails the md5 check with a clear message instead of training on the wrong data.
 
 The four IDX files may be raw or gzipped (detected from the content, not the name) and are
 always decompressed in memory: the data directory may be shared and read-only, so nothing is
@@ -27,6 +32,10 @@ from .augment import RandomShift
 
 __all__ = [
     "DatasetError",
+    "IDXSpec",
+    "MNIST",
+    "FASHION_MNIST",
+    "IDX_SPECS",
     "MNIST_FILES",
     "MNIST_MD5",
     "MIRRORS",
@@ -70,16 +79,53 @@ MIRRORS: tuple[str, ...] = (
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
+
+@dataclass(frozen=True)
+class IDXSpec:
+    """One IDX image set: what its files must hash to and where they may lie."""
+
+    name: str                       # registry name and cache folder: mnist, fashion-mnist
+    title: str                      # for messages
+    md5: Mapping[str, str]          # of the uncompressed files, by file name
+    mirrors: tuple[str, ...]
+    folders: tuple[str, ...]        # sub-folders of a data directory that may hold the files
+    mean: float
+    std: float
+    system_dirs: tuple[str, ...] = ()  # searched after the cache (a distribution's package)
+
+
+MNIST = IDXSpec(
+    name="mnist", title="MNIST", md5=MNIST_MD5, mirrors=MIRRORS,
+    folders=("mnist", "MNIST/raw"), mean=MNIST_MEAN, std=MNIST_STD)
+
+# Zalando's Fashion-MNIST; Debian's dataset-fashion-mnist re-gzips the files, which is why
+# every md5 here is of the uncompressed bytes.
+FASHION_MNIST = IDXSpec(
+    name="fashion-mnist", title="Fashion-MNIST",
+    md5={
+        TRAIN_IMAGES: "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        TRAIN_LABELS: "9018921c3c673c538a1fc5bad174d6f9",
+        TEST_IMAGES: "8181f5470baa50b63fa0f6fddb340f0a",
+        TEST_LABELS: "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    folders=("fashion-mnist", "FashionMNIST/raw"), mean=0.2860, std=0.3530,
+    system_dirs=("/usr/share/datasets/fashion-mnist",))
+
+IDX_SPECS: dict[str, IDXSpec] = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
+
 _GZIP_MAGIC = b"\x1f\x8b"
 _FIX_HINT = (
     "Delete the file and download it again, or point --data-dir / "
     f"{DATA_DIR_ENV} at an intact copy."
 )
-_LOCAL_COPY_HINT = (
-    f"Pass --data-dir DIR or set the environment variable {DATA_DIR_ENV}=DIR, where DIR "
-    f"holds {', '.join(MNIST_FILES)} (raw or .gz; DIR/mnist/ and the torchvision layout "
-    "DIR/MNIST/raw/ are also accepted)."
-)
+
+
+def _local_copy_hint(spec: IDXSpec) -> str:
+    folders = " and ".join(f"DIR/{f}/" for f in spec.folders)
+    return (f"Pass --data-dir DIR or set the environment variable {DATA_DIR_ENV}=DIR, where "
+            f"DIR holds the {spec.title} files {', '.join(MNIST_FILES)} (raw or .gz; {folders}"
+            " are also accepted).")
 
 # IDX type codes; the format stores every multi-byte value big-endian.
 _IDX_DTYPES: dict[int, np.dtype] = {
@@ -164,11 +210,11 @@ def _md5(data: bytes) -> str:
 # --------------------------------------------------------------------------- locating
 
 
-def default_cache_dir() -> Path:
-    """Where downloads go: ``$ADMMPRUNE_CACHE_DIR/mnist``, else ``~/.cache/admmprune/mnist``."""
+def default_cache_dir(spec: IDXSpec = MNIST) -> Path:
+    """Where downloads go: ``$ADMMPRUNE_CACHE_DIR/NAME``, else ``~/.cache/admmprune/NAME``."""
     root = os.environ.get(CACHE_DIR_ENV)
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "admmprune"
-    return base / "mnist"
+    return base / spec.name
 
 
 def _file_in(directory: Path, name: str) -> Path | None:
@@ -179,15 +225,16 @@ def _file_in(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _holds_mnist(directory: Path) -> bool:
+def _holds_idx_set(directory: Path) -> bool:
     return all(_file_in(directory, name) is not None for name in MNIST_FILES)
 
 
-def _layouts(directory: Path) -> list[Path]:
-    return [directory, directory / "mnist", directory / "MNIST" / "raw"]
+def _layouts(directory: Path, spec: IDXSpec) -> list[Path]:
+    return [directory, *(directory / folder for folder in spec.folders)]
 
 
-def _search(data_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str | None]:
+def _search(data_dir: str | os.PathLike[str] | None, spec: IDXSpec = MNIST
+            ) -> tuple[Path | None, str | None]:
     """Return (directory found, None) or (None, source that was configured but empty)."""
     sources: list[tuple[str, Path]] = []
     if data_dir is not None:
@@ -195,38 +242,45 @@ def _search(data_dir: str | os.PathLike[str] | None) -> tuple[Path | None, str |
     elif os.environ.get(DATA_DIR_ENV):
         sources.append((f"${DATA_DIR_ENV}", Path(os.environ[DATA_DIR_ENV]).expanduser()))
     for label, directory in sources:
-        for candidate in _layouts(directory):
-            if _holds_mnist(candidate):
+        # The named folder itself may hold the *other* IDX set under the same file names;
+        # prefer the set's own sub-folder (DATA/fashion-mnist next to DATA/mnist).
+        candidates = _layouts(directory, spec)
+        for candidate in candidates[1:] + candidates[:1]:
+            if _holds_idx_set(candidate):
                 return candidate, None
         # A location the user named explicitly must not silently fall through to the cache
         # (or a download): a typo would otherwise go unnoticed.
         return None, f"{label} = {directory}"
-    cache = default_cache_dir()
-    for candidate in _layouts(cache):
-        if _holds_mnist(candidate):
-            return candidate, None
+    for root in (default_cache_dir(spec), *map(Path, spec.system_dirs)):
+        for candidate in _layouts(root, spec):
+            if _holds_idx_set(candidate):
+                return candidate, None
     return None, None
 
 
-def find_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Return the directory holding the four MNIST files (raw or ``.gz``).
+def find_mnist(data_dir: str | os.PathLike[str] | None = None, spec: IDXSpec = MNIST) -> Path:
+    """Return the directory holding the four IDX files (raw or ``.gz``) of ``spec``.
 
     The first configured location decides: ``data_dir`` if given, else ``$ADMMPRUNE_DATA_DIR``
     if set; if that location lacks the files this is an error rather than a fall-through.
-    With neither configured, the download cache (:func:`default_cache_dir`) is used. For each
-    location D, the files may lie in D, D/mnist or D/MNIST/raw (torchvision's layout).
+    With neither configured, the download cache (:func:`default_cache_dir`) is used, then the
+    spec's system folders (Debian's /usr/share/datasets/fashion-mnist). For each location D,
+    the files may lie in D/mnist or D/MNIST/raw (torchvision's layout; fashion-mnist and
+    FashionMNIST/raw for Fashion-MNIST), or in D itself.
     """
-    found, configured = _search(data_dir)
+    found, configured = _search(data_dir, spec)
     if found is not None:
         return found
     if configured is not None:
+        subfolders = " or ".join(f"{f}/" for f in spec.folders)
         raise DatasetError(
-            f"MNIST not found in {configured} (nor in its mnist/ or MNIST/raw/ "
-            f"subdirectory). {_LOCAL_COPY_HINT}"
+            f"{spec.title} not found in {configured} (nor in its {subfolders} "
+            f"subdirectory). {_local_copy_hint(spec)}"
         )
     raise DatasetError(
-        f"MNIST not found: {DATA_DIR_ENV} is not set and the cache {default_cache_dir()} "
-        f"holds no copy. {_LOCAL_COPY_HINT} Or allow the download."
+        f"{spec.title} not found: {DATA_DIR_ENV} is not set and the cache "
+        f"{default_cache_dir(spec)} holds no copy. {_local_copy_hint(spec)} Or allow the "
+        "download."
     )
 
 
@@ -249,9 +303,10 @@ def _fetch(url: str, dest: Path, timeout: float) -> Path:
 
 def download_mnist(
     dest: str | os.PathLike[str],
-    mirrors: Sequence[str] = MIRRORS,
-    checksums: Mapping[str, str] = MNIST_MD5,
+    mirrors: Sequence[str] | None = None,
+    checksums: Mapping[str, str] | None = None,
     timeout: float = 60.0,
+    spec: IDXSpec = MNIST,
 ) -> Path:
     """Download the four ``.gz`` files into ``dest`` and return ``dest``.
 
@@ -259,6 +314,8 @@ def download_mnist(
     after the md5 of its decompressed content matches ``checksums``. Files already in ``dest``
     with the right md5 are kept. Raises :class:`DatasetError` when a file fails on every mirror.
     """
+    mirrors = spec.mirrors if mirrors is None else mirrors
+    checksums = spec.md5 if checksums is None else checksums
     if isinstance(mirrors, str):
         raise TypeError("mirrors must be a sequence of base URLs, not a single string")
     dest = Path(dest).expanduser()
@@ -296,8 +353,8 @@ def download_mnist(
         else:
             tried = "\n  ".join(errors) if errors else "(no mirrors given)"
             raise DatasetError(
-                f"MNIST could not be downloaded: {name}.gz failed on every mirror:\n  {tried}\n"
-                f"{_LOCAL_COPY_HINT}"
+                f"{spec.title} could not be downloaded: {name}.gz failed on every mirror:\n"
+                f"  {tried}\n{_local_copy_hint(spec)}"
             )
     return dest
 
@@ -322,11 +379,11 @@ class MNISTData:
 
 
 def _load_checked(
-    directory: Path, name: str, checksums: Mapping[str, str]
+    directory: Path, name: str, checksums: Mapping[str, str], spec: IDXSpec
 ) -> tuple[Path, np.ndarray]:
     path = _file_in(directory, name)
     if path is None:  # vanished between find and load
-        raise DatasetError(f"{directory / name}[.gz] does not exist. {_LOCAL_COPY_HINT}")
+        raise DatasetError(f"{directory / name}[.gz] does not exist. {_local_copy_hint(spec)}")
     data = _read_uncompressed(path)
     expected = checksums.get(name)
     if expected is not None:
@@ -334,7 +391,7 @@ def _load_checked(
         if got != expected:
             raise DatasetError(
                 f"{path}: md5 of the uncompressed content is {got}, expected {expected}; "
-                f"the file is corrupt or not the original MNIST. {_FIX_HINT}"
+                f"the file is corrupt or not the original {spec.title}. {_FIX_HINT}"
             )
     return path, _parse_idx(data, path)
 
@@ -344,7 +401,7 @@ def _check_subset(n: int | None, what: str) -> None:
         raise ValueError(f"{what} must be a positive int or None, got {n!r}")
 
 
-def _images(path: Path, array: np.ndarray, n: int | None) -> torch.Tensor:
+def _images(path: Path, array: np.ndarray, n: int | None, spec: IDXSpec) -> torch.Tensor:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[1:] != (28, 28):
         raise DatasetError(
             f"{path}: expected uint8 images of shape (N, 28, 28), got {array.dtype} "
@@ -352,7 +409,7 @@ def _images(path: Path, array: np.ndarray, n: int | None) -> torch.Tensor:
         )
     # Convert only the kept slice: a 1000-example subset costs almost nothing.
     x = torch.from_numpy(array[:n]).to(torch.float32)
-    x.div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+    x.div_(255.0).sub_(spec.mean).div_(spec.std)
     return x.unsqueeze(1)
 
 
@@ -372,10 +429,12 @@ def load_mnist(
     download: bool = True,
     train_subset: int | None = None,
     test_subset: int | None = None,
-    checksums: Mapping[str, str] = MNIST_MD5,
-    mirrors: Sequence[str] = MIRRORS,
+    checksums: Mapping[str, str] | None = None,
+    mirrors: Sequence[str] | None = None,
+    spec: IDXSpec = MNIST,
 ) -> MNISTData:
-    """Locate (see :func:`find_mnist`), verify and load MNIST as normalised tensors.
+    """Locate (see :func:`find_mnist`), verify and load ``spec`` (MNIST by default, or
+    :data:`FASHION_MNIST`) as normalised tensors.
 
     When no location is configured and the cache is empty, the files are downloaded into
     :func:`default_cache_dir` if ``download`` is true. ``train_subset`` / ``test_subset`` keep
@@ -384,16 +443,18 @@ def load_mnist(
     """
     _check_subset(train_subset, "train_subset")
     _check_subset(test_subset, "test_subset")
-    found, configured = _search(data_dir)
+    checksums = spec.md5 if checksums is None else checksums
+    found, configured = _search(data_dir, spec)
     if found is None:
         if configured is not None or not download:
-            find_mnist(data_dir)  # raises the right message
-        found = download_mnist(default_cache_dir(), mirrors=mirrors, checksums=checksums)
+            find_mnist(data_dir, spec)  # raises the right message
+        found = download_mnist(default_cache_dir(spec), mirrors=mirrors, checksums=checksums,
+                               spec=spec)
 
     # All four are verified before any conversion, so a bad file fails fast and clearly.
-    loaded = {name: _load_checked(found, name, checksums) for name in MNIST_FILES}
-    train_x = _images(*loaded[TRAIN_IMAGES], train_subset)
-    test_x = _images(*loaded[TEST_IMAGES], test_subset)
+    loaded = {name: _load_checked(found, name, checksums, spec) for name in MNIST_FILES}
+    train_x = _images(*loaded[TRAIN_IMAGES], train_subset, spec)
+    test_x = _images(*loaded[TEST_IMAGES], test_subset, spec)
     n_train, n_test = loaded[TRAIN_IMAGES][1].shape[0], loaded[TEST_IMAGES][1].shape[0]
     train_y = _labels(*loaded[TRAIN_LABELS], train_subset, n_train)
     test_y = _labels(*loaded[TEST_LABELS], test_subset, n_test)
