@@ -24,7 +24,7 @@ from torch import nn
 
 from .config import Config, ConfigError, apply_overrides
 from .data import IDX_SPECS, TensorBatches, load_mnist, make_synthetic, mnist_loaders
-from .models import create_model
+from .models import create_model, weights_loader
 from .pruner import ADMMPruner
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
@@ -237,7 +237,7 @@ class Run:
             return
         start = time.perf_counter()
         if cfg.pretrained:
-            load_weights(self.model, Path(cfg.pretrained), self.device)
+            load_weights(self.model, Path(cfg.pretrained), self.device, cfg.model)
         else:
             optimizer = self._optimizer(cfg.learning_rate, resume_state=True)
             for epoch in range(prog.dense_epoch, cfg.dense_epochs):
@@ -378,9 +378,20 @@ class Run:
         self.metrics.close()
 
 
-def load_weights(model: nn.Module, path: Path, device: torch.device) -> None:
+def load_weights(model: nn.Module, path: Path, device: torch.device,
+                 model_name: str | None = None) -> None:
+    """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
+    (Caffe .npy, darknet .weights), else a PyTorch state dict read with weights_only=True."""
     if not path.is_file():
         raise RunError(f"pretrained checkpoint {path} does not exist")
+    loader = weights_loader(model_name, path) if model_name else None
+    if loader is not None:
+        try:
+            loader(model, path)
+        except ValueError as err:
+            raise RunError(f"cannot load {path} into {model_name}: {err}") from None
+        model.to(device)
+        return
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001

@@ -1,6 +1,14 @@
 """Registered models; importing this package registers them all."""
 
 from . import lenet5, mlp  # noqa: F401  (registration side effect)
-from .registry import UnknownModelError, create_model, list_models, register_model
+from .registry import (
+    UnknownModelError,
+    create_model,
+    list_models,
+    register_model,
+    register_weights_loader,
+    weights_loader,
+)
 
-__all__ = ["create_model", "list_models", "register_model", "UnknownModelError"]
+__all__ = ["create_model", "list_models", "register_model", "UnknownModelError",
+           "register_weights_loader", "weights_loader"]

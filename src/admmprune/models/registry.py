@@ -1,14 +1,25 @@
-"""A small model registry: ``create_model(name, **kwargs)`` and ``list_models()``."""
+"""A small model registry: ``create_model(name, **kwargs)`` and ``list_models()``.
+
+Models whose published weights come in a foreign format (Caffe's ``bvlc_alexnet.npy``,
+darknet's ``.weights``) register a loader for that file suffix with
+:func:`register_weights_loader`; ``pretrained:`` files with any other suffix are read as a
+PyTorch state dict.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "UnknownModelError"]
+__all__ = ["register_model", "create_model", "list_models", "UnknownModelError",
+           "register_weights_loader", "weights_loader"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# (model name, lower-case suffix such as ".npy") -> loader(model, path) filling the model in place
+WeightsLoader = Callable[[nn.Module, Path], None]
+_WEIGHTS_LOADERS: dict[tuple[str, str], WeightsLoader] = {}
 
 
 class UnknownModelError(KeyError):
@@ -41,3 +52,23 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def register_weights_loader(model_name: str, suffix: str
+                            ) -> Callable[[WeightsLoader], WeightsLoader]:
+    """Decorator: ``loader(model, path)`` reads ``model_name``'s weights from files ending in
+    ``suffix`` (e.g. ``".npy"``); it raises ``ValueError`` with a clear message on a bad file."""
+
+    def decorator(loader: WeightsLoader) -> WeightsLoader:
+        key = (model_name, suffix.lower())
+        if key in _WEIGHTS_LOADERS:
+            raise ValueError(f"a {suffix} loader for model {model_name!r} is registered twice")
+        _WEIGHTS_LOADERS[key] = loader
+        return loader
+
+    return decorator
+
+
+def weights_loader(model_name: str, path: str | Path) -> WeightsLoader | None:
+    """The registered loader for ``path``'s suffix and this model, or None (a state dict)."""
+    return _WEIGHTS_LOADERS.get((model_name, Path(path).suffix.lower()))
