@@ -11,9 +11,15 @@ from admmprune import ADMMPruner, create_model, list_models, prunable_parameters
 from admmprune.models import UnknownModelError
 
 # Input shape (without the batch) of models that do not take MNIST-sized images.
-INPUT_SHAPES: dict[str, tuple[int, ...]] = {}
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {"alexnet": (3, 67, 67), "yolov4": (3, 64, 64),
+                                            "yolov4-tiny": (3, 64, 64)}
 MNIST_SHAPE = (1, 28, 28)
-
+# Factory arguments that give 10 classes and keep big models small in this test.
+MODEL_ARGS: dict[str, dict] = {"alexnet": {"num_classes": 10, "image_size": 67, "fc_width": 64},
+                               "yolov4": {"num_classes": 10, "image_size": 64},
+                               "yolov4-tiny": {"num_classes": 10, "image_size": 64}}
+# Detectors return one raw head per scale: (B, anchors * (5 + classes), H, W).
+DETECTORS = {"yolov4", "yolov4-tiny"}
 
 
 def test_the_documented_models_are_registered():
@@ -22,15 +28,19 @@ def test_the_documented_models_are_registered():
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_gives_batch_by_10_logits_and_has_prunable_tensors(name):
+def test_every_model_gives_batch_by_10_outputs_and_has_prunable_tensors(name):
     torch.manual_seed(0)
-    model = create_model(name)
+    model = create_model(name, **MODEL_ARGS.get(name, {}))
     assert isinstance(model, nn.Module)
     x = torch.randn(3, *INPUT_SHAPES.get(name, MNIST_SHAPE))
     with torch.no_grad():
-        logits = model(x)
-    assert logits.shape == (3, 10)
-    assert bool(torch.isfinite(logits).all())
+        output = model(x)
+    if name in DETECTORS:
+        assert [tuple(h.shape[:2]) for h in output] == [(3, 3 * (5 + 10))] * len(output)
+        assert all(bool(torch.isfinite(h).all()) for h in output)
+    else:
+        assert output.shape == (3, 10)
+        assert bool(torch.isfinite(output).all())
     named = prunable_parameters(model)
     assert named
     for tensor_name, weight in named:

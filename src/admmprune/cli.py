@@ -75,9 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, help="run directory")
     _add_recipe_keys(train)
 
-    evaluate = sub.add_parser("eval", help="test accuracy and sparsity of a saved model",
+    evaluate = sub.add_parser("eval", help="test metrics and sparsity of a saved model",
                               description="Evaluate a run directory's model.pt (or any state "
-                                          "dict given with --weights) on the test set.")
+                                          "dict given with --weights) on the test split only "
+                                          "(classification: loss, top-1, top-5).")
     evaluate.add_argument("run_dir", type=Path, help="run directory")
     evaluate.add_argument("--weights", type=Path, help="state dict to evaluate instead of "
                           "RUN_DIR/model.pt")
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_keys(compare)
 
     sub.add_parser("models", help="list the registered models")
+    sub.add_parser("datasets", help="list the registered datasets and tasks")
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
     return parser
@@ -151,33 +153,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run.dense()
     finally:
         run.close()
-    accuracy = run.progress.results["dense_accuracy"]
-    print(f"dense test accuracy {100 * accuracy:.2f}%  ->  {run.run_dir / 'dense.pt'}")
+    from .report import format_metrics
+
+    dense = {k.removeprefix("dense_"): v for k, v in run.progress.results.items()
+             if k.startswith("dense_")}
+    print(f"dense: {format_metrics(dense, run.task.labels)}  ->  {run.run_dir / 'dense.pt'}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .masks import global_sparsity, sparsity_report
-    from .models import create_model
-    from .pipeline import load_data, load_run_config, load_weights, resolve_device
-    from .report import format_table
+    from .pipeline import build_model, load_data, load_run_config, load_weights, resolve_device
+    from .report import format_metrics, format_table
     from .selection import prunable_parameters
+    from .tasks import create_task
     from .train import evaluate as evaluate_model
 
     overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     config = load_run_config(args.run_dir, overrides)
     device = resolve_device(config.device)
-    model = create_model(config.model, **config.model_args).to(device)
+    data = load_data(config, device, splits=("test",))  # no training files needed
+    model = build_model(config, data.num_classes).to(device)
     weights = args.weights or args.run_dir / "model.pt"
-    load_weights(model, Path(weights), device)
-    _, test = load_data(config, device)
-    result = evaluate_model(model, test, device=device)
+    load_weights(model, Path(weights), device, config.model)
+    task = create_task(config.task)
+    result = evaluate_model(model, data.test, device=device, task=task, amp=config.amp)
     named = prunable_parameters(model, config.include, config.exclude)
     report = sparsity_report([n for n, _ in named], [p.detach() for _, p in named])
     totals = global_sparsity(report)
-    print(f"{weights}: test accuracy {100 * result['accuracy']:.2f}%  loss "
-          f"{result['loss']:.4f}  sparsity {totals['sparsity_percent']:.3f}%  compression "
-          f"{totals['compression']:.1f}x")
+    print(f"{weights}: {format_metrics(result, task.labels)}  sparsity "
+          f"{totals['sparsity_percent']:.3f}%  compression {totals['compression']:.1f}x")
     print(format_table(["layer", "weights", "kept", "kept %"],
                        [(r.name, r.total, r.kept, f"{100 * r.kept_fraction:.2f}%")
                         for r in report]))
@@ -242,6 +247,17 @@ def _cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_datasets(_: argparse.Namespace) -> int:
+    from .data import list_datasets
+    from .report import format_table
+    from .tasks import list_tasks
+
+    print(format_table(["dataset", "task", "what it is"],
+                       [(d.name, d.task, d.description) for d in list_datasets()]))
+    print(f"\ntasks: {', '.join(list_tasks())}")
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from .report import format_table
 
@@ -259,7 +275,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare,
-            "report": _cmd_report, "models": _cmd_models, "keys": _cmd_keys}
+            "report": _cmd_report, "models": _cmd_models, "datasets": _cmd_datasets,
+            "keys": _cmd_keys}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,9 +38,23 @@ class Config:
     name: str = _key("run", "run name; the run directory is OUTPUT_DIR/NAME-TIMESTAMP")
     model: str = _key("lenet5", "registered model name (see `admmprune models`)")
     model_args: dict = _key({}, "keyword arguments of the model factory, e.g. {depth: 3}")
-    dataset: str = _key("mnist", "dataset", ("mnist", "fashion-mnist", "synthetic"))
+    dataset: str = _key("mnist", "registered dataset (see `admmprune datasets`)")
+    task: str = _key("classification", "what the labels mean: its loss and metrics "
+                                       "(see `admmprune datasets`)")
     data_dir: str | None = _key(None, "directory with the dataset files "
                                       "(default: $ADMMPRUNE_DATA_DIR, then the cache)")
+    val_labels: str | None = _key(None, "imagenet: validation label file written by "
+                                        "`admmprune imagenet-labels` (default: "
+                                        "DATA_DIR/val_labels.txt)")
+    image_size: int | None = _key(None, "image datasets: crop size fed to the model "
+                                        "(default 227)")
+    resize: int | None = _key(None, "image datasets: images are resized to this before "
+                                    "cropping (default 256)")
+    preprocess: str = _key("caffe", "image datasets: caffe (BGR 0-255 minus the mean, what "
+                                    "bvlc_alexnet.npy expects) or standard (RGB 0-1, "
+                                    "ImageNet mean/std)", ("caffe", "standard"))
+    workers: int = _key(2, "data-loading worker processes of streaming datasets (0: load in "
+                           "the main process)")
     download: bool = _key(True, "download the dataset when it is not found locally")
     train_subset: int | None = _key(None, "use only the first N training examples")
     test_subset: int | None = _key(None, "use only the first N test examples")
@@ -57,6 +71,10 @@ class Config:
                                   "(x0.1 for the last third) or cosine",
                                   ("constant", "step", "cosine"))
     batch_size: int = _key(64, "mini-batch size for every phase")
+    accumulate: int = _key(1, "mini-batches per optimizer step (gradient accumulation: the "
+                              "effective batch is batch_size x accumulate)")
+    amp: str = _key("off", "mixed precision of the forward pass: off, bf16, fp16 (CUDA only)",
+                    ("off", "bf16", "fp16"))
     augment_shift: int = _key(0, "random translation of training images by up to this many "
                                  "pixels (every phase; 0: none)")
     learning_rate: float = _key(1e-3, "learning rate of dense training and of the W-steps")
@@ -150,10 +168,18 @@ class Config:
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, "
                    f"got {value!r}")
-        for key in ("batch_size", "steps_per_epoch", "train_subset", "test_subset", "threads"):
+        for key in ("batch_size", "accumulate", "steps_per_epoch", "train_subset",
+                    "test_subset", "threads", "image_size", "resize"):
             value = getattr(self, key)
-            _check(value is None and key != "batch_size" or isinstance(value, int) and value >= 1,
+            required = key in ("batch_size", "accumulate")
+            _check(value is None and not required or _is_int(value) and value >= 1,
                    key, f"must be an integer >= 1, got {value!r}")
+        _check(_is_int(self.workers) and self.workers >= 0, "workers",
+               f"must be an integer >= 0, got {self.workers!r}")
+        _check(self.image_size is None or self.resize is None or self.resize >= self.image_size,
+               "resize", f"({self.resize}) must be >= image_size ({self.image_size}): images "
+               "are resized, then cropped")
+        self._check_registered()
         for key in ("learning_rate", "retraining_learning_rate"):
             value = getattr(self, key)
             _check(value is None and key != "learning_rate" or _is_number(value) and value > 0,
@@ -162,6 +188,23 @@ class Config:
                f"must be >= 0, got {self.p_lambda!r}")
         _check(isinstance(self.model_args, dict), "model_args", "must be a mapping")
         return self
+
+
+    def _check_registered(self) -> None:
+        # Imported here: the registries import torch, the rest of this module does not.
+        from .data.registry import dataset_entry
+        from .tasks import list_tasks
+
+        try:
+            dataset_entry(self.dataset)
+        except ValueError as err:
+            raise ConfigError(f"dataset: {err}") from None
+        _check(self.task in list_tasks(), "task",
+               f"must be one of {', '.join(list_tasks())}; got {self.task!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:

@@ -9,34 +9,27 @@ unit in progress.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from .config import Config, ConfigError, apply_overrides
-from .data import IDX_SPECS, TensorBatches, load_mnist, make_synthetic, mnist_loaders
+from .config import Config, ConfigError
+from .data import DataSplits, create_dataset
 from .models import create_model, weights_loader
 from .pruner import ADMMPruner
+from .rundir import RunDirectory, RunError, load_run_config, new_run_dir
+from .tasks import create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
-           "load_weights", "build_pruner", "load_data", "new_run_dir"]
+           "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model"]
 
 STAGES = ("all", "admm", "retrain")
-CHECKPOINT = "checkpoint.pt"
-
-
-class RunError(RuntimeError):
-    """A run cannot proceed (missing checkpoint, wrong run directory...)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,21 +42,25 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_data(config: Config, device: torch.device) -> tuple[TensorBatches, TensorBatches]:
-    """Training and test batches for the configured dataset, held on ``device``."""
-    if config.dataset in IDX_SPECS:
-        data = load_mnist(config.data_dir, download=config.download,
-                          train_subset=config.train_subset, test_subset=config.test_subset,
-                          spec=IDX_SPECS[config.dataset])
-    elif config.dataset == "synthetic":
-        data = make_synthetic(train_size=config.train_subset or 2000,
-                              test_size=config.test_subset or 500, seed=config.seed)
-    else:
-        raise ConfigError(f"unknown dataset {config.dataset!r}")
-    # The whole set fits in memory (MNIST: 190 MB); moving it once avoids per-batch copies.
-    data = dataclasses.replace(data, **{name: getattr(data, name).to(device) for name in
-                                        ("train_x", "train_y", "test_x", "test_y")})
-    return mnist_loaders(data, config.batch_size, config.seed, config.augment_shift)
+def load_data(config: Config, device: torch.device, splits: tuple[str, ...] = ("train", "test")
+              ) -> DataSplits:
+    """The configured dataset's splits (in-memory sets are moved to ``device`` once)."""
+    return create_dataset(config.dataset, config, device, splits)
+
+
+def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
+    """The configured model; a factory that takes ``num_classes`` gets the dataset's class
+    count unless model_args sets it."""
+    kwargs = dict(config.model_args)
+    if num_classes is not None and "num_classes" not in kwargs:
+        from .models.registry import accepts_argument
+
+        if accepts_argument(config.model, "num_classes"):
+            kwargs["num_classes"] = num_classes
+    try:
+        return create_model(config.model, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model_args do not fit model {config.model!r}: {err}") from None
 
 
 def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner:
@@ -85,38 +82,26 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner
     )
 
 
-def new_run_dir(config: Config) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(config.output_dir) / f"{config.name}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = Path(f"{base}-{n}")
-    return path
-
-
-def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
-    """The resolved config a run directory was started with, plus ``overrides``."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise RunError(f"{run_dir} is not a run directory (no config.yaml)")
-    config = Config()
-    apply_overrides(config, yaml.safe_load(path.read_text()) or {})
-    apply_overrides(config, overrides or {})
-    return config.validate()
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, then rename: a crash mid-write never corrupts ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
@@ -132,70 +117,69 @@ class Progress:
     admm_done: bool = False
     retrain_epoch: int = 0
     done: bool = False
+    data_epoch: int = 0  # training epochs started so far: the data order of the next one
     results: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
 
 class Run:
-    """One run directory and the job it holds. Use :func:`run_pipeline`."""
+    """One run directory and the job it holds: the phases dense -> ADMM stages -> masked
+    retraining, each checkpointed. Use :func:`run_pipeline`."""
 
-    def __init__(self, config: Config, run_dir: Path, resume: bool) -> None:
+    def __init__(self, config: Config, run_dir: Path, resume: bool,
+                 splits: tuple[str, ...] = ("train", "test")) -> None:
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.dir = RunDirectory(run_dir)
+        self.run_dir = self.dir.path
         self.device = resolve_device(config.device)
+        self.task = create_task(config.task)
         self.progress = Progress()
         self.optimizer_state: dict | None = None
-        self._accuracy: float | None = None  # cached test accuracy of the current weights
-        checkpoint = self.run_dir / CHECKPOINT
+        self._metrics: dict | None = None  # test metrics of the current weights
         if resume:
-            if not checkpoint.is_file():
-                raise RunError(f"nothing to resume: {checkpoint} does not exist")
-        elif checkpoint.exists():
+            if not self.dir.checkpoint.is_file():
+                raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
+        elif self.dir.checkpoint.exists():
             raise RunError(f"{self.run_dir} already holds a run; resume it (--resume) or "
                            "choose another directory")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(),
-                                                                 sort_keys=False))
         if config.threads:
             torch.set_num_threads(config.threads)
+        # Data first: an unreadable data set fails before anything is written, and the model
+        # learns its class count from it.
+        self.data = load_data(config, self.device, splits)
+        self.train_batches, self.test_batches = self.data.train, self.data.test
         _seed_everything(config.seed)
-        try:
-            self.model = create_model(config.model, **config.model_args).to(self.device)
-        except TypeError as err:
-            raise ConfigError(f"model_args do not fit model {config.model!r}: {err}") from None
+        self.model = build_model(config, self.data.num_classes).to(self.device)
         self.pruner: ADMMPruner | None = None
+        self.dir.create(config)
         if resume:
-            self._restore(checkpoint)
-        self.train_batches, self.test_batches = load_data(config, self.device)
-        self.metrics = (self.run_dir / "metrics.jsonl").open("a")
+            self._restore()
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _restore(self, checkpoint: Path) -> None:
-        try:
-            state = torch.load(checkpoint, map_location=self.device, weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise RunError(f"cannot read {checkpoint} ({err}); the file is corrupt, start a "
-                           "new run") from None
+    def _restore(self) -> None:
+        state = self.dir.load_checkpoint(self.device)
         self.model.load_state_dict(state["model"])
         self.progress = Progress(**state["progress"])
         self.optimizer_state = state.get("optimizer")
+        if state.get("rng") is not None:
+            _set_rng_state(state["rng"])
         if state.get("pruner") is not None:
             stage = min(self.progress.stage, self.config.stages - 1)
             self.pruner = build_pruner(self.model, self.config, stage)
             self.pruner.load_state_dict(state["pruner"])
 
     def save(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        _atomic_save({
+        self.dir.save_checkpoint({
             "model": self.model.state_dict(),
             "pruner": None if self.pruner is None else self.pruner.state_dict(),
             "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "progress": self.progress.__dict__,
+            "progress": dataclasses.asdict(self.progress),
             "config": self.config.to_dict(),
-        }, self.run_dir / CHECKPOINT)
+            "rng": _rng_state(),
+        })
 
     def log(self, record: dict) -> None:
-        self.metrics.write(json.dumps(record) + "\n")
-        self.metrics.flush()
+        self.dir.log(record)
 
     def _timed(self, phase: str, seconds: float) -> None:
         self.progress.seconds[phase] = self.progress.seconds.get(phase, 0.0) + seconds
@@ -213,22 +197,43 @@ class Run:
         """One training epoch; ``phase_progress=(done, total)`` epochs places it in its
         phase so the learning-rate schedule spans the whole phase."""
         done, total = phase_progress
-        self._accuracy = None  # the weights change
+        cfg = self.config
+        self._metrics = None  # the weights change
         after = (lambda: self.pruner.enforce()) if enforce else None
-        return train_epoch(
-            self.model, self.train_batches, optimizer, device=self.device, penalty=penalty,
-            after_step=after, max_steps=self.config.steps_per_epoch, desc=desc,
-            progress=self.config.progress,
+        # Every epoch's data order follows from (seed, epoch number): a resumed run sees the
+        # batches the uninterrupted run would have seen.
+        self.train_batches.set_epoch(self.progress.data_epoch)
+        stats = train_epoch(
+            self.model, self.train_batches, optimizer, task=self.task, device=self.device,
+            penalty=penalty, after_step=after, max_steps=cfg.steps_per_epoch, desc=desc,
+            progress=cfg.progress, amp=cfg.amp, accumulate=cfg.accumulate,
             lr_at=lambda f: lr * lr_factor(schedule, (done + f) / total),
         )
+        self.progress.data_epoch += 1
+        return stats
 
-    def test_accuracy(self) -> float:
-        """Test accuracy of the current weights, evaluated once per change of the weights
-        (the end of a phase reuses its last epoch's evaluation)."""
-        if self._accuracy is None:
-            self._accuracy = evaluate(self.model, self.test_batches,
-                                      device=self.device)["accuracy"]
-        return self._accuracy
+    def test_metrics(self) -> dict:
+        """The task's test metrics of the current weights, evaluated once per change of the
+        weights (the end of a phase reuses its last epoch's evaluation)."""
+        if self._metrics is None:
+            self._metrics = evaluate(self.model, self.test_batches, device=self.device,
+                                     task=self.task, amp=self.config.amp)
+        return self._metrics
+
+    def test_score(self) -> float:
+        """The task's headline metric (classification: top-1 accuracy)."""
+        return self.test_metrics()[self.task.metric]
+
+    def _test_record(self) -> dict:
+        return {f"test_{k}": v for k, v in self.test_metrics().items()}
+
+    def _result(self, prefix: str) -> None:
+        self.progress.results.update({f"{prefix}_{k}": v for k, v in
+                                      self.test_metrics().items()})
+
+    @staticmethod
+    def _train_record(stats: dict) -> dict:
+        return {f"train_{k}": v for k, v in stats.items() if k not in ("steps", "seconds")}
 
     # -- phases ----------------------------------------------------------------------------
     def dense(self) -> None:
@@ -244,17 +249,15 @@ class Run:
                 stats = self._epoch(optimizer, f"dense {epoch + 1}/{cfg.dense_epochs}",
                                     cfg.learning_rate, cfg.dense_lr_schedule,
                                     phase_progress=(epoch, cfg.dense_epochs))
-                accuracy = self.test_accuracy()
-                self.log({"phase": "dense", "epoch": epoch + 1, "train_loss": stats["loss"],
-                          "train_accuracy": stats["accuracy"], "test_accuracy": accuracy,
-                          "seconds": stats["seconds"]})
+                self.log({"phase": "dense", "epoch": epoch + 1, **self._train_record(stats),
+                          **self._test_record(), "seconds": stats["seconds"]})
                 prog.dense_epoch = epoch + 1
                 self._timed("dense", time.perf_counter() - start)
                 start = time.perf_counter()
                 self.save(optimizer)
-        prog.results["dense_accuracy"] = self.test_accuracy()
+        self._result("dense")
         prog.dense_done = True
-        torch.save(self.model.state_dict(), self.run_dir / "dense.pt")
+        self.dir.save_weights("dense.pt", self.model.state_dict())
         self._timed("dense", time.perf_counter() - start)
         self.save()
 
@@ -273,9 +276,10 @@ class Run:
             prog.stage_retrain_epoch = 0
             self.save()
         prog.admm_done = True
-        prog.results["admm_accuracy"] = prog.results.get(f"stage{cfg.stages}_pruned_accuracy")
-        torch.save({"model": self.model.state_dict(), "pruner": self.pruner.state_dict()},
-                   self.run_dir / "admm.pt")
+        for key in self.task.metrics + ("loss",):
+            prog.results[f"admm_{key}"] = prog.results.get(f"stage{cfg.stages}_pruned_{key}")
+        self.dir.save_weights("admm.pt", {"model": self.model.state_dict(),
+                                          "pruner": self.pruner.state_dict()})
         self.save()
 
     def _admm_stage(self, s: int) -> None:
@@ -302,21 +306,19 @@ class Run:
                                         penalty=pruner.penalty, enforce=enforce,
                                         phase_progress=(e, epochs))
                 record = pruner.admm_step()
-                accuracy = self.test_accuracy()
                 self.log({"phase": "admm", "stage": s + 1, **record,
-                          "train_loss": stats["loss"], "test_accuracy": accuracy,
+                          **self._train_record(stats), **self._test_record(),
                           "seconds": time.perf_counter() - start})
                 prog.iteration = k + 1
                 self._timed("admm", time.perf_counter() - start)
                 self.save(optimizer)
             start = time.perf_counter()
             pruner.hard_prune(cfg.hard_prune_support)
-            self._accuracy = None
-            accuracy = self.test_accuracy()
-            prog.results[f"stage{s + 1}_pruned_accuracy"] = accuracy
+            self._metrics = None
+            self._result(f"stage{s + 1}_pruned")
             self.log({"phase": "hard_prune", "stage": s + 1,
                       "all_percent": pruner.all_percent, **pruner.summary(),
-                      "test_accuracy": accuracy})
+                      **self._test_record()})
             prog.stage_pruned = True
             self._timed("admm", time.perf_counter() - start)
             self.save()
@@ -334,11 +336,9 @@ class Run:
             stats = self._epoch(optimizer, f"{phase} {epoch + 1}/{total}", lr,
                                 cfg.retraining_lr_schedule, enforce=True,
                                 phase_progress=(epoch, total))
-            accuracy = self.test_accuracy()
             stage = {"stage": prog.stage + 1} if phase == "stage_retrain" else {}
-            self.log({"phase": phase, **stage, "epoch": epoch + 1,
-                      "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-                      "test_accuracy": accuracy, "seconds": stats["seconds"]})
+            self.log({"phase": phase, **stage, "epoch": epoch + 1, **self._train_record(stats),
+                      **self._test_record(), "seconds": stats["seconds"]})
             setattr(prog, counter, epoch + 1)
             self._timed("retrain", time.perf_counter() - start)
             self.save(optimizer)
@@ -350,9 +350,9 @@ class Run:
                            "`admmprune prune --stage admm` (or resume it) first")
         if not prog.done:
             self._retrain("retrain", cfg.retraining_epochs, "retrain_epoch")
-            prog.results["pruned_accuracy"] = self.test_accuracy()
+            self._result("pruned")
             prog.done = True
-            torch.save(self.model.state_dict(), self.run_dir / "model.pt")
+            self.dir.save_weights("model.pt", self.model.state_dict())
             self.save()
         return self.summary()
 
@@ -363,6 +363,9 @@ class Run:
             "run_dir": str(self.run_dir),
             "model": self.config.model,
             "dataset": self.config.dataset,
+            "task": self.task.name,
+            "metric": self.task.metric,
+            "metric_labels": {k: self.task.label(k) for k in self.task.metrics},
             "all_percent": self.config.final_percent(),
             **prog.results,
             **(self.pruner.summary() if self.pruner else {}),
@@ -371,11 +374,11 @@ class Run:
             "wall_seconds": sum(prog.seconds.values()),
             "complete": prog.done,
         }
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.dir.write_summary(summary)
         return summary
 
     def close(self) -> None:
-        self.metrics.close()
+        self.dir.close()
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device,

@@ -6,8 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["format_table", "format_summary", "read_metrics", "read_summary", "plot_run",
-           "plot_residuals", "save_figure"]
+__all__ = ["format_table", "format_summary", "format_metrics", "summary_metric",
+           "read_metrics", "read_summary", "plot_run", "plot_residuals", "save_figure"]
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
@@ -46,13 +46,38 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def format_metrics(metrics: dict, labels: dict | None = None) -> str:
+    """``top-1 accuracy 99.12%  top-5 accuracy 99.98%  loss 0.0312``: fractions in [0, 1]
+    as percentages, the loss (and other unbounded values) as numbers."""
+    labels = labels or {}
+    parts = []
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        text = f"{value:.4f}" if key == "loss" else f"{100 * value:.2f}%"
+        parts.append(f"{labels.get(key, key)} {text}")
+    return "  ".join(parts)
+
+
+def summary_metric(summary: dict, phase: str) -> float | None:
+    """The headline metric of ``phase`` (dense, admm, pruned) in a run summary."""
+    return summary.get(f"{phase}_{summary.get('metric', 'accuracy')}")
+
+
 def format_summary(summary: dict) -> str:
-    """The end-of-run report: accuracies, sparsity, compression, per-layer kept fraction."""
+    """The end-of-run report: the task's metrics per phase, sparsity, compression, per-layer
+    kept fraction."""
+    metric = summary.get("metric", "accuracy")
+    labels = summary.get("metric_labels") or {metric: metric}
+    metric_rows = []
+    for phase, title in (("dense", "dense"), ("admm", "after hard prune"),
+                         ("pruned", "pruned")):
+        for key, label in labels.items():
+            name = f"{title} {label}" if key == metric else f"  {label}"
+            metric_rows.append((name, _percent(summary.get(f"{phase}_{key}"))))
     overview = [
         ("model / dataset", f"{summary['model']} / {summary['dataset']}"),
-        ("dense accuracy", _percent(summary.get("dense_accuracy"))),
-        ("after hard prune", _percent(summary.get("admm_accuracy"))),
-        ("pruned accuracy", _percent(summary.get("pruned_accuracy"))),
+        *metric_rows,
         ("prunable weights", f"{summary.get('total', '-')}"),
         ("kept weights", f"{summary.get('kept', '-')}"),
         ("global sparsity", f"{summary['sparsity_percent']:.3f}%" if "sparsity_percent"
@@ -107,20 +132,23 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     admm = [m for m in metrics if m.get("phase") == "admm"]
     if admm:
         written.append(plot_residuals(admm, run_dir / "admm_residuals.png"))
-    curve = [m for m in metrics if "test_accuracy" in m]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    metric = summary.get("metric", "accuracy")
+    label = (summary.get("metric_labels") or {}).get(metric, metric)
+    curve = [m for m in metrics if f"test_{metric}" in m]
     if curve:
         fig, ax = plt.subplots(figsize=(7, 4))
         for phase in dict.fromkeys(m["phase"] for m in curve):
             xs = [i for i, m in enumerate(curve) if m["phase"] == phase]
-            ax.plot(xs, [100 * curve[i]["test_accuracy"] for i in xs], "o-", label=phase)
+            ax.plot(xs, [100 * curve[i][f"test_{metric}"] for i in xs], "o-", label=phase)
         ax.set_xlabel("epoch / iteration (run order)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"test {label} (%)")
         ax.legend()
         ax.grid(alpha=0.3)
         written.append(save_figure(fig, run_dir / "accuracy.png"))
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file():
-        layers = json.loads(summary_path.read_text()).get("layers") or []
+    if summary:
+        layers = summary.get("layers") or []
         if layers:
             fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(layers) + 2), 4))
             ax.bar([r["name"].removesuffix(".weight") for r in layers],

@@ -1,7 +1,8 @@
 """A short training / evaluation loop, used by every phase of the pipeline.
 
 The pruner is not special here: the loop only knows an optional extra loss term
-(``penalty``) and an optional hook after each optimizer step (``after_step``).
+(``penalty``) and an optional hook after each optimizer step (``after_step``). The task
+(classification, detection) owns the loss and the metrics.
 """
 
 from __future__ import annotations
@@ -9,12 +10,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["NonFiniteLossError", "train_epoch", "evaluate", "make_optimizer", "lr_factor"]
+from .tasks import Task, create_task
+
+__all__ = ["NonFiniteLossError", "train_epoch", "evaluate", "make_optimizer", "lr_factor",
+           "autocast_for"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,11 +56,43 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def _to_device(obj: Any, device: torch.device | str) -> Any:
+    """Tensors (also inside lists, tuples and dicts: detection targets) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _count(target: Any, x: torch.Tensor) -> int:
+    return target.numel() if isinstance(target, torch.Tensor) and target.dim() == 1 \
+        else x.shape[0]
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_for(amp: str, device: torch.device | str) -> Callable[[], Any] | None:
+    """A factory of autocast contexts for ``amp`` (off, bf16, fp16) on ``device``, or None."""
+    if amp == "off":
+        return None
+    if amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be off, bf16 or fp16, got {amp!r}")
+    device_type = torch.device(device).type
+    if amp == "fp16" and device_type != "cuda":
+        raise ValueError("amp fp16 needs a CUDA device; use amp bf16 on the CPU (or off)")
+    return lambda: torch.autocast(device_type, dtype=AMP_DTYPES[amp])
+
+
 def train_epoch(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, Any]],
     optimizer: torch.optim.Optimizer,
     *,
+    task: Task | None = None,
     device: torch.device | str = "cpu",
     penalty: Callable[[], torch.Tensor] | None = None,
     after_step: Callable[[], None] | None = None,
@@ -62,35 +100,51 @@ def train_epoch(
     lr_at: Callable[[float], float] | None = None,
     desc: str = "train",
     progress: bool = True,
+    amp: str = "off",
+    accumulate: int = 1,
 ) -> dict:
-    """One pass over ``batches`` (at most ``max_steps``); returns loss/accuracy/steps/seconds.
+    """One pass over ``batches`` (at most ``max_steps`` mini-batches); returns the mean task
+    loss, the task's training metrics (classification: ``accuracy``), steps, seconds and
+    examples per second.
 
-    ``lr_at(fraction_of_epoch_done)`` sets the learning rate before every step.
-    Raises ``NonFiniteLossError`` as soon as the loss is NaN/inf, before the step that
-    would spread it into the weights.
+    ``task`` (default: classification) gives the loss. ``accumulate`` mini-batches make one
+    optimizer step (gradient accumulation: an effective batch ``accumulate`` times larger);
+    ``penalty`` and ``after_step`` act once per optimizer step. ``amp`` runs the forward pass
+    in bf16/fp16 (fp16 with a gradient scaler, CUDA only); the penalty stays in float32.
+    ``lr_at(fraction_of_epoch_done)`` sets the learning rate before every optimizer step.
+    Raises ``NonFiniteLossError`` as soon as the loss is NaN/inf, before the step that would
+    spread it into the weights.
     """
+    task = task or _default_task()
     model.train()
-    criterion = nn.CrossEntropyLoss()
     total = len(batches) if hasattr(batches, "__len__") else None
     if max_steps is not None:
         total = min(total, max_steps) if total is not None else max_steps
+    autocast = autocast_for(amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     start = time.perf_counter()
     loss_sum = 0.0
-    correct = 0
-    seen = 0
-    steps = 0
+    sums: dict[str, float] = {}
+    seen = steps = 0
     bar = tqdm(batches, total=total, desc=desc, disable=not progress, leave=False,
-               dynamic_ncols=True)
+               dynamic_ncols=True, unit="batch")
+    optimizer.zero_grad(set_to_none=True)
     for x, y in bar:
         if max_steps is not None and steps >= max_steps:
             break
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        if lr_at is not None:
+        x = _to_device(x, device)
+        y = _to_device(y, device)
+        last_micro = (steps + 1) % accumulate == 0 or steps + 1 == total
+        if lr_at is not None and steps % accumulate == 0:
             _set_lr(optimizer, lr_at(steps / total if total else 0.0))
-        logits = model(x)
-        task_loss = criterion(logits, y)
-        loss = task_loss + penalty() if penalty is not None else task_loss
+        with (autocast or nullcontext)():
+            output = model(x)
+            task_loss = task.loss(output, y)
+        # The task loss is averaged over the accumulated mini-batches; the penalty, a
+        # function of the weights alone, counts once per optimizer step.
+        loss = task_loss / accumulate if accumulate > 1 else task_loss
+        if penalty is not None and last_micro:
+            loss = loss + penalty()
         if not torch.isfinite(loss):
             bar.close()
             raise NonFiniteLossError(
@@ -98,46 +152,50 @@ def train_epoch(
                 "diverged. Lower learning_rate (or rho / rho_max during ADMM) and rerun; "
                 "the last checkpoint of the run directory is intact."
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if after_step is not None:
-            after_step()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if last_micro:
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_step is not None:
+                after_step()
         steps += 1
-        loss_sum += float(task_loss.detach()) * y.numel()
-        correct += int((logits.argmax(1) == y).sum())
-        seen += y.numel()
+        n = _count(y, x)
+        loss_sum += float(task_loss.detach()) * n
+        for key, value in task.train_sums(output.detach(), y).items():
+            sums[key] = sums.get(key, 0.0) + value
+        seen += n
         if steps % 20 == 0:
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+            rate = seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", **{k: f"{v / seen:.4f}" for k, v in
+                                                              sums.items()},
+                            img_s=f"{rate:.0f}")
     bar.close()
+    seconds = time.perf_counter() - start
     return {
         "loss": loss_sum / max(seen, 1),
-        "accuracy": correct / max(seen, 1),
+        **{k: v / max(seen, 1) for k, v in sums.items()},
         "steps": steps,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
+        "examples_per_second": seen / seconds if seconds > 0 else 0.0,
     }
 
 
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, Any]],
     *,
     device: torch.device | str = "cpu",
+    task: Task | None = None,
+    amp: str = "off",
 ) -> dict:
-    """Mean cross-entropy and accuracy over ``batches``."""
-    model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
-    loss_sum = 0.0
-    correct = 0
-    seen = 0
-    for x, y in batches:
-        x = x.to(device)
-        y = y.to(device)
-        logits = model(x)
-        loss_sum += float(criterion(logits, y))
-        correct += int((logits.argmax(1) == y).sum())
-        seen += y.numel()
-    if seen == 0:
-        raise ValueError("evaluation data is empty")
-    return {"loss": loss_sum / seen, "accuracy": correct / seen}
+    """The task's metrics over ``batches`` (classification: loss, accuracy = top-1, top5)."""
+    return (task or _default_task()).evaluate(model, batches, device=device,
+                                              autocast=autocast_for(amp, device))
+
+
+def _default_task() -> Task:
+    return create_task("classification")

@@ -1,4 +1,5 @@
-"""Data sets: MNIST reading, locating, downloading and in-memory batching."""
+"""Data sets: a registry (``create_dataset``, ``list_datasets``), MNIST / Fashion-MNIST
+(IDX, md5, download, in-memory batches), streaming batches, generated data."""
 
 from admmprune.data.mnist import (
     FASHION_MNIST,
@@ -45,3 +46,14 @@ __all__ = [
 from admmprune.data.synthetic import make_synthetic  # noqa: E402
 
 __all__ += ["make_synthetic"]
+
+from admmprune.data.loader import EpochSampler, StreamBatches  # noqa: E402
+from admmprune.data.registry import (  # noqa: E402
+    DataSplits,
+    create_dataset,
+    list_datasets,
+    register_dataset,
+)
+
+__all__ += ["DataSplits", "EpochSampler", "StreamBatches", "create_dataset", "list_datasets",
+            "register_dataset"]

@@ -225,16 +225,16 @@ def _file_in(directory: Path, name: str) -> Path | None:
     return None
 
 
-def _holds_idx_set(directory: Path) -> bool:
-    return all(_file_in(directory, name) is not None for name in MNIST_FILES)
+def _holds_idx_set(directory: Path, names: Sequence[str] = MNIST_FILES) -> bool:
+    return all(_file_in(directory, name) is not None for name in names)
 
 
 def _layouts(directory: Path, spec: IDXSpec) -> list[Path]:
     return [directory, *(directory / folder for folder in spec.folders)]
 
 
-def _search(data_dir: str | os.PathLike[str] | None, spec: IDXSpec = MNIST
-            ) -> tuple[Path | None, str | None]:
+def _search(data_dir: str | os.PathLike[str] | None, spec: IDXSpec = MNIST,
+            names: Sequence[str] = MNIST_FILES) -> tuple[Path | None, str | None]:
     """Return (directory found, None) or (None, source that was configured but empty)."""
     sources: list[tuple[str, Path]] = []
     if data_dir is not None:
@@ -246,14 +246,14 @@ def _search(data_dir: str | os.PathLike[str] | None, spec: IDXSpec = MNIST
         # prefer the set's own sub-folder (DATA/fashion-mnist next to DATA/mnist).
         candidates = _layouts(directory, spec)
         for candidate in candidates[1:] + candidates[:1]:
-            if _holds_idx_set(candidate):
+            if _holds_idx_set(candidate, names):
                 return candidate, None
         # A location the user named explicitly must not silently fall through to the cache
         # (or a download): a typo would otherwise go unnoticed.
         return None, f"{label} = {directory}"
     for root in (default_cache_dir(spec), *map(Path, spec.system_dirs)):
         for candidate in _layouts(root, spec):
-            if _holds_idx_set(candidate):
+            if _holds_idx_set(candidate, names):
                 return candidate, None
     return None, None
 
@@ -364,17 +364,21 @@ def download_mnist(
 
 @dataclass(frozen=True)
 class MNISTData:
-    """Normalised images (N, 1, 28, 28) float32 and labels (N,) int64."""
+    """Normalised images (N, 1, 28, 28) float32 and labels (N,) int64; a split that was not
+    asked for is None."""
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
+    train_x: torch.Tensor | None
+    train_y: torch.Tensor | None
+    test_x: torch.Tensor | None
+    test_y: torch.Tensor | None
 
     def __repr__(self) -> str:  # the default would print tensor contents
+        def shape(t: torch.Tensor | None) -> object:
+            return None if t is None else tuple(t.shape)
+
         return (
-            f"MNISTData(train_x={tuple(self.train_x.shape)}, train_y={tuple(self.train_y.shape)}"
-            f", test_x={tuple(self.test_x.shape)}, test_y={tuple(self.test_y.shape)})"
+            f"MNISTData(train_x={shape(self.train_x)}, train_y={shape(self.train_y)}"
+            f", test_x={shape(self.test_x)}, test_y={shape(self.test_y)})"
         )
 
 
@@ -432,6 +436,7 @@ def load_mnist(
     checksums: Mapping[str, str] | None = None,
     mirrors: Sequence[str] | None = None,
     spec: IDXSpec = MNIST,
+    splits: Sequence[str] = ("train", "test"),
 ) -> MNISTData:
     """Locate (see :func:`find_mnist`), verify and load ``spec`` (MNIST by default, or
     :data:`FASHION_MNIST`) as normalised tensors.
@@ -439,26 +444,32 @@ def load_mnist(
     When no location is configured and the cache is empty, the files are downloaded into
     :func:`default_cache_dir` if ``download`` is true. ``train_subset`` / ``test_subset`` keep
     the first n examples (n larger than the set keeps all); the md5 is still checked on the full
-    file. Names absent from ``checksums`` are not checked.
+    file. Names absent from ``checksums`` are not checked. Only the files of ``splits`` are
+    looked for and read (an evaluation needs no training files).
     """
     _check_subset(train_subset, "train_subset")
     _check_subset(test_subset, "test_subset")
     checksums = spec.md5 if checksums is None else checksums
-    found, configured = _search(data_dir, spec)
+    names = [n for n in MNIST_FILES if ("train" in splits and n.startswith("train")) or
+             ("test" in splits and n.startswith("t10k"))]
+    found, configured = _search(data_dir, spec, names)
     if found is None:
         if configured is not None or not download:
             find_mnist(data_dir, spec)  # raises the right message
         found = download_mnist(default_cache_dir(spec), mirrors=mirrors, checksums=checksums,
                                spec=spec)
 
-    # All four are verified before any conversion, so a bad file fails fast and clearly.
-    loaded = {name: _load_checked(found, name, checksums, spec) for name in MNIST_FILES}
-    train_x = _images(*loaded[TRAIN_IMAGES], train_subset, spec)
-    test_x = _images(*loaded[TEST_IMAGES], test_subset, spec)
-    n_train, n_test = loaded[TRAIN_IMAGES][1].shape[0], loaded[TEST_IMAGES][1].shape[0]
-    train_y = _labels(*loaded[TRAIN_LABELS], train_subset, n_train)
-    test_y = _labels(*loaded[TEST_LABELS], test_subset, n_test)
-    return MNISTData(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    # All files are verified before any conversion, so a bad file fails fast and clearly.
+    loaded = {name: _load_checked(found, name, checksums, spec) for name in names}
+    tensors: dict[str, torch.Tensor | None] = {}
+    for split, images, labels, subset in (("train", TRAIN_IMAGES, TRAIN_LABELS, train_subset),
+                                          ("test", TEST_IMAGES, TEST_LABELS, test_subset)):
+        if split not in splits:
+            tensors[f"{split}_x"] = tensors[f"{split}_y"] = None
+            continue
+        tensors[f"{split}_x"] = _images(*loaded[images], subset, spec)
+        tensors[f"{split}_y"] = _labels(*loaded[labels], subset, loaded[images][1].shape[0])
+    return MNISTData(**tensors)
 
 
 # --------------------------------------------------------------------------- batching
@@ -537,3 +548,42 @@ def mnist_loaders(
                           transform=transform)
     test = TensorBatches(data.test_x, data.test_y, 1000, shuffle=False)
     return train, test
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def tensor_splits(data: MNISTData, options, device: torch.device, num_classes: int):
+    """In-memory splits as :class:`DataSplits`: the whole set is moved to ``device`` once
+    (MNIST: 190 MB), which avoids per-batch copies; test batches of 1000."""
+    from .registry import DataSplits
+
+    train = test = None
+    if data.train_x is not None:
+        transform = RandomShift(options.augment_shift, options.seed) \
+            if options.augment_shift > 0 else None
+        train = TensorBatches(data.train_x.to(device), data.train_y.to(device),
+                              options.batch_size, shuffle=True, seed=options.seed,
+                              transform=transform)
+    if data.test_x is not None:
+        test = TensorBatches(data.test_x.to(device), data.test_y.to(device), 1000,
+                             shuffle=False)
+    return DataSplits(train=train, test=test, num_classes=num_classes,
+                      info={"input_shape": (1, 28, 28)})
+
+
+def _register_idx(spec: IDXSpec, description: str) -> None:
+    from .registry import register_dataset
+
+    @register_dataset(spec.name, description)
+    def factory(options, device: torch.device, splits: Sequence[str]):
+        data = load_mnist(options.data_dir, download=options.download,
+                          train_subset=options.train_subset, test_subset=options.test_subset,
+                          spec=spec, splits=splits)
+        return tensor_splits(data, options, device, num_classes=10)
+
+
+_register_idx(MNIST, "MNIST digits, 60k/10k 28x28 (IDX files, md5-checked, downloaded if "
+                     "absent); in memory")
+_register_idx(FASHION_MNIST, "Fashion-MNIST clothing, 60k/10k 28x28 (IDX files, md5-checked; "
+                             "Debian: dataset-fashion-mnist); in memory")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .mnist import MNISTData
+from .mnist import MNISTData, tensor_splits
+from .registry import register_dataset
 
 __all__ = ["make_synthetic"]
 
@@ -33,3 +34,13 @@ def make_synthetic(
     train_x, train_y = sample(train_size)
     test_x, test_y = sample(test_size)
     return MNISTData(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+
+
+@register_dataset("synthetic", "generated Gaussian clusters shaped like MNIST (tests, demos; "
+                               "train_subset/test_subset set the sizes)")
+def _synthetic_splits(options, device: torch.device, splits):
+    data = make_synthetic(train_size=options.train_subset or 2000,
+                          test_size=options.test_subset or 500, seed=options.seed)
+    if "train" not in splits:
+        data = MNISTData(train_x=None, train_y=None, test_x=data.test_x, test_y=data.test_y)
+    return tensor_splits(data, options, device, num_classes=10)

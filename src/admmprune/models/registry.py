@@ -50,6 +50,17 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return factory(**kwargs)
 
 
+def accepts_argument(name: str, argument: str) -> bool:
+    """Does model ``name``'s factory take keyword ``argument`` (e.g. num_classes)?"""
+    import inspect
+
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        return False
+    parameters = inspect.signature(factory).parameters
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

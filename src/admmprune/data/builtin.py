@@ -1,0 +1,3 @@
+"""Importing this module registers every built-in dataset: add a new dataset's module here."""
+
+from . import mnist, synthetic  # noqa: F401

@@ -1,0 +1,81 @@
+"""Streaming mini-batches from a map-style Dataset through ``torch.utils.data.DataLoader``.
+
+Worker processes decode and augment in parallel; the order of every epoch is a permutation
+drawn from ``(seed, epoch)`` alone, and a dataset with ``set_epoch`` seeds its augmentation
+from (seed, epoch, index), so an epoch is the same whatever the number of workers and
+whether the run was interrupted and resumed before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["EpochSampler", "StreamBatches"]
+
+
+class EpochSampler(Sampler[int]):
+    """Indices ``0..n-1``, shuffled by a generator seeded with ``seed + epoch``: the same
+    rule as :class:`~admmprune.data.mnist.TensorBatches`, so both give the same order."""
+
+    def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
+        self.n = n
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class StreamBatches:
+    """Batches of ``dataset`` like :class:`TensorBatches` (``len``, ``set_epoch``, a new
+    epoch per ``iter()``), loaded by ``workers`` processes (0: in this process)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
+                 limit: int | None = None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        # ``limit``: the first N examples only (train_subset / test_subset)
+        self.size = len(dataset) if limit is None else min(limit, len(dataset))
+        self.sampler = EpochSampler(self.size, shuffle, seed)
+        self.workers = workers
+        self.pin_memory = pin_memory
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next ``iter()`` produce epoch ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = self.size
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        epoch = self.epoch
+        self.epoch += 1
+        self.sampler.set_epoch(epoch)
+        set_epoch = getattr(self.dataset, "set_epoch", None)
+        if set_epoch is not None:
+            # Workers are started per epoch (not persistent), so they receive this epoch.
+            set_epoch(epoch)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                            num_workers=self.workers, pin_memory=self.pin_memory,
+                            drop_last=self.drop_last,
+                            prefetch_factor=4 if self.workers else None)
+        return iter(loader)

@@ -1,0 +1,77 @@
+"""The task interface and its registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Task", "register_task", "create_task", "list_tasks", "UnknownTaskError"]
+
+
+class UnknownTaskError(ValueError):
+    """No task of that name is registered."""
+
+
+class Task:
+    """Loss and metrics of one kind of problem. Subclasses set the class attributes and
+    implement :meth:`loss` and :meth:`evaluate`.
+
+    ``metric`` is the headline metric (higher is better) that summaries, ``compare`` and
+    ``report`` show; ``metrics`` are all the keys :meth:`evaluate` returns besides ``loss``,
+    with their display names in ``labels``.
+    """
+
+    name: str = ""
+    metric: str = ""
+    metrics: tuple[str, ...] = ()
+    labels: dict[str, str] = {}
+
+    def loss(self, output: Any, target: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_sums(self, output: Any, target: Any) -> dict[str, float]:
+        """Per-batch sums of training-time metrics (e.g. correct predictions), averaged over
+        examples by the training loop; none by default."""
+        return {}
+
+    def evaluate(self, model: nn.Module, batches: Iterable, *, device: torch.device | str,
+                 autocast: Callable[[], Any] | None = None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def label(self, key: str) -> str:
+        return self.labels.get(key, key)
+
+
+_REGISTRY: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
+    def decorator(cls: type[Task]) -> type[Task]:
+        if name in _REGISTRY:
+            raise ValueError(f"task {name!r} is registered twice")
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return decorator
+
+
+def create_task(name: str, **kwargs: Any) -> Task:
+    _load_builtin()
+    try:
+        return _REGISTRY[name](**kwargs)
+    except KeyError:
+        raise UnknownTaskError(f"unknown task {name!r}; available: "
+                               f"{', '.join(list_tasks())}") from None
+
+
+def list_tasks() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    from . import classification  # noqa: F401  (registration side effect)
