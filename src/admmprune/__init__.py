@@ -1,9 +1,15 @@
 """admmprune: ADMM weight pruning of PyTorch models under one global removal ratio."""
 
-from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report
-from .models import create_model, list_models, register_model
-from .pruner import ADMMPruner, PrunerError
-from .selection import prunable_parameters
+# Before anything imports torch: OpenMP reads OMP_WAIT_POLICY / OMP_NUM_THREADS only when
+# torch loads, and its defaults make training crawl on a shared machine (see runtime.py).
+from .runtime import apply_cpu_defaults
+
+apply_cpu_defaults()
+
+from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report  # noqa: E402
+from .models import create_model, list_models, register_model  # noqa: E402
+from .pruner import ADMMPruner, PrunerError  # noqa: E402
+from .selection import prunable_parameters  # noqa: E402
 
 __version__ = "0.1.0"
 

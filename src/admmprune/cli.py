@@ -115,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the registered datasets and tasks")
+    labels = sub.add_parser(
+        "imagenet-labels", help="write ImageNet's validation label file (once)",
+        description="Write the validation labels of ROOT/val as sorted-WNID class indices "
+                    "(Caffe's and bvlc_alexnet.npy's order) from exactly one source: the "
+                    "ILSVRC2012 devkit (its ground truth is in devkit ID order, mapped here "
+                    "through meta.mat), Caffe's val.txt, or Kaggle's LOC_val_solution.csv. "
+                    "The dataset `imagenet` reads ROOT/val_labels.txt by default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  admmprune imagenet-labels --root /data/ilsvrc2012 --devkit "
+               "/data/ILSVRC2012_devkit_t12 --out /data/ilsvrc2012/val_labels.txt")
+    labels.add_argument("--root", type=Path, required=True,
+                        help="ImageNet ROOT holding train/<WNID>/ and val/*.JPEG")
+    source = labels.add_mutually_exclusive_group(required=True)
+    source.add_argument("--devkit", type=Path, help="ILSVRC2012 devkit folder or its .tar.gz "
+                        "(data/ILSVRC2012_validation_ground_truth.txt + data/meta.mat; reading "
+                        "meta.mat needs scipy: pip install 'admmprune[imagenet]')")
+    source.add_argument("--val-txt", type=Path, help="Caffe's val.txt (file name, index)")
+    source.add_argument("--loc-csv", type=Path, help="Kaggle's LOC_val_solution.csv")
+    labels.add_argument("--out", type=Path, help="label file to write [default: "
+                        "ROOT/val_labels.txt]")
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
     return parser
@@ -258,6 +278,17 @@ def _cmd_datasets(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_imagenet_labels(args: argparse.Namespace) -> int:
+    from .data.imagenet import DEFAULT_LABELS_NAME, make_label_file, read_label_file
+
+    out = args.out or args.root / DEFAULT_LABELS_NAME
+    path = make_label_file(args.root, devkit=args.devkit, val_txt=args.val_txt,
+                           loc_csv=args.loc_csv, out=out)
+    labels, classes = read_label_file(path)
+    print(f"wrote {path}: {len(labels)} validation images, {len(classes or [])} classes")
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from .report import format_table
 
@@ -276,7 +307,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare,
             "report": _cmd_report, "models": _cmd_models, "datasets": _cmd_datasets,
-            "keys": _cmd_keys}
+            "imagenet-labels": _cmd_imagenet_labels, "keys": _cmd_keys}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

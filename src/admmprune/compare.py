@@ -117,10 +117,11 @@ def run_compare(
         for seed in seeds:
             config = replace(base, seed=seed, model_args=model_args).validate()
             label = f"{_variant_name(variant)}-seed{seed}" if variant else f"seed{seed}"
-            dense_path, dense_accuracy, dense_seconds = _dense(config, out_dir / f"dense-{label}")
+            dense_path, dense_results, dense_seconds = _dense(config, out_dir / f"dense-{label}")
             if "dense" in methods:
                 rows.append(_row("dense", config, math.nan, variant, {
-                    "dense_accuracy": dense_accuracy, "pruned_accuracy": dense_accuracy,
+                    **dense_results, **{k.replace("dense_", "pruned_", 1): v
+                                        for k, v in dense_results.items()},
                     "compression": 1.0, "sparsity_percent": 0.0, "layers": [],
                     "wall_seconds": dense_seconds, "run_dir": str(dense_path.parent)}))
             if stop_after_dense:
@@ -137,12 +138,15 @@ def run_compare(
     return rows
 
 
-def _dense(config: Config, run_dir: Path) -> tuple[Path, float, float]:
-    """Train (or reuse) the dense model shared by all methods of one seed/variant."""
+def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
+    """Train (or reuse) the dense model shared by all methods of one seed/variant; returns
+    its path, its test results (``dense_<metric>``, plus ``metric``) and the seconds spent."""
     summary_path = run_dir / "dense.json"
     if summary_path.is_file():
         saved = json.loads(summary_path.read_text())
-        return run_dir / "dense.pt", saved["dense_accuracy"], saved["seconds"]
+        results = saved.get("results") or {"dense_accuracy": saved["dense_accuracy"]}
+        return run_dir / "dense.pt", {"metric": saved.get("metric", "accuracy"), **results}, \
+            saved["seconds"]
     start = time.perf_counter()
     run = Run(replace(config, pretrained=None), run_dir, resume=(run_dir / "checkpoint.pt")
               .is_file())
@@ -150,10 +154,11 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, float, float]:
         run.dense()
     finally:
         run.close()
-    accuracy = run.progress.results["dense_accuracy"]
+    results = {k: v for k, v in run.progress.results.items() if k.startswith("dense_")}
     seconds = time.perf_counter() - start
-    summary_path.write_text(json.dumps({"dense_accuracy": accuracy, "seconds": seconds}))
-    return run_dir / "dense.pt", accuracy, seconds
+    summary_path.write_text(json.dumps({"metric": run.task.metric, "results": results,
+                                        "seconds": seconds}))
+    return run_dir / "dense.pt", {"metric": run.task.metric, **results}, seconds
 
 
 def _run_once(config: Config, run_dir: Path) -> dict:
@@ -166,14 +171,15 @@ def _run_once(config: Config, run_dir: Path) -> dict:
 
 
 def _row(method: str, config: Config, percent: float, variant: dict, summary: dict) -> dict:
+    metric = summary.get("metric", "accuracy")
     return {
         "method": method,
         "all_percent": percent,
         "seed": config.seed,
         **{f"model_{k}": v for k, v in variant.items()},
-        "dense_accuracy": summary.get("dense_accuracy"),
-        "admm_accuracy": summary.get("admm_accuracy"),
-        "pruned_accuracy": summary.get("pruned_accuracy"),
+        "metric": metric,
+        **{f"{phase}_{metric}": summary.get(f"{phase}_{metric}")
+           for phase in ("dense", "admm", "pruned")},
         "compression": summary.get("compression"),
         "sparsity_percent": summary.get("sparsity_percent"),
         "train_epochs": (0 if method == "dense" else
@@ -185,9 +191,14 @@ def _row(method: str, config: Config, percent: float, variant: dict, summary: di
     }
 
 
+def row_metric(row: dict) -> str:
+    """The headline metric of a result row (rows written before tasks existed: accuracy)."""
+    return row.get("metric", "accuracy")
+
+
 def summarize(rows: Sequence[dict]) -> list[dict]:
-    """Mean and standard deviation of the pruned accuracy over seeds, per method / ratio /
-    model variant."""
+    """Mean and standard deviation of the pruned headline metric over seeds, per method /
+    ratio / model variant."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         variant = tuple((k, row[k]) for k in sorted(row) if k.startswith("model_"))
@@ -196,15 +207,16 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
         groups.setdefault(key, []).append(row)
     out = []
     for (variant, method, percent), group in groups.items():
-        accuracies = [r["pruned_accuracy"] for r in group]
+        values = [r[f"pruned_{row_metric(r)}"] for r in group]
         out.append({
             **dict(variant),
             "method": method,
             "all_percent": percent,
             "compression": group[0]["compression"],
             "seeds": len(group),
-            "accuracy_mean": statistics.fmean(accuracies),
-            "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else None,
+            "metric": row_metric(group[0]),
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else None,
         })
     return out
 
@@ -214,7 +226,8 @@ def _isnan(value) -> bool:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Methods as rows, ratios as columns, cells "mean ± std" test accuracy in %."""
+    """Methods as rows, ratios as columns, cells "mean ± std" of the headline test metric
+    in %."""
     summary = summarize(rows)
     variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
     percents = sorted({r["all_percent"] for r in summary if r["all_percent"] is not None})
@@ -243,9 +256,9 @@ def _compression(rows: Sequence[dict], percent: float) -> str:
 
 
 def _fmt_acc(row: dict) -> str:
-    text = f"{100 * row['accuracy_mean']:.2f}"
-    if row["accuracy_std"] is not None:
-        text += f" ± {100 * row['accuracy_std']:.2f}"
+    text = f"{100 * row['mean']:.2f}"
+    if row["std"] is not None:
+        text += f" ± {100 * row['std']:.2f}"
     return text
 
 
@@ -268,8 +281,9 @@ def _write_results(rows: Sequence[dict], out_dir: Path) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "kept_per_layer": json.dumps(row["kept_per_layer"])})
+    metric = row_metric(rows[0]) if rows else "accuracy"
     (out_dir / "results.md").write_text(
-        "Test accuracy (%) after pruning and retraining; mean ± std over seeds; the column "
+        f"Test {metric} (%) after pruning and retraining; mean ± std over seeds; the column "
         "header gives all_percent and the compression ratio N/K.\n\n" + markdown_table(rows))
 
 
@@ -291,8 +305,8 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
     for ax, variant in zip(axes[0], variants, strict=True):
         subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
         for method in dict.fromkeys(r["method"] for r in subset):
-            points = sorted((r["compression"], 100 * r["accuracy_mean"],
-                             100 * (r["accuracy_std"] or 0)) for r in subset
+            points = sorted((r["compression"], 100 * r["mean"],
+                             100 * (r["std"] or 0)) for r in subset
                             if r["method"] == method)
             if method == "dense":
                 ax.axhline(points[0][1], color="gray", linestyle="--", label="dense")
@@ -301,9 +315,10 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
         ax.set_xlabel("compression N/K (log)")
-        ax.set_ylabel("test accuracy (%)")
+        metric = subset[0]["metric"] if subset else "accuracy"
+        ax.set_ylabel(f"test {metric} (%)")
         ax.set_title(", ".join(f"{k.removeprefix('model_')}={v}" for k, v in
-                               zip(variant_keys, variant, strict=True)) or "accuracy")
+                               zip(variant_keys, variant, strict=True)) or metric)
         ax.grid(alpha=0.3)
         ax.legend()
     written.append(save_figure(fig, out_dir / "accuracy_vs_compression.png"))
@@ -344,10 +359,11 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
 def format_rows(rows: Sequence[dict]) -> str:
     """A terminal table of every run."""
     return format_table(
-        ["method", "all_percent", "seed", "variant", "pruned acc", "compression", "epochs",
+        ["method", "all_percent", "seed", "variant",
+         f"pruned {row_metric(rows[0]) if rows else 'accuracy'}", "compression", "epochs",
          "time"],
         [(r["method"], "" if _isnan(r["all_percent"]) else r["all_percent"], r["seed"],
           _variant_name({k.removeprefix("model_"): v for k, v in r.items()
                          if k.startswith("model_")}),
-          f"{100 * r['pruned_accuracy']:.2f}%", f"{r['compression']:.1f}x",
+          f"{100 * r[f'pruned_{row_metric(r)}']:.2f}%", f"{r['compression']:.1f}x",
           r["train_epochs"], f"{r['wall_seconds'] or 0:.0f}s") for r in rows])

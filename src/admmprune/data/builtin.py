@@ -1,3 +1,3 @@
 """Importing this module registers every built-in dataset: add a new dataset's module here."""
 
-from . import mnist, synthetic  # noqa: F401
+from . import imagefolder, imagenet, mnist, synthetic  # noqa: F401

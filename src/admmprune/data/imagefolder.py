@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .images import IMAGE_EXTENSIONS, ImageFiles, check_seed, make_transform
+from .loader import image_options, stream_splits
 from .mnist import DatasetError
+from .registry import register_dataset
 
 __all__ = [
     "ImageFolderDataset",
@@ -181,3 +183,19 @@ def image_folder_splits(directory: str | os.PathLike[str], *, resize: int = 256,
                         train_dir, eval_dir)
     return (ImageFolderDataset(train_dir, train=True, **kwargs),
             ImageFolderDataset(eval_dir, train=False, **kwargs))
+
+
+@register_dataset("imagefolder", "your own images: DATA_DIR/train/<class>/*.jpg and "
+                                 "DATA_DIR/val/<class>/ (or test/), class = sorted folder "
+                                 "position; streamed with Pillow")
+def _imagefolder_splits(options, device, splits):
+    if not options.data_dir:
+        raise DatasetError("dataset imagefolder needs data_dir (--data-dir DIR) holding "
+                           "train/<class>/ and val/<class>/ (or test/<class>/) image folders")
+    kwargs = image_options(options)
+    if "train" in splits:
+        train, test = image_folder_splits(options.data_dir, **kwargs)
+    else:
+        _, eval_dir = find_split_dirs(options.data_dir)
+        train, test = None, ImageFolderDataset(eval_dir, train=False, **kwargs)
+    return stream_splits(train, test if "test" in splits else None, options, device)

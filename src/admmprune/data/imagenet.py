@@ -38,7 +38,9 @@ import numpy as np
 
 from .imagefolder import find_class_folders, list_images, scan_class_tree
 from .images import IMAGE_EXTENSIONS, ImageFiles, check_seed, make_transform
+from .loader import image_options, stream_splits
 from .mnist import DatasetError
+from .registry import register_dataset
 
 __all__ = [
     "DEFAULT_LABELS_NAME",
@@ -494,3 +496,33 @@ class ImageNetDataset(ImageFiles):
             raise DatasetError(f"{path}: class index {max(targets)} but only {len(classes)} "
                                f"classes. {_labels_hint(root)}")
         return classes, images, targets
+
+
+IMAGENET_DIR_ENV = "ADMMPRUNE_IMAGENET_DIR"
+
+
+def imagenet_root(data_dir: _PathLike | None) -> Path:
+    """data_dir, else $ADMMPRUNE_IMAGENET_DIR, else $ADMMPRUNE_DATA_DIR/imagenet."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get(IMAGENET_DIR_ENV):
+        return Path(os.environ[IMAGENET_DIR_ENV]).expanduser()
+    shared = os.environ.get("ADMMPRUNE_DATA_DIR")
+    if shared and (Path(shared) / "imagenet").is_dir():
+        return Path(shared) / "imagenet"
+    raise DatasetError(
+        "ImageNet is not downloadable: point --data-dir (or the environment variable "
+        f"{IMAGENET_DIR_ENV}) at ROOT holding train/<WNID>/*.JPEG and val/*.JPEG, then write "
+        "the validation labels once with `admmprune imagenet-labels --root ROOT ...`")
+
+
+@register_dataset("imagenet", "ILSVRC2012: ROOT/train/<WNID>/, flat ROOT/val/ with the label "
+                              "file of `admmprune imagenet-labels`; class = sorted WNID "
+                              "position (Caffe's); Caffe preprocessing; streamed")
+def _imagenet_splits(options, device, splits):
+    root = imagenet_root(options.data_dir)
+    kwargs = image_options(options)
+    train = ImageNetDataset(root, "train", **kwargs) if "train" in splits else None
+    test = ImageNetDataset(root, "val", labels_file=options.val_labels, **kwargs) \
+        if "test" in splits else None
+    return stream_splits(train, test, options, device)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSampler", "StreamBatches"]
+__all__ = ["EpochSampler", "StreamBatches", "stream_splits", "image_options"]
 
 
 class EpochSampler(Sampler[int]):
@@ -79,3 +79,30 @@ class StreamBatches:
                             drop_last=self.drop_last,
                             prefetch_factor=4 if self.workers else None)
         return iter(loader)
+
+
+def image_options(options) -> dict:
+    """Resize / crop / preprocessing of image datasets from a run's config (Caffe defaults:
+    256 then a 227 crop)."""
+    crop = options.image_size or 227
+    return {"resize": options.resize or max(256, crop), "crop": crop,
+            "preprocess": options.preprocess, "seed": options.seed}
+
+
+def stream_splits(train: Dataset | None, test: Dataset | None, options, device: torch.device):
+    """:class:`DataSplits` streaming the given datasets: shuffled training batches, test
+    batches in file order; pinned memory when the model is on CUDA."""
+    from .registry import DataSplits
+
+    def batches(dataset: Dataset, shuffle: bool, limit: int | None) -> StreamBatches:
+        return StreamBatches(dataset, options.batch_size, shuffle=shuffle, seed=options.seed,
+                             workers=options.workers, pin_memory=device.type == "cuda",
+                             limit=limit)
+
+    some = train if train is not None else test
+    return DataSplits(
+        train=None if train is None else batches(train, True, options.train_subset),
+        test=None if test is None else batches(test, False, options.test_subset),
+        num_classes=len(some.classes),
+        info={"classes": list(some.classes), "input_shape": (3, options.image_size or 227,
+                                                             options.image_size or 227)})
