@@ -37,3 +37,14 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def fashion_dir() -> Path:
+    candidates = [os.environ.get("ADMMPRUNE_DATA_DIR"), REPO.parent / "shared/data"]
+    for candidate in candidates:
+        folder = Path(candidate) / "fashion-mnist" if candidate else None
+        if folder is not None and (folder / "t10k-labels-idx1-ubyte.gz").exists():
+            return folder
+    pytest.fail("real Fashion-MNIST not found: set ADMMPRUNE_DATA_DIR to a directory holding "
+                "fashion-mnist/ (run the tests through ./test.sh)")

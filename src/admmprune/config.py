@@ -233,6 +233,8 @@ _FLOAT_KEYS = {"learning_rate", "retraining_learning_rate", "rho", "rho_growth",
 
 def _coerce(key: str, value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string and ``99`` as an int: make float keys floats."""
+    if key == "amp" and value is False:
+        return "off"  # YAML 1.1 reads a bare `off` as false
     if key not in _FLOAT_KEYS or value is None:
         return value
     if isinstance(value, list):

@@ -49,14 +49,14 @@ def load_data(config: Config, device: torch.device, splits: tuple[str, ...] = ("
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
-    """The configured model; a factory that takes ``num_classes`` gets the dataset's class
-    count unless model_args sets it."""
-    kwargs = dict(config.model_args)
-    if num_classes is not None and "num_classes" not in kwargs:
-        from .models.registry import accepts_argument
+    """The configured model; a factory that takes ``num_classes`` / ``image_size`` gets the
+    dataset's class count / the recipe's image_size unless model_args sets them."""
+    from .models.registry import accepts_argument
 
-        if accepts_argument(config.model, "num_classes"):
-            kwargs["num_classes"] = num_classes
+    kwargs = dict(config.model_args)
+    for key, value in (("num_classes", num_classes), ("image_size", config.image_size)):
+        if value is not None and key not in kwargs and accepts_argument(config.model, key):
+            kwargs[key] = value
     try:
         return create_model(config.model, **kwargs)
     except TypeError as err:

@@ -29,11 +29,18 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
 
 
 class RandomShift:
-    """A seeded ``random_shift`` for ``TensorBatches(transform=...)``."""
+    """A seeded ``random_shift`` for ``TensorBatches(transform=...)``.
+
+    The offsets of an epoch depend on (seed, epoch) only (``set_epoch`` reseeds), so a run
+    resumed at any epoch shifts its images exactly as the uninterrupted run did."""
 
     def __init__(self, max_shift: int, seed: int = 0) -> None:
         self.max_shift = max_shift
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return random_shift(images, self.max_shift, self.generator)

@@ -519,6 +519,8 @@ class TensorBatches:
         # first next(), so bookkeeping does not depend on when consumption starts.
         epoch = self.epoch
         self.epoch += 1
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
         order = None
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + epoch)
