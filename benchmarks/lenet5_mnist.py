@@ -88,7 +88,8 @@ def w_step_overhead(config: Config, epochs: int, steps: int | None, warmup_steps
           f"{torch.get_num_threads()} torch thread(s), load average "
           f"{os.getloadavg()[0]:.2f}")
     start = time.perf_counter()
-    train_batches, test_batches = load_data(config, device)
+    data = load_data(config, device)
+    train_batches, test_batches = data.train, data.test
     print(f"data: {train_batches.x.shape[0]} training / {test_batches.x.shape[0]} test "
           f"examples, {len(train_batches)} steps per full epoch "
           f"(loaded in {time.perf_counter() - start:.1f} s)")
