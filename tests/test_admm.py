@@ -9,14 +9,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from admmprune import admm as admm_module
 from admmprune.admm import (
     Residuals,
     admm_penalty,
     balanced_rho,
+    fused_penalty,
     next_rho,
     project,
     rescale_dual,
     residuals,
+    squared_norm,
     update_dual,
     weight_decay_penalty,
 )
@@ -164,3 +167,83 @@ def test_residuals_are_zero_at_a_fixed_point():
     res = residuals(w, [x.clone() for x in w], [x.clone() for x in w], rho=10.0)
     assert res.primal == 0.0
     assert res.dual == 0.0
+
+
+# -- the fused penalty: same value and gradient as the plain formulas --------------------------
+
+
+def fused_case(seed: int, dtype=torch.float64):
+    generator = torch.Generator().manual_seed(seed)
+    # one tensor larger than a CPU slice, one channels_last (non-contiguous) kernel
+    shapes = [(3,), (700, 500), (4, 3, 5, 5)]
+    weights = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    weights[2] = weights[2].contiguous(memory_format=torch.channels_last)
+    weights = [w.requires_grad_() for w in weights]
+    z = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    u = [torch.randn(s, generator=generator, dtype=dtype) for s in shapes]
+    return weights, z, u
+
+
+def test_the_cpu_slices_are_exercised():
+    assert 700 * 500 > admm_module._CHUNK
+
+
+@pytest.mark.parametrize(("rho", "p_lambda", "scale"), [(0.3, 0.0, 1.0), (2.0, 0.05, 1.0),
+                                                        (1e-3, 0.01, -2.5)])
+def test_fused_penalty_matches_the_plain_formulas(rho, p_lambda, scale):
+    weights, z, u = fused_case(7)
+    expected = admm_penalty(weights, z, u, rho) + weight_decay_penalty(weights, p_lambda)
+    want = torch.autograd.grad(scale * expected, weights)
+    anchors = [a - b for a, b in zip(z, u, strict=True)]
+    value = fused_penalty(weights, anchors, rho, p_lambda)
+    got = torch.autograd.grad(scale * value, weights)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    for g, w, p in zip(got, want, weights, strict=True):
+        torch.testing.assert_close(g, w)
+        assert g.stride() == p.stride()  # grads keep the weights' layout (channels_last)
+
+
+def test_fused_penalty_in_float32_against_float64():
+    weights, z, u = fused_case(8, dtype=torch.float32)
+    value = fused_penalty(weights, [a - b for a, b in zip(z, u, strict=True)], 0.5, 0.1)
+    exact = admm_penalty([w.detach().double() for w in weights], [t.double() for t in z],
+                         [t.double() for t in u], 0.5) + \
+        weight_decay_penalty([w.detach().double() for w in weights], 0.1)
+    assert float(value.detach()) == pytest.approx(float(exact), rel=1e-5)
+
+
+def test_fused_penalty_accumulates_into_grad_and_survives_retain_graph():
+    weights, z, u = fused_case(9)
+    anchors = [a - b for a, b in zip(z, u, strict=True)]
+    value = fused_penalty(weights, anchors, 0.7, 0.2)
+    value.backward(retain_graph=True)
+    value.backward()  # the second backward rebuilds the gradients
+    for w, a in zip(weights, anchors, strict=True):
+        torch.testing.assert_close(w.grad, 2 * (0.7 * (w.detach() - a) + 0.2 * w.detach()))
+
+
+def test_fused_penalty_only_for_the_tensors_that_need_a_gradient():
+    weights, z, u = fused_case(10)
+    weights[0].requires_grad_(False)
+    value = fused_penalty(weights, z, 1.0)
+    value.backward()
+    assert weights[0].grad is None and weights[1].grad is not None
+    expected = admm_penalty(weights, z, [torch.zeros_like(t) for t in u], 1.0)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+
+
+def test_fused_penalty_without_anchors_is_the_l2_term_and_no_grad_gives_the_value():
+    weights, _, _ = fused_case(11)
+    value = fused_penalty(weights, None, 5.0, p_lambda=0.4)
+    expected = weight_decay_penalty(weights, 0.4)
+    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-12)
+    with torch.no_grad():
+        assert float(fused_penalty(weights, None, 0.0, 0.4)) == pytest.approx(
+            float(expected.detach()), rel=1e-12)
+
+
+def test_squared_norm_hand_example():
+    a = [torch.tensor([3.0, 4.0]), torch.tensor([[1.0]])]
+    b = [torch.tensor([0.0, 4.0]), torch.tensor([[-1.0]])]
+    assert squared_norm(a) == 26.0
+    assert squared_norm(a, b) == 13.0

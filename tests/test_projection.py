@@ -353,3 +353,10 @@ def test_nan_weights_give_an_error_through_every_score():
     for name in SCORE_FUNCTIONS:
         with pytest.raises(ProjectionError, match="NaN"):
             global_topk_masks(compute_scores(weights, name), 1)
+
+
+def test_surplus_ties_are_dropped_from_the_end_across_tensors():
+    scores = [torch.tensor([3.0, 1.0, 1.0]), torch.tensor([[1.0, 2.0], [1.0, 0.5]])]
+    masks = global_topk_masks(scores, 4)
+    assert masks[0].tolist() == [True, True, True]
+    assert masks[1].tolist() == [[False, True], [False, False]]

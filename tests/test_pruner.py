@@ -11,6 +11,9 @@ from torch import nn
 
 import admmprune
 from admmprune import ADMMPruner, PrunerError
+from admmprune import admm as admm_module
+from admmprune import pruner as pruner_module
+from admmprune.masks import MaskEnforcer
 from admmprune.projection import survivor_count
 from admmprune.selection import SelectionError
 
@@ -157,8 +160,14 @@ def test_model_without_conv_or_linear_raises():
         ({"rho": -1e-3}, "rho must be a positive number"),
         ({"rho": float("nan")}, "rho must be a positive number"),
         ({"rho_growth": 0.5}, "rho_growth must be >= 1"),
+        ({"rho_growth": float("nan")}, "rho_growth must be >= 1"),
+        ({"rho_growth": float("inf")}, "rho_growth must be >= 1 and finite"),
+        ({"rho": float("inf")}, "rho must be a positive number"),
         ({"rho": 1.0, "rho_max": 0.1}, "rho_max"),
+        ({"rho_max": float("nan")}, "rho_max"),
         ({"p_lambda": -1.0}, "p_lambda"),
+        ({"p_lambda": float("nan")}, "p_lambda"),
+        ({"p_lambda": float("inf")}, "p_lambda"),
         ({"projection": "per-channel"}, "projection must be one of"),
         ({"z_init": "zeros"}, "z_init"),
         ({"score": "taylor"}, "unknown score 'taylor'"),
@@ -625,3 +634,219 @@ def test_load_state_dict_into_layers_of_other_shapes_raises():
     other = ADMMPruner(small_mlp(width=16), all_percent=50.0)  # same names, other shapes
     with pytest.raises(PrunerError, match="shape"):
         other.load_state_dict(state)
+
+
+def test_rho_max_inf_is_no_cap():
+    pruner = ADMMPruner(small_mlp(), all_percent=50.0, rho=0.01, rho_growth=2.0,
+                        rho_max=float("inf"))
+    pruner.admm_step()
+    assert pruner.rho == pytest.approx(0.02)
+
+
+# -- the fused penalty and the in-place Z-step against the reference formulas ------------------
+
+
+def test_penalty_matches_the_reference_formula_value_and_gradient():
+    model = small_mlp(seed=15)
+    pruner = ADMMPruner(model, all_percent=70.0, rho=0.2, rho_growth=1.5, p_lambda=0.03)
+    for seed in range(3):
+        perturb(pruner, seed=seed, scale=0.2)
+        pruner.admm_step()
+        params = pruner.params
+        expected = admm_module.admm_penalty(params, pruner.z, pruner.u, pruner.rho) + \
+            admm_module.weight_decay_penalty(params, pruner.p_lambda)
+        want = torch.autograd.grad(expected, params)
+        got_value = pruner.penalty()
+        got = torch.autograd.grad(3.0 * got_value, params)  # a scaled loss scales them
+        assert float(got_value.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, 3.0 * w)
+
+
+def test_penalty_gradients_accumulate_into_grad_batch_after_batch():
+    model = small_mlp(seed=16)
+    pruner = ADMMPruner(model, all_percent=60.0, rho=0.5)
+    perturb(pruner, seed=1)
+    pruner.admm_step()
+    expected = [pruner.rho * (p.detach() - z + u) for p, z, u in
+                zip(pruner.params, pruner.z, pruner.u, strict=True)]
+    kept = []
+    for _ in range(2):  # the gradient buffers are reused: earlier results must not change
+        model.zero_grad()
+        pruner.penalty().backward()
+        kept.append([p.grad for p in pruner.params])
+    grads = torch.autograd.grad(pruner.penalty(), pruner.params)
+    again = torch.autograd.grad(pruner.penalty(), pruner.params)
+    for results in (*kept, grads, again):
+        for g, e in zip(results, expected, strict=True):
+            torch.testing.assert_close(g, e)
+    assert all(a is not b for a, b in zip(grads, again, strict=True))
+
+
+def test_penalty_follows_z_and_u_edited_in_place_or_replaced():
+    pruner = ADMMPruner(small_mlp(seed=17), all_percent=60.0, rho=1.0)
+    perturb(pruner, seed=2)
+    before = float(pruner.penalty().detach())
+    with torch.no_grad():
+        pruner.u[0].add_(1.0)
+    moved = float(pruner.penalty().detach())
+    pruner.z = [z.clone() for z in pruner.z]
+    pruner.u = [torch.zeros_like(u) for u in pruner.u]
+    reset = float(pruner.penalty().detach())
+    reference = float(admm_module.admm_penalty(pruner.params, pruner.z, pruner.u, 1.0).detach())
+    assert moved > before and reset == pytest.approx(reference, rel=1e-6)
+
+
+def test_backward_after_admm_step_refuses_a_stale_penalty():
+    pruner = ADMMPruner(small_mlp(seed=18), all_percent=60.0, rho=1.0)
+    penalty = pruner.penalty()
+    perturb(pruner, seed=3)  # the weights changed in place after the forward pass
+    with pytest.raises(RuntimeError, match="inplace"):
+        penalty.backward()
+
+
+def test_admm_steps_equal_the_pure_reference_functions():
+    model = small_mlp(seed=19)
+    pruner = ADMMPruner(model, all_percent=75.0, rho=0.05, rho_growth=2.0, rho_max=0.3)
+    z = [t.clone() for t in pruner.z]
+    u = [t.clone() for t in pruner.u]
+    rho = pruner.rho
+    for seed in range(4):
+        perturb(pruner, seed=seed, scale=0.3)
+        w = [p.detach().clone() for p in pruner.params]
+        target = [a + b for a, b in zip(w, u, strict=True)]
+        z_new = admm_module.project(target, oracle_global_masks(target, pruner.keep))
+        u = admm_module.update_dual(u, w, z_new)
+        res = admm_module.residuals(w, z_new, z, rho)
+        new_rho = admm_module.next_rho(rho, 2.0, 0.3)
+        u = admm_module.rescale_dual(u, rho, new_rho)
+        z, rho = z_new, new_rho
+        record = pruner.admm_step()
+        for a, b in zip(pruner.z, z, strict=True):
+            assert torch.equal(a, b)
+        for a, b in zip(pruner.u, u, strict=True):
+            assert torch.equal(a, b)
+        assert record["primal_residual"] == pytest.approx(res.primal, rel=1e-6)
+        assert record["dual_residual"] == pytest.approx(res.dual, rel=1e-6)
+        assert pruner.rho == rho
+
+
+def test_a_failing_admm_step_leaves_z_u_and_rho_unchanged():
+    pruner = ADMMPruner(small_mlp(seed=20), all_percent=60.0, rho=0.1, rho_growth=2.0)
+    perturb(pruner, seed=1)
+    pruner.admm_step()
+    state = copy.deepcopy(pruner.state_dict())
+    penalty = float(pruner.penalty().detach())
+    with torch.no_grad():
+        pruner.params[1][0, 0] = float("nan")
+    with pytest.raises(PrunerError, match="NaN"):
+        pruner.admm_step()
+    assert pruner.rho == state["rho"] and pruner.iteration == state["iteration"]
+    assert pruner.history == state["history"]
+    for a, b in zip(pruner.z + pruner.u, state["z"] + state["u"], strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        pruner.params[1][0, 0] = 0.0
+    after = float(pruner.penalty().detach())  # recomputed from the unchanged Z and U
+    reference = admm_module.admm_penalty(pruner.params, pruner.z, pruner.u, pruner.rho)
+    assert after != penalty and after == pytest.approx(float(reference.detach()), rel=1e-5)
+
+
+def test_load_state_dict_copies_so_later_steps_leave_the_callers_tensors_alone():
+    pruner = ADMMPruner(small_mlp(seed=21), all_percent=60.0)
+    state = pruner.state_dict()
+    saved = [t.clone() for t in state["z"] + state["u"]]
+    pruner.load_state_dict(state)
+    perturb(pruner, seed=4)
+    pruner.admm_step()
+    for a, b in zip(state["z"] + state["u"], saved, strict=True):
+        assert torch.equal(a, b)
+
+
+# -- defects: frozen and shared weights, non-finite values in pruned entries ------------------
+
+
+def test_hard_prune_with_a_frozen_layer_installs_and_masks():
+    model = small_mlp(seed=22)
+    model.hidden[0].weight.requires_grad_(False)
+    pruner = ADMMPruner(model, all_percent=80.0)
+    assert "hidden.0.weight" not in pruner.names
+    pruner.hard_prune()
+    assert nonzeros(pruner) == pruner.keep
+
+
+def test_mask_enforcer_installs_all_or_nothing():
+    a = nn.Parameter(torch.ones(4))
+    b = nn.Parameter(torch.ones(3))
+    c = nn.Parameter(torch.ones(2))
+    masks = [torch.tensor([True, False, True, False]), torch.tensor([True, False, True]),
+             torch.tensor([True, False, True])]  # the last one has the wrong shape
+    with pytest.raises(ValueError, match="shape"):
+        MaskEnforcer([a, b, c], masks)
+
+    def refuse(hook):
+        raise RuntimeError("no hooks here")
+
+    c.register_hook = refuse  # the third hook fails after two are installed
+    with pytest.raises(RuntimeError, match="no hooks here"):
+        MaskEnforcer([a, b, c], masks[:2] + [torch.tensor([True, False])])
+    (a.sum() + b.sum()).backward()
+    assert a.grad.tolist() == [1.0] * 4 and b.grad.tolist() == [1.0] * 3  # no hook left
+    assert a.detach().tolist() == [1.0] * 4  # and nothing zeroed
+
+
+def test_hard_prune_failure_keeps_the_previous_masks(monkeypatch):
+    pruner = ADMMPruner(small_mlp(seed=23), all_percent=50.0)
+    pruner.hard_prune()
+    masks = [m.clone() for m in pruner.masks]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot install")
+
+    monkeypatch.setattr(pruner_module, "MaskEnforcer", broken)
+    with pytest.raises(RuntimeError, match="cannot install"):
+        pruner.hard_prune(support="z")
+    for old, now in zip(masks, pruner.masks, strict=True):
+        assert torch.equal(old, now)
+    monkeypatch.undo()
+    pruner.enforce()  # the old enforcer still works
+
+
+def test_shared_weight_counts_once_and_keeps_exactly_k():
+    model = small_mlp(seed=24)
+    twin = nn.Linear(32, 32)
+    twin.weight = model.hidden[2].weight  # weight tying
+    model.add_module("tied", twin)
+    pruner = ADMMPruner(model, all_percent=90.0)
+    assert pruner.names == ["hidden.0.weight", "hidden.2.weight", "classifier.weight"]
+    assert pruner.total == 8 * 32 + 32 * 32 + 32 * 2
+    pruner.hard_prune()
+    assert nonzeros(pruner) == pruner.keep == survivor_count(1344, 90.0)
+
+
+def test_enforce_turns_nan_and_inf_in_pruned_entries_into_exact_zeros():
+    x, y = blobs()
+    model = small_mlp(seed=25)
+    pruner = ADMMPruner(model, all_percent=70.0)
+    pruner.hard_prune()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train(model, pruner, optimizer, x, y, 2)
+    with torch.no_grad():
+        for p, m in zip(pruner.params, pruner.masks, strict=True):
+            p[~m] = float("nan")
+            p.view(-1)[(~m).reshape(-1).nonzero()[0]] = float("inf")
+            optimizer.state[p]["exp_avg"][~m] = float("nan")
+    pruner.enforce(optimizer)
+    for p, m in zip(pruner.params, pruner.masks, strict=True):
+        assert bool((p.detach()[~m] == 0).all())
+        assert bool((optimizer.state[p]["exp_avg"][~m] == 0).all())
+    assert nonzeros(pruner) == pruner.keep
+
+
+def test_nan_gradients_at_pruned_entries_are_masked_to_zero():
+    model = small_mlp(seed=26)
+    pruner = ADMMPruner(model, all_percent=70.0)
+    pruner.hard_prune()
+    weight, mask = pruner.params[0], pruner.masks[0]
+    (weight * torch.full_like(weight, float("nan"))).sum().backward()
+    assert bool((weight.grad[~mask] == 0).all())

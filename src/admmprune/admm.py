@@ -21,6 +21,8 @@ import torch
 __all__ = [
     "admm_penalty",
     "weight_decay_penalty",
+    "fused_penalty",
+    "squared_norm",
     "project",
     "update_dual",
     "rescale_dual",
@@ -50,6 +52,147 @@ def weight_decay_penalty(weights: Sequence[torch.Tensor], p_lambda: float) -> to
     for w in weights:
         total = total + w.pow(2).sum()
     return 0.5 * p_lambda * total
+
+
+# Elements per slice of the fused CPU passes: three float32 slices of 1 MiB stay in cache, so
+# a slice is read from memory once however many operations touch it.
+_CHUNK = 1 << 18
+
+
+def _slices(*tensors: torch.Tensor):
+    """Matching flat slices of same-shaped tensors, chunked on CPU when all are contiguous."""
+    first = tensors[0]
+    if first.device.type != "cpu" or not all(t.is_contiguous() for t in tensors):
+        yield tensors
+        return
+    flats = [t.reshape(-1) for t in tensors]
+    for start in range(0, first.numel(), _CHUNK):
+        yield tuple(f[start:start + _CHUNK] for f in flats)
+
+
+def _sum_of_squares(x: torch.Tensor) -> float:
+    flat = x.reshape(-1)
+    if flat.dtype in (torch.float32, torch.float64):
+        return float(torch.dot(flat, flat))
+    return float(torch.linalg.vector_norm(flat, dtype=torch.float64)) ** 2
+
+
+def squared_norm(tensors: Sequence[torch.Tensor], minus: Sequence[torch.Tensor] | None = None
+                 ) -> float:
+    """Σ_l ‖a_l − b_l‖² (or Σ_l ‖a_l‖²), summed in Python floats; on CPU a − b is formed one
+    cache-sized slice at a time, never as a whole tensor."""
+    total = 0.0
+    for i, a in enumerate(tensors):
+        if minus is None:
+            total += sum(_sum_of_squares(x) for (x,) in _slices(a.detach()))
+            continue
+        scratch = None
+        for x, y in _slices(a.detach(), minus[i].detach()):
+            if scratch is None or scratch.shape != x.shape:
+                scratch = torch.empty(x.shape, dtype=torch.result_type(x, y), device=x.device)
+            torch.sub(x, y, out=scratch)
+            total += _sum_of_squares(scratch)
+    return total
+
+
+class _FusedPenalty(torch.autograd.Function):
+    """(rho/2)·Σ‖W − A‖² + (p_lambda/2)·Σ‖W‖² over all tensors as one autograd node.
+
+    The forward makes one pass over W and A per tensor, cache-sized slice by slice,
+    that gives both the value and the gradient rho·(W − A) + p_lambda·W; the backward
+    only scales the gradients by grad_out (when it is not 1) and hands them to autograd.
+    """
+
+    @staticmethod
+    def forward(ctx, rho: float, p_lambda: float, count: int, *tensors: torch.Tensor):
+        weights, anchors = tensors[:count], tensors[count:]
+        ctx.count = count
+        # no copies: saving records the versions, so a backward after the weights or the
+        # anchors changed in place (an optimizer step, admm_step) raises instead of lying
+        ctx.save_for_backward(*tensors)
+        ctx.rho, ctx.p_lambda = rho, p_lambda
+        wanted = [ctx.needs_input_grad[3 + i] for i in range(count)]
+        value = 0.0
+        grads: list[torch.Tensor | None] = []
+        for i, (w, a) in enumerate(zip(weights, anchors, strict=True)):
+            if not wanted[i]:
+                grads.append(None)
+                value += 0.5 * rho * squared_norm([w], [a]) if rho else 0.0
+                value += 0.5 * p_lambda * squared_norm([w]) if p_lambda else 0.0
+                continue
+            g = torch.empty_like(w)
+            value += _fill_gradient(w, a, g, rho, p_lambda)
+            grads.append(g)
+        # held until the backward, which lets go of them so that autograd can adopt them
+        # (add the model's gradient into them in place, use them as .grad) without a copy
+        ctx.grads = grads
+        return weights[0].new_tensor(value)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        saved = ctx.saved_tensors
+        weights, anchors = saved[:ctx.count], saved[ctx.count:]
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:  # a second backward (retain_graph): build them again, fresh
+            grads = [None if not ctx.needs_input_grad[3 + i] else
+                     torch.empty_like(w)
+                     for i, w in enumerate(weights)]
+            for w, a, g in zip(weights, anchors, grads, strict=True):
+                if g is not None:
+                    _fill_gradient(w, a, g, ctx.rho, ctx.p_lambda)
+        scale = float(grad_out)
+        if scale != 1.0:
+            for g in grads:
+                if g is not None:
+                    g.mul_(scale)
+        return (None, None, None, *grads, *([None] * ctx.count))
+
+
+def _fill_gradient(w: torch.Tensor, a: torch.Tensor, g: torch.Tensor, rho: float,
+                   lam: float) -> float:
+    """g ← rho·(w − a) + lam·w in one pass; returns (rho/2)‖w − a‖² + (lam/2)‖w‖²."""
+    w, a = w.detach(), a.detach()
+    distance = norm = 0.0
+    for wc, ac, gc in _slices(w, a, g):
+        if rho:
+            torch.sub(wc, ac, out=gc)
+            distance += _sum_of_squares(gc)
+            gc.mul_(rho)
+            if lam:
+                gc.add_(wc, alpha=lam)
+        else:
+            torch.mul(wc, lam, out=gc)
+        if lam:
+            norm += _sum_of_squares(wc)
+    return 0.5 * rho * distance + 0.5 * lam * norm
+
+
+def fused_penalty(
+    weights: Sequence[torch.Tensor],
+    anchors: Sequence[torch.Tensor] | None,
+    rho: float,
+    p_lambda: float = 0.0,
+) -> torch.Tensor:
+    """(rho/2)·Σ‖W_l − A_l‖² + (p_lambda/2)·Σ‖W_l‖², with A = Z − U, as one autograd node.
+
+    Same value and gradient rho·(W − Z + U) + p_lambda·W as ``admm_penalty`` +
+    ``weight_decay_penalty`` (up to float rounding; the value is summed in float64), but
+    one pass over the weights in the forward that also builds the gradients, and no work
+    of the weights' size in the backward unless the loss is scaled (grad_out != 1).
+    ``anchors=None`` (or ``rho=0``) gives the p_lambda term alone. Not twice
+    differentiable.
+    """
+    weights = tuple(weights)
+    if anchors is None:
+        rho, anchors = 0.0, tuple(w.detach() for w in weights)
+    anchors = tuple(a.detach() for a in anchors)
+    if len(anchors) != len(weights):
+        raise ValueError(f"got {len(anchors)} anchors for {len(weights)} weights")
+    if not torch.is_grad_enabled():
+        value = 0.5 * rho * squared_norm(weights, anchors) if rho else 0.0
+        value += 0.5 * p_lambda * squared_norm(weights) if p_lambda else 0.0
+        return weights[0].new_tensor(value)
+    return _FusedPenalty.apply(float(rho), float(p_lambda), len(weights), *weights, *anchors)
 
 
 def project(values: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:

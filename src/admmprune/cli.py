@@ -171,6 +171,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = Run(config, args.run_dir or new_run_dir(config), resume=False)
     try:
         run.dense()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch is saved; continue with\n"
+              f"  admmprune prune --resume {run.run_dir} --stage admm   (or start again)",
+              file=sys.stderr)
+        return 130
     finally:
         run.close()
     from .report import format_metrics

@@ -19,9 +19,10 @@ __all__ = [
 
 @torch.no_grad()
 def apply_masks(params: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
-    """Zero every masked-out entry in place."""
+    """Set every masked-out entry to exactly 0 in place, whatever it held (NaN and inf
+    included: a multiplication by the mask would keep them)."""
     for p, m in zip(params, masks, strict=True):
-        p.mul_(m.to(p.dtype))
+        p.masked_fill_(~m.to(device=p.device, dtype=torch.bool), 0)
 
 
 class MaskEnforcer:
@@ -31,29 +32,49 @@ class MaskEnforcer:
     builds momentum (Adam's exp_avg / exp_avg_sq) for them and decoupled weight decay
     has nothing to act on; ``enforce()`` re-zeroes the weights after the optimizer
     step as a guarantee against anything else that writes to them.
+
+    Construction is all or nothing: masks are checked first, and if installing a hook
+    fails the hooks installed so far are removed before the error propagates; the
+    weights are zeroed only once everything is in place. Tensors that do not require
+    gradients (frozen) get no hook (they receive no gradient); ``enforce()`` still
+    zeroes them.
     """
 
     def __init__(self, params: Sequence[torch.nn.Parameter], masks: Sequence[torch.Tensor]):
-        self.params = list(params)
-        self.masks = [m.to(device=p.device, dtype=torch.bool) for p, m in
-                      zip(self.params, masks, strict=True)]
-        self._handles = [
-            p.register_hook(self._make_hook(m)) for p, m in zip(self.params, self.masks,
-                                                               strict=True)
-        ]
-        apply_masks(self.params, self.masks)
+        params, masks = list(params), list(masks)
+        if len(params) != len(masks):
+            raise ValueError(f"got {len(masks)} masks for {len(params)} tensors")
+        checked = []
+        for i, (p, m) in enumerate(zip(params, masks, strict=True)):
+            if tuple(m.shape) != tuple(p.shape):
+                raise ValueError(f"mask {i} has shape {tuple(m.shape)} but its tensor has "
+                                 f"shape {tuple(p.shape)}")
+            checked.append(m.to(device=p.device, dtype=torch.bool))
+        self.params = params
+        self.masks = checked
+        # cached complements: enforce() runs after every optimizer step
+        self._removed = [~m for m in checked]
+        self._handles: list = []
+        try:
+            for p, removed in zip(params, self._removed, strict=True):
+                if p.requires_grad:
+                    self._handles.append(p.register_hook(self._make_hook(removed)))
+        except BaseException:
+            self.remove()
+            raise
+        _zero(self.params, self._removed)
 
     @staticmethod
-    def _make_hook(mask: torch.Tensor):
+    def _make_hook(removed: torch.Tensor):
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            return grad * mask.to(grad.dtype)
+            return grad.masked_fill(removed, 0)
 
         return hook
 
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        apply_masks(self.params, self.masks)
+        _zero(self.params, self._removed)
         if optimizer is not None:
-            zero_optimizer_state(optimizer, self.params, self.masks)
+            _zero_state(optimizer, self.params, self._removed)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -62,16 +83,28 @@ class MaskEnforcer:
 
 
 @torch.no_grad()
+def _zero(params: Sequence[torch.Tensor], removed: Sequence[torch.Tensor]) -> None:
+    for p, r in zip(params, removed, strict=True):
+        p.masked_fill_(r, 0)
+
+
+@torch.no_grad()
+def _zero_state(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor],
+                removed: Sequence[torch.Tensor]) -> None:
+    for p, r in zip(params, removed, strict=True):
+        for value in optimizer.state.get(p, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                value.masked_fill_(r.to(value.device), 0)
+
+
 def zero_optimizer_state(
     optimizer: torch.optim.Optimizer,
     params: Sequence[torch.Tensor],
     masks: Sequence[torch.Tensor],
 ) -> None:
-    """Zero per-parameter optimizer buffers (momentum, Adam moments) at pruned entries."""
-    for p, m in zip(params, masks, strict=True):
-        for value in optimizer.state.get(p, {}).values():
-            if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                value.mul_(m.to(value.dtype))
+    """Set per-parameter optimizer buffers (momentum, Adam moments) to exactly 0 at pruned
+    entries, whatever they held."""
+    _zero_state(optimizer, params, [~m.to(dtype=torch.bool) for m in masks])
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
 from .models import create_model, weights_loader
 from .pruner import ADMMPruner
-from .rundir import RunDirectory, RunError, load_run_config, new_run_dir
+from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
+from .selection import prunable_parameters
 from .tasks import create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
@@ -59,8 +60,10 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
             kwargs[key] = value
     try:
         return create_model(config.model, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"model_args do not fit model {config.model!r}: {err}") from None
+    except (TypeError, ValueError, RuntimeError) as err:
+        # a wrong keyword (TypeError) or a value the model cannot be built with
+        raise ConfigError(f"model_args {config.model_args} do not fit model "
+                          f"{config.model!r}: {err}") from None
 
 
 def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner:
@@ -80,6 +83,15 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner
         z_init=config.z_init,
         allow_regrowth=config.allow_regrowth,
     )
+
+
+def _check_selection(model: nn.Module, config: Config) -> None:
+    """The prunable tensors exist and layer_percents fits them (raises before training)."""
+    named = prunable_parameters(model, config.include, config.exclude)  # raises if empty
+    if config.layer_percents is not None and len(config.layer_percents) != len(named):
+        raise ConfigError(f"layer_percents has {len(config.layer_percents)} entries but "
+                          f"{config.model} has {len(named)} prunable tensors: "
+                          f"{', '.join(n for n, _ in named)}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -139,9 +151,8 @@ class Run:
         if resume:
             if not self.dir.checkpoint.is_file():
                 raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
-        elif self.dir.checkpoint.exists():
-            raise RunError(f"{self.run_dir} already holds a run; resume it (--resume) or "
-                           "choose another directory")
+        else:
+            self.dir.check_fresh(config)
         if config.threads:
             torch.set_num_threads(config.threads)
         # Data first: an unreadable data set fails before anything is written, and the model
@@ -151,15 +162,22 @@ class Run:
         _seed_everything(config.seed)
         self.model = build_model(config, self.data.num_classes).to(self.device)
         self.pruner: ADMMPruner | None = None
-        self.dir.create(config)
+        # Selection and per-layer ratios fail now, not after hours of dense training.
+        _check_selection(self.model, config)
         if resume:
             self._restore()
+        else:
+            self.dir.create(config)
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _restore(self) -> None:
         state = self.dir.load_checkpoint(self.device)
+        progress = Progress(**state["progress"])
+        changes = resume_changes(state.get("config") or {}, self.config.to_dict(),
+                                 retraining_started=progress.retrain_epoch > 0 or progress.done,
+                                 retrain_epochs_done=progress.retrain_epoch)
         self.model.load_state_dict(state["model"])
-        self.progress = Progress(**state["progress"])
+        self.progress = progress
         self.optimizer_state = state.get("optimizer")
         if state.get("rng") is not None:
             _set_rng_state(state["rng"])
@@ -167,6 +185,13 @@ class Run:
             stage = min(self.progress.stage, self.config.stages - 1)
             self.pruner = build_pruner(self.model, self.config, stage)
             self.pruner.load_state_dict(state["pruner"])
+        if state.get("metrics_bytes") is not None:
+            self.dir.truncate_metrics(state["metrics_bytes"])
+        if changes:
+            self.dir.write_config(self.config)
+            self.log({"phase": "resume", "changed": changes})
+        if self.progress.done and self.config.retraining_epochs > self.progress.retrain_epoch:
+            self.progress.done = False  # epochs added to a finished retraining
 
     def save(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         self.dir.save_checkpoint({
@@ -176,6 +201,7 @@ class Run:
             "progress": dataclasses.asdict(self.progress),
             "config": self.config.to_dict(),
             "rng": _rng_state(),
+            "metrics_bytes": self.dir.metrics_size(),
         })
 
     def log(self, record: dict) -> None:

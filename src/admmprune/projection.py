@@ -85,7 +85,8 @@ def _select(scores: Sequence[torch.Tensor], k: int) -> tuple[float, int]:
         # partitioning the concatenated copy in place keeps memory at one extra copy.
         # Everything after `position` is >= t, so counting there is a pass over K entries.
         flat = np.concatenate([s.detach().reshape(-1).to(dtype).numpy() for s in scores])
-        if not np.isfinite(flat).all():
+        # min and max propagate NaN and show ±inf, without np.isfinite's N-byte temporary
+        if not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
             raise ProjectionError(_NOT_FINITE)
         flat.partition(position)
         threshold = flat[position]
@@ -113,17 +114,19 @@ def global_topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.T
         if not all(bool(torch.isfinite(s).all()) for s in scores):
             raise ProjectionError(_NOT_FINITE)
         return [torch.full_like(s, keep > 0, dtype=torch.bool) for s in scores]
-    threshold, above = _select(scores, keep)
-    # contiguous: `s > threshold` keeps the strides of a non-contiguous s (channels_last,
-    # transposed views), and the tie fill below writes through m.view(-1).
-    masks = [(s > threshold).contiguous() for s in scores]
-    missing = keep - above
-    for s, m in zip(scores, masks, strict=True):
-        if missing <= 0:
+    threshold, _ = _select(scores, keep)
+    # Keep everything >= threshold, then, only if more entries tie at the threshold than
+    # fit, drop the surplus ties from the end: one comparison pass in the usual case.
+    # contiguous: `s >= threshold` keeps the strides of a non-contiguous s (channels_last,
+    # transposed views), and the tie removal below writes through m.view(-1).
+    masks = [(s >= threshold).contiguous() for s in scores]
+    surplus = sum(int(m.count_nonzero()) for m in masks) - keep
+    for s, m in zip(reversed(scores), reversed(masks), strict=True):
+        if surplus <= 0:
             break
-        tied = (s == threshold).reshape(-1).nonzero().squeeze(1)[:missing]
-        m.view(-1)[tied] = True
-        missing -= tied.numel()
+        tied = (s == threshold).reshape(-1).nonzero().squeeze(1)[-surplus:]
+        m.view(-1)[tied] = False
+        surplus -= tied.numel()
     return masks
 
 

@@ -11,6 +11,7 @@ It never wraps the optimizer or the loop; it only reads and writes the weights.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -53,7 +54,10 @@ class ADMMPruner:
         projection: ``"global"`` (one budget over all layers) or ``"layerwise"``
             (every layer removes ``layer_percents``, default all_percent each).
         score: ranking criterion of the Z-step: ``magnitude``, ``rms`` or ``lamp``.
-        include, exclude: module-name patterns (``fnmatch``) selecting prunable layers.
+        include, exclude: ``fnmatch`` patterns on module names or full parameter names
+            (default: every Conv/Linear weight; frozen and parametrized weights are
+            skipped unless named exactly, a shared Parameter counts once; see
+            ``admmprune.selection`` and ``describe_selection``).
         z_init: ``"projection"`` (Z = Π(W), the standard start) or ``"weights"`` (Z = W:
             the first W-step is only pulled towards the current weights).
         allow_regrowth: after a hard prune, may a later stage revive removed weights?
@@ -77,14 +81,17 @@ class ADMMPruner:
         z_init: str = "projection",
         allow_regrowth: bool = False,
     ) -> None:
-        if not (isinstance(rho, (int, float)) and rho > 0 and math.isfinite(rho)):
+        # `not (x >= 1)` and friends also refuse NaN, which fails every comparison
+        if not (_is_number(rho) and rho > 0 and math.isfinite(rho)):
             raise PrunerError(f"rho must be a positive number, got {rho!r}")
-        if rho_growth < 1:
-            raise PrunerError(f"rho_growth must be >= 1, got {rho_growth}")
-        if rho_max < rho:
-            raise PrunerError(f"rho_max ({rho_max}) must be >= rho ({rho})")
-        if p_lambda < 0:
-            raise PrunerError(f"p_lambda must be >= 0, got {p_lambda}")
+        if not (_is_number(rho_growth) and rho_growth >= 1 and math.isfinite(rho_growth)):
+            raise PrunerError(f"rho_growth must be >= 1 and finite, got {rho_growth!r}")
+        # rho_max=inf is the default: no cap
+        if not (_is_number(rho_max) and rho_max >= rho):
+            raise PrunerError(f"rho_max ({rho_max!r}) must be a number >= rho ({rho}); "
+                              "use math.inf for no cap")
+        if not (_is_number(p_lambda) and p_lambda >= 0 and math.isfinite(p_lambda)):
+            raise PrunerError(f"p_lambda must be a finite number >= 0, got {p_lambda!r}")
         if projection not in PROJECTIONS:
             raise PrunerError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         if z_init not in Z_INITS:
@@ -131,7 +138,7 @@ class ADMMPruner:
         """Change the global removal ratio (a progressive stage) without touching Z/U."""
         keep = _checked(survivor_count, self.total, all_percent)
         if self.masks is not None and not self.allow_regrowth:
-            kept_now = sum(int(m.sum()) for m in self.masks)
+            kept_now = sum(int(m.count_nonzero()) for m in self.masks)
             if keep > kept_now:
                 raise PrunerError(
                     f"all_percent={all_percent} keeps {keep} weights but only {kept_now} "
@@ -150,6 +157,7 @@ class ADMMPruner:
         else:
             self.z = admm.project(weights, self._project(weights))
         self.u = [torch.zeros_like(w) for w in weights]
+        self._anchor_for = None
 
     def start_stage(self, all_percent: float) -> None:
         """Begin a new progressive stage towards ``all_percent`` from the current result.
@@ -167,25 +175,47 @@ class ADMMPruner:
 
     # -- the three calls of a training loop -----------------------------------------------
     def penalty(self) -> torch.Tensor:
-        """The term to add to the loss: ADMM penalty (until hard pruning) + p_lambda term."""
-        total = self.params[0].new_zeros(())
+        """The term to add to the loss: ADMM penalty (until hard pruning) + p_lambda term.
+
+        Value (rho/2)·Σ‖W−Z+U‖² + (p_lambda/2)·Σ‖W‖², gradient rho·(W−Z+U) + p_lambda·W, as
+        one autograd node over all prunable tensors (``admm.fused_penalty``): no per-tensor
+        graph; A = Z − U is cached between ADMM steps, and one pass over W and A per batch
+        gives the value and the gradients, which autograd adopts without another copy.
+        """
         if not self.pruned:
-            total = total + admm.admm_penalty(self.params, self.z, self.u, self.rho)
+            return admm.fused_penalty(self.params, self._anchors(), self.rho, self.p_lambda)
         if self.p_lambda:
-            total = total + admm.weight_decay_penalty(self.params, self.p_lambda)
-        return total
+            return admm.fused_penalty(self.params, None, 0.0, self.p_lambda)
+        return self.params[0].new_zeros(())
 
     @torch.no_grad()
     def admm_step(self) -> dict:
-        """Z-step, U-step, residuals and the rho update; returns this iteration's record."""
+        """Z-step, U-step, residuals and the rho update; returns this iteration's record.
+
+        Z and U are updated in place (clone them to keep the previous values); if the
+        projection fails (NaN weights), Z, U and rho are left as they were.
+        """
         if self.pruned:
             raise PrunerError("admm_step() after hard_prune(); call start_stage() first")
         weights = [p.detach() for p in self.params]
-        target = [w + u for w, u in zip(weights, self.u, strict=True)]
-        z_prev = self.z
-        self.z = admm.project(target, self._project(target))
-        self.u = admm.update_dual(self.u, weights, self.z)
-        res = admm.residuals(weights, self.z, z_prev, self.rho)
+        # The cached anchors Z − U are rebuilt at the end anyway, so their memory holds
+        # T = W + U and then the new Z: no temporary of the weights' size besides the scores.
+        buffers = self._anchors()
+        self._anchor_for = None
+        target = [torch.add(w, u, out=b) for w, u, b in zip(weights, self.u, buffers,
+                                                             strict=True)]
+        masks = self._project(target)
+        for t, m, u in zip(target, masks, self.u, strict=True):
+            # U + W − Z with Z = T·m is T where removed and exactly 0 where kept
+            u.copy_(t).masked_fill_(m, 0.0)
+        # Z = T − U_new: T where kept, exactly 0 where removed (a float subtraction is
+        # several times faster than a multiplication by a boolean mask)
+        z_new = [t.sub_(u) for t, u in zip(target, self.u, strict=True)]
+        res = admm.Residuals(
+            primal=math.sqrt(admm.squared_norm(weights, z_new)),
+            dual=self.rho * math.sqrt(admm.squared_norm(z_new, self.z)),
+        )
+        spare, self.z = self.z, z_new
         self.iteration += 1
         record = {
             "iteration": self.iteration,
@@ -198,10 +228,14 @@ class ADMMPruner:
             new_rho = admm.balanced_rho(self.rho, res.primal, res.dual, rho_max=self.rho_max)
         else:
             new_rho = admm.next_rho(self.rho, self.rho_growth, self.rho_max)
-        self.u = admm.rescale_dual(self.u, self.rho, new_rho)
+        if new_rho != self.rho:
+            factor = self.rho / new_rho  # as admm.rescale_dual: rho·U is unchanged
+            for u in self.u:
+                u.mul_(factor)
         self.rho = new_rho
         record["next_rho"] = new_rho
         self.history.append(record)
+        self._anchors(spare)
         return record
 
     @torch.no_grad()
@@ -220,10 +254,13 @@ class ADMMPruner:
             masks = self._project([z.abs() for z in self.z], raw_scores=True)
         else:
             masks = self._project(weights)
+        # the new enforcer installs completely or not at all; only then is the old one
+        # dropped, so an error leaves the previous state intact
+        enforcer = MaskEnforcer(self.params, masks)
         if self._enforcer is not None:
             self._enforcer.remove()
-        self.masks = masks
-        self._enforcer = MaskEnforcer(self.params, masks)
+        self.masks = enforcer.masks
+        self._enforcer = enforcer
         self.pruned = True
         return self.sparsity()
 
@@ -275,33 +312,71 @@ class ADMMPruner:
                 f"this model has {shapes}"
             )
         device = self.params[0].device
-        self.masks = None
+        rho = state["rho"]
+        if not (_is_number(rho) and 0 < rho < math.inf):
+            raise PrunerError(f"pruner state holds rho={rho!r}; it must be a positive number")
+        masks = None if state["masks"] is None else [m.to(device) for m in state["masks"]]
+        # built first: if the masks cannot be enforced, nothing has changed yet
+        enforcer = None if masks is None else MaskEnforcer(self.params, masks)
         self.remove_hooks()
+        self.masks = None
         self.set_target(state["all_percent"])
-        self.rho = float(state["rho"])
+        self.rho = float(rho)
         self.iteration = int(state["iteration"])
         self.history = list(state["history"])
-        self.z = [z.to(device) for z in state["z"]]
-        self.u = [u.to(device) for u in state["u"]]
-        if state["masks"] is not None:
-            self.masks = [m.to(device) for m in state["masks"]]
-            self._enforcer = MaskEnforcer(self.params, self.masks)
+        # copies: admm_step updates Z and U in place, never the caller's tensors
+        self.z = [z.to(device, copy=True) for z in state["z"]]
+        self.u = [u.to(device, copy=True) for u in state["u"]]
+        self._anchor_for = None
+        if enforcer is not None:
+            self.masks = enforcer.masks
+            self._enforcer = enforcer
         self.pruned = bool(state["pruned"])
 
     # -- internals -------------------------------------------------------------------------
+    def _anchors(self, into: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """A = Z − U, the point the penalty pulls W towards, cached until Z or U change.
+
+        The cache is keyed on the identity and version counter of every Z and U tensor,
+        so replacing them or editing them in place refreshes it. ``into``: buffers to
+        reuse.
+        """
+        key = [(z, z._version, u, u._version) for z, u in zip(self.z, self.u, strict=True)]
+        cached = self._anchor_for
+        if cached is not None and len(cached[0]) == len(key) and all(
+                a[0] is b[0] and a[1] == b[1] and a[2] is b[2] and a[3] == b[3]
+                for a, b in zip(cached[0], key, strict=True)):
+            return cached[1]
+        if into is None and cached is not None:
+            into = cached[1]
+        if into is not None and [a.shape for a in into] != [z.shape for z in self.z]:
+            into = None
+        with torch.no_grad():
+            if into is None:
+                anchors = [z - u for z, u in zip(self.z, self.u, strict=True)]
+            else:
+                anchors = [torch.sub(z, u, out=a) for z, u, a in zip(self.z, self.u, into,
+                                                                    strict=True)]
+        key = [(z, z._version, u, u._version) for z, u in zip(self.z, self.u, strict=True)]
+        self._anchor_for = (key, anchors)
+        return anchors
+
     def _project(self, values: Sequence[torch.Tensor], raw_scores: bool = False
                  ) -> list[torch.Tensor]:
         """Masks of the projection of ``values`` onto the current sparsity set."""
         scores = list(values) if raw_scores else compute_scores(values, self.score)
         if self.masks is not None and not self.allow_regrowth:
             # Removed entries score -1, below any real score: never chosen again.
-            scores = [torch.where(m, s, torch.full_like(s, -1.0)) for s, m in
-                      zip(scores, self.masks, strict=True)]
+            scores = [torch.where(m, s, -1.0) for s, m in zip(scores, self.masks, strict=True)]
         if self.projection == "layerwise":
             percents = self.layer_percents if self.layer_percents is not None else \
                 self.all_percent
             return _checked(layerwise_topk_masks, scores, percents)
         return _checked(global_topk_masks, scores, self.keep)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _checked(fn, *args):

@@ -18,9 +18,19 @@ import yaml
 from .config import Config, apply_overrides
 
 __all__ = ["RunError", "RunDirectory", "new_run_dir", "load_run_config", "atomic_save",
-           "CHECKPOINT"]
+           "CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes"]
 
 CHECKPOINT = "checkpoint.pt"
+# What a run writes; a fresh run refuses a directory holding anything else.
+RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, "dense.pt", "admm.pt", "model.pt",
+             "summary.json", "admm_residuals.png", "accuracy.png", "kept_per_layer.png"}
+# Keys a resumed run may change: where and how fast it runs, and epochs to add. Everything
+# else defines what the run is (model, data, ratio, selection, optimisation) and is refused.
+RESUME_SAFE_KEYS = {"threads", "device", "progress", "workers", "data_dir", "val_labels",
+                    "download", "output_dir", "retraining_epochs"}
+# Retraining keys that may still change while retraining has not started (--stage retrain
+# after --stage admm: the user chooses how to retrain once ADMM is done).
+RETRAIN_KEYS = {"retraining_epochs", "retraining_learning_rate", "retraining_lr_schedule"}
 
 
 class RunError(RuntimeError):
@@ -45,6 +55,13 @@ def new_run_dir(config: Config) -> Path:
     return path
 
 
+def _same_config(path: Path, config: Config) -> bool:
+    try:
+        return yaml.safe_load(path.read_text()) == config.to_dict()
+    except (OSError, yaml.YAMLError):
+        return False
+
+
 def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
     """The resolved config a run directory was started with, plus ``overrides``."""
     path = Path(run_dir) / "config.yaml"
@@ -64,6 +81,25 @@ def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> C
     return config.validate()
 
 
+def resume_changes(saved: dict, new: dict, retraining_started: bool, retrain_epochs_done: int
+                   ) -> dict:
+    """The keys ``new`` changes relative to the config ``saved`` with a run, as
+    {key: [old, new]}; raises RunError when a change would alter what the run is."""
+    changes = {k: [saved.get(k), v] for k, v in new.items() if saved.get(k, v) != v}
+    allowed = RESUME_SAFE_KEYS | (set() if retraining_started else RETRAIN_KEYS)
+    refused = sorted(set(changes) - allowed)
+    if refused:
+        listed = ", ".join(f"{k}: {changes[k][0]!r} -> {changes[k][1]!r}" for k in refused)
+        raise RunError(
+            f"resuming cannot change what the run is ({listed}); only "
+            f"{', '.join(sorted(allowed))} may change. Start a new run (another --run-dir) "
+            "for a different configuration")
+    if "retraining_epochs" in changes and changes["retraining_epochs"][1] < retrain_epochs_done:
+        raise RunError(f"retraining_epochs {changes['retraining_epochs'][1]} is fewer than the "
+                       f"{retrain_epochs_done} retraining epochs already done")
+    return changes
+
+
 class RunDirectory:
     """The files of one run; see the README's "Command line" section for what each holds."""
 
@@ -75,10 +111,54 @@ class RunDirectory:
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
 
+    def check_fresh(self, config: Config) -> None:
+        """Refuse a directory a new run must not write into: a file, an unwritable place,
+        or a directory holding anything but an unstarted run of this very config."""
+        if self.path.exists() and not self.path.is_dir():
+            raise RunError(f"run directory {self.path} is a file; choose another --run-dir")
+        if self.checkpoint.exists():
+            raise RunError(f"{self.path} already holds a run; resume it (--resume) or "
+                           "choose another directory")
+        if self.path.is_dir():
+            present = sorted(p.name for p in self.path.iterdir())
+            same_config = (self.path / "config.yaml").is_file() and _same_config(
+                self.path / "config.yaml", config)
+            foreign = [n for n in present if n not in RUN_FILES]
+            if foreign or (present and not same_config):
+                shown = ", ".join((foreign or present)[:5])
+                raise RunError(f"{self.path} already holds files ({shown}) that are not from "
+                               "an unfinished run of this config; choose another --run-dir "
+                               "(or resume that run with --resume)")
+        parent = next(p for p in (self.path, *self.path.parents) if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"cannot write the run directory {self.path}: {parent} is not "
+                           "writable; choose another --run-dir or output_dir")
+
     def create(self, config: Config) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(),
-                                                              sort_keys=False))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunError(f"cannot create the run directory {self.path}: {err}") from None
+        self.write_config(config)
+
+    def write_config(self, config: Config) -> None:
+        tmp = self.path / "config.yaml.tmp"
+        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        os.replace(tmp, self.path / "config.yaml")
+
+    def metrics_size(self) -> int:
+        path = self.path / "metrics.jsonl"
+        if self._metrics is not None:
+            self._metrics.flush()
+        return path.stat().st_size if path.is_file() else 0
+
+    def truncate_metrics(self, size: int) -> None:
+        """Drop records logged after the checkpoint that holds ``size``: the work they
+        describe was lost with the process and is done (and logged) again."""
+        path = self.path / "metrics.jsonl"
+        if path.is_file() and path.stat().st_size > size:
+            with path.open("r+b") as handle:
+                handle.truncate(size)
 
     def load_checkpoint(self, device: torch.device) -> dict:
         try:
