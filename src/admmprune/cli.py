@@ -202,6 +202,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     weights = args.weights or args.run_dir / "model.pt"
     load_weights(model, Path(weights), device, config.model)
     task = create_task(config.task)
+    task.bind(model)
     result = evaluate_model(model, data.test, device=device, task=task, amp=config.amp)
     named = prunable_parameters(model, config.include, config.exclude)
     report = sparsity_report([n for n, _ in named], [p.detach() for _, p in named])

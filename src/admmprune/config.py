@@ -70,6 +70,12 @@ class Config:
     dense_lr_schedule: str = _key("constant", "dense training learning rate: constant, step "
                                   "(x0.1 for the last third) or cosine",
                                   ("constant", "step", "cosine"))
+    flip: float = _key(0.0, "detection: probability of a horizontal flip of a training "
+                            "image (boxes follow)")
+    hsv: float = _key(0.0, "detection: random hue/saturation/value jitter of training images, "
+                           "as a fraction (e.g. 0.3)")
+    scale_jitter: float = _key(0.0, "detection: random rescale of training images by up to "
+                                    "this fraction before letterboxing (e.g. 0.25)")
     batch_size: int = _key(64, "mini-batch size for every phase")
     accumulate: int = _key(1, "mini-batches per optimizer step (gradient accumulation: the "
                               "effective batch is batch_size x accumulate)")
@@ -184,6 +190,12 @@ class Config:
             value = getattr(self, key)
             _check(value is None and key != "learning_rate" or _is_number(value) and value > 0,
                    key, f"must be > 0, got {value!r}")
+        _check(_is_number(self.flip) and 0 <= self.flip <= 1, "flip",
+               f"must be a probability in [0, 1], got {self.flip!r}")
+        for key in ("hsv", "scale_jitter"):
+            value = getattr(self, key)
+            _check(_is_number(value) and 0 <= value < 1, key, f"must be in [0, 1), got "
+                   f"{value!r}")
         _check(_is_number(self.p_lambda) and self.p_lambda >= 0, "p_lambda",
                f"must be >= 0, got {self.p_lambda!r}")
         _check(isinstance(self.model_args, dict), "model_args", "must be a mapping")
@@ -227,8 +239,9 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(f"unknown recipe key {key!r}{hint}; see `admmprune keys` for the list")
 
 
-_FLOAT_KEYS = {"learning_rate", "retraining_learning_rate", "rho", "rho_growth", "rho_max",
-               "p_lambda", "all_percent", "momentum", "layer_percents"}
+_FLOAT_KEYS = {"flip", "hsv", "scale_jitter", "learning_rate", "retraining_learning_rate",
+               "rho", "rho_growth", "rho_max", "p_lambda", "all_percent", "momentum",
+               "layer_percents"}
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -161,6 +161,7 @@ class Run:
         self.train_batches, self.test_batches = self.data.train, self.data.test
         _seed_everything(config.seed)
         self.model = build_model(config, self.data.num_classes).to(self.device)
+        self.task.bind(self.model)
         self.pruner: ADMMPruner | None = None
         # Selection and per-layer ratios fail now, not after hours of dense training.
         _check_selection(self.model, config)

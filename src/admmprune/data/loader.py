@@ -8,7 +8,7 @@ whether the run was interrupted and resumed before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -45,7 +45,7 @@ class StreamBatches:
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, collate_fn: Callable | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.dataset = dataset
@@ -56,6 +56,7 @@ class StreamBatches:
         self.workers = workers
         self.pin_memory = pin_memory
         self.drop_last = drop_last
+        self.collate_fn = collate_fn  # e.g. detection: images stacked, targets kept as a list
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -76,7 +77,7 @@ class StreamBatches:
             set_epoch(epoch)
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
                             num_workers=self.workers, pin_memory=self.pin_memory,
-                            drop_last=self.drop_last,
+                            drop_last=self.drop_last, collate_fn=self.collate_fn,
                             prefetch_factor=4 if self.workers else None)
         return iter(loader)
 
@@ -89,15 +90,17 @@ def image_options(options) -> dict:
             "preprocess": options.preprocess, "seed": options.seed}
 
 
-def stream_splits(train: Dataset | None, test: Dataset | None, options, device: torch.device):
+def stream_splits(train: Dataset | None, test: Dataset | None, options, device: torch.device,
+                  collate_fn: Callable | None = None):
     """:class:`DataSplits` streaming the given datasets: shuffled training batches, test
-    batches in file order; pinned memory when the model is on CUDA."""
+    batches in file order; pinned memory when the model is on CUDA. ``collate_fn`` builds a
+    batch from items (default: stack)."""
     from .registry import DataSplits
 
     def batches(dataset: Dataset, shuffle: bool, limit: int | None) -> StreamBatches:
         return StreamBatches(dataset, options.batch_size, shuffle=shuffle, seed=options.seed,
                              workers=options.workers, pin_memory=device.type == "cuda",
-                             limit=limit)
+                             limit=limit, collate_fn=collate_fn)
 
     some = train if train is not None else test
     return DataSplits(

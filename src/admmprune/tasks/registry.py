@@ -29,6 +29,10 @@ class Task:
     metrics: tuple[str, ...] = ()
     labels: dict[str, str] = {}
 
+    def bind(self, model: nn.Module) -> None:
+        """Learn what the loss needs from the model (detection: anchors and strides of its
+        heads); called once the model is built. Nothing by default."""
+
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         raise NotImplementedError
 
