@@ -1,0 +1,59 @@
+"""`admmprune inspect`: what a recipe or model prunes, and what it leaves alone and why."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO
+from torch import nn
+
+from admmprune.cli import main
+from admmprune.models import registry
+
+
+class _WithLSTM(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.lstm = nn.LSTM(8, 16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        out, _ = self.lstm(self.emb(x))
+        return self.head(out[:, -1])
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_inspect_a_model_lists_pruned_and_skipped_with_reasons(capsys):
+    assert main(["inspect", "lenet5", "--exclude", "[fc2]"]) == 0
+    out = capsys.readouterr().out
+    pruned, _, skipped = out.partition("not pruned")
+    assert "425,500 weights" in pruned and "fc1.weight" in pruned
+    assert "fc2.weight" in skipped and "excluded by pattern 'fc2'" in skipped
+
+
+def test_inspect_a_recipe(capsys):
+    assert main(["inspect", "recipes/alexnet_imagenet.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "pruned: 8 tensors, 60,954,656 weights" in out
+
+
+def test_rnn_weights_are_listed_and_reachable_by_name(capsys, monkeypatch):
+    monkeypatch.setitem(registry._REGISTRY, "test_lstm", _WithLSTM)
+    assert main(["inspect", "test_lstm"]) == 0
+    out = capsys.readouterr().out
+    skipped = out.partition("not pruned")[2]
+    for name in ("emb.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0"):
+        assert name in skipped
+    assert main(["inspect", "test_lstm", "--include",
+                 "[head, lstm.weight_ih_l0, emb.weight]"]) == 0
+    pruned = capsys.readouterr().out.partition("not pruned")[0]
+    assert "lstm.weight_ih_l0" in pruned and "emb.weight" in pruned
+
+
+def test_a_pattern_that_matches_nothing_is_an_error(capsys):
+    assert main(["inspect", "lenet5", "--exclude", "[fc9]"]) == 2
+    assert "fc9" in capsys.readouterr().err
