@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
                          "[default: the highest]")
     _add_recipe_keys(compare)
 
+    inspect = sub.add_parser(
+        "inspect", help="what a recipe or model prunes, and what it leaves alone (and why)",
+        description="Build the model of a recipe (or a registered model by name) and list "
+                    "its prunable tensors and every other weight tensor with the reason it is "
+                    "not pruned (frozen, shared, excluded, not a Conv/Linear weight, "
+                    "parametrized). include/exclude patterns match module names and full "
+                    "parameter names, e.g. --include \"['lstm.weight_ih_l0', "
+                    "'*.in_proj_weight']\".",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    inspect.add_argument("target", help="YAML recipe, or a registered model name")
+    _add_recipe_keys(inspect)
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the registered datasets and tasks")
     labels = sub.add_parser(
@@ -273,6 +284,26 @@ def _cmd_models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .models import list_models
+    from .pipeline import build_model
+    from .report import format_selection
+    from .selection import describe_selection, prunable_parameters
+
+    overrides = _overrides(args)
+    if args.target in list_models():
+        overrides.setdefault("model", args.target)
+        config = load_config(None, overrides)
+    else:
+        config = load_config(args.target, overrides)
+    model = build_model(config)
+    pruned, skipped = describe_selection(model, config.include, config.exclude)
+    print(f"{config.model} {config.model_args or ''}".rstrip())
+    print(format_selection(pruned, skipped))
+    prunable_parameters(model, config.include, config.exclude)  # a run would refuse: say so
+    return 0
+
+
 def _cmd_datasets(_: argparse.Namespace) -> int:
     from .data import list_datasets
     from .report import format_table
@@ -313,7 +344,8 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
 COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare,
             "report": _cmd_report, "models": _cmd_models, "datasets": _cmd_datasets,
-            "imagenet-labels": _cmd_imagenet_labels, "keys": _cmd_keys}
+            "imagenet-labels": _cmd_imagenet_labels, "inspect": _cmd_inspect,
+            "keys": _cmd_keys}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
