@@ -120,15 +120,20 @@ class RunDirectory:
             raise RunError(f"{self.path} already holds a run; resume it (--resume) or "
                            "choose another directory")
         if self.path.is_dir():
+            # Allowed: an empty directory, or one where a run of this very config wrote its
+            # config and failed before finishing any work (nothing to lose).
             present = sorted(p.name for p in self.path.iterdir())
+            unstarted = set(present) <= {"config.yaml", "metrics.jsonl"} and (
+                not (self.path / "metrics.jsonl").exists()
+                or (self.path / "metrics.jsonl").stat().st_size == 0)
             same_config = (self.path / "config.yaml").is_file() and _same_config(
                 self.path / "config.yaml", config)
-            foreign = [n for n in present if n not in RUN_FILES]
-            if foreign or (present and not same_config):
+            if present and not (unstarted and same_config):
+                foreign = [n for n in present if n not in RUN_FILES]
                 shown = ", ".join((foreign or present)[:5])
-                raise RunError(f"{self.path} already holds files ({shown}) that are not from "
-                               "an unfinished run of this config; choose another --run-dir "
-                               "(or resume that run with --resume)")
+                raise RunError(f"{self.path} already holds files ({shown}) that are not an "
+                               "unstarted run of this config; choose another --run-dir (or "
+                               "resume that run with --resume)")
         parent = next(p for p in (self.path, *self.path.parents) if p.exists())
         if not os.access(parent, os.W_OK | os.X_OK):
             raise RunError(f"cannot write the run directory {self.path}: {parent} is not "
