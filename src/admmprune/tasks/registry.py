@@ -78,4 +78,4 @@ def list_tasks() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import classification  # noqa: F401  (registration side effect)
+    from . import classification, detection  # noqa: F401  (registration side effect)
