@@ -119,7 +119,9 @@ def test_existing_run_dir_is_not_overwritten(tmp_path, mnist_dir, capsys):
 def test_corrupt_checkpoint_is_reported(tmp_path, mnist_dir, capsys):
     run_dir = tmp_path / "run"
     assert prune(tmp_path, mnist_dir, "--run-dir", str(run_dir), "--stage", "admm") == 0
-    (run_dir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    # both: a damaged last checkpoint alone falls back to the previous one
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run_dir / name).write_bytes(b"not a checkpoint")
     assert main(["prune", "--resume", str(run_dir)]) == 2
     assert "corrupt" in capsys.readouterr().err
 

@@ -9,9 +9,9 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import REPO
 
 from admmprune.cli import main
-from conftest import REPO
 
 TINY = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64",
         "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1", "--no-progress",

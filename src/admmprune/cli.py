@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,6 +21,7 @@ EXAMPLES = """examples:
   admmprune prune recipes/lenet5.yaml --stage admm --run-dir runs/a   # then:
   admmprune prune --stage retrain --run-dir runs/a --retraining-epochs 8
   admmprune prune --resume runs/a                                    # after Ctrl-C
+  torchrun --nproc_per_node=4 -m admmprune prune recipes/lenet5.yaml # data-parallel
   admmprune report runs/a
 """
 
@@ -126,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_keys(inspect)
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the registered datasets and tasks")
+    from .data.digits import add_make_detection_set_arguments
+
+    detection_set = sub.add_parser(
+        "make-detection-set", help="write a small COCO-format detection set of real MNIST "
+        "digits (dataset coco reads it)",
+        description="Paste real MNIST digits (training digits for train/, test digits for "
+                    "val/) at random scales and positions on textured canvases and write "
+                    "OUT/train, OUT/val and OUT/annotations/instances_{train,val}.json: a "
+                    "small real-image detection set with 10 classes for `dataset: coco`.")
+    add_make_detection_set_arguments(detection_set)
     labels = sub.add_parser(
         "imagenet-labels", help="write ImageNet's validation label file (once)",
         description="Write the validation labels of ROOT/val as sorted-WNID class indices "
@@ -151,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _process_group(config: Config) -> Iterator[bool]:
+    """Under torchrun (WORLD_SIZE > 1): join its process group for the command (gloo on the
+    CPU, nccl on CUDA) and leave it after; yields whether this process prints (rank 0)."""
+    from . import distributed
+
+    owned = distributed.init_from_env(config.device)
+    try:
+        yield distributed.is_main()
+    finally:
+        distributed.shutdown(owned)
+
+
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .pipeline import load_run_config, run_pipeline
     from .report import format_summary
@@ -163,15 +189,18 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         config = load_run_config(run_dir, overrides)
     else:
         config = load_config(args.recipe, overrides)
-    try:
-        summary = run_pipeline(config, stage=args.stage, run_dir=run_dir,
-                               resume=args.resume is not None)
-    except KeyboardInterrupt:
-        where = run_dir or "the run directory printed above"
-        print(f"\ninterrupted: the last finished epoch/iteration is saved; continue with\n"
-              f"  admmprune prune --resume {where}", file=sys.stderr)
-        return 130
-    print(format_summary(summary))
+    with _process_group(config) as main_rank:
+        try:
+            summary = run_pipeline(config, stage=args.stage, run_dir=run_dir,
+                                   resume=args.resume is not None)
+        except KeyboardInterrupt:
+            if main_rank:
+                where = run_dir or "the run directory printed above"
+                print(f"\ninterrupted: the last finished epoch/iteration is saved; continue "
+                      f"with\n  admmprune prune --resume {where}", file=sys.stderr)
+            return 130
+    if main_rank:
+        print(format_summary(summary))
     return 0
 
 
@@ -179,16 +208,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import Run, new_run_dir
 
     config = load_config(args.recipe, _overrides(args))
-    run = Run(config, args.run_dir or new_run_dir(config), resume=False)
-    try:
-        run.dense()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch is saved; continue with\n"
-              f"  admmprune prune --resume {run.run_dir} --stage admm   (or start again)",
-              file=sys.stderr)
-        return 130
-    finally:
-        run.close()
+    with _process_group(config) as main_rank:
+        from . import distributed
+
+        run = Run(config, args.run_dir or distributed.broadcast_object(new_run_dir(config)),
+                  resume=False)
+        try:
+            run.dense()
+        except KeyboardInterrupt:
+            if main_rank:
+                print(f"\ninterrupted: the last finished epoch is saved; continue with\n"
+                      f"  admmprune prune --resume {run.run_dir} --stage admm   (or start "
+                      "again)", file=sys.stderr)
+            return 130
+        finally:
+            run.close()
+    if not main_rank:
+        return 0
     from .report import format_metrics
 
     dense = {k.removeprefix("dense_"): v for k, v in run.progress.results.items()
@@ -304,6 +340,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_make_detection_set(args: argparse.Namespace) -> int:
+    from .data.digits import run_make_detection_set
+
+    return run_make_detection_set(args)
+
+
 def _cmd_datasets(_: argparse.Namespace) -> int:
     from .data import list_datasets
     from .report import format_table
@@ -345,12 +387,18 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compare": _cmd_compare,
             "report": _cmd_report, "models": _cmd_models, "datasets": _cmd_datasets,
             "imagenet-labels": _cmd_imagenet_labels, "inspect": _cmd_inspect,
+            "make-detection-set": _cmd_make_detection_set,
             "keys": _cmd_keys}
+
+
+# Commands that run data-parallel under torchrun; the others are one-process jobs.
+DISTRIBUTED_COMMANDS = ("prune", "train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DatasetError
+    from .distributed import DistributedError, env_world_size
     from .models import UnknownModelError
     from .pipeline import RunError
     from .pruner import PrunerError
@@ -358,10 +406,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .train import NonFiniteLossError
 
     try:
+        if args.command not in DISTRIBUTED_COMMANDS and env_world_size() > 1:
+            raise ConfigError(f"`admmprune {args.command}` runs in one process; only "
+                              f"{' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun")
         return COMMANDS[args.command](args)
     except (ConfigError, DatasetError, RunError, PrunerError, SelectionError,
-            NonFiniteLossError, FileNotFoundError, UnknownModelError) as err:
-        print(f"admmprune {args.command}: error: {err}", file=sys.stderr)
+            NonFiniteLossError, FileNotFoundError, UnknownModelError, DistributedError) as err:
+        # every rank reports (an error may be one rank's own); rank > 0 says which it is
+        rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" \
+            else "0"
+        where = "" if rank == "0" else f" (rank {rank})"
+        print(f"admmprune {args.command}{where}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -20,6 +20,7 @@ from .config import Config, ConfigError
 from .models import create_model
 from .pipeline import Run, run_pipeline
 from .report import format_table, plot_residuals, read_metrics, save_figure
+from .rundir import RunDirectory
 from .selection import prunable_parameters
 
 __all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
@@ -148,8 +149,8 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
         return run_dir / "dense.pt", {"metric": saved.get("metric", "accuracy"), **results}, \
             saved["seconds"]
     start = time.perf_counter()
-    run = Run(replace(config, pretrained=None), run_dir, resume=(run_dir / "checkpoint.pt")
-              .is_file())
+    run = Run(replace(config, pretrained=None), run_dir,
+              resume=RunDirectory(run_dir).has_checkpoint())
     try:
         run.dense()
     finally:
@@ -167,7 +168,7 @@ def _run_once(config: Config, run_dir: Path) -> dict:
         summary = json.loads(summary_path.read_text())
         if summary.get("complete"):
             return summary
-    return run_pipeline(config, run_dir=run_dir, resume=(run_dir / "checkpoint.pt").is_file())
+    return run_pipeline(config, run_dir=run_dir, resume=RunDirectory(run_dir).has_checkpoint())
 
 
 def _row(method: str, config: Config, percent: float, variant: dict, summary: dict) -> dict:

@@ -3,13 +3,20 @@
 Every finished unit of work (a dense epoch, an ADMM iteration, a retraining epoch) is
 checkpointed atomically into the run directory, so an interrupted or diverged run
 resumes where it stopped (``run_pipeline(..., resume=True)``) and loses at most the
-unit in progress.
+unit in progress (two units if the last checkpoint was damaged: the previous one is kept).
+
+Inside a process group (torchrun, or one the caller set up) the W-steps are data-parallel:
+the model is wrapped in DistributedDataParallel for training, each rank trains on its part
+of every global batch, and the ADMM bookkeeping (Z, U, rho, masks) runs on every rank on
+the weights DDP keeps identical. Only rank 0 writes files; every rank resumes from the
+checkpoint rank 0 chose.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +25,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
 from .models import create_model, weights_loader
 from .pruner import ADMMPruner
-from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
+from .rundir import (
+    RunDirectory,
+    RunError,
+    load_checked,
+    load_run_config,
+    new_run_dir,
+    resume_changes,
+)
 from .selection import prunable_parameters
 from .tasks import create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
@@ -34,13 +49,19 @@ STAGES = ("all", "admm", "retrain")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a recipe's ``device`` names; inside a process group, CUDA means
+    ``cuda:LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available; "
-                          "use device=cpu or auto")
-    return device
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r} was asked for but CUDA is not available; "
+                              "use device=cpu or auto")
+    try:
+        return distributed.device_for(device)
+    except distributed.DistributedError as err:
+        raise ConfigError(str(err)) from None
 
 
 def load_data(config: Config, device: torch.device, splits: tuple[str, ...] = ("train", "test")
@@ -136,31 +157,52 @@ class Progress:
 
 class Run:
     """One run directory and the job it holds: the phases dense -> ADMM stages -> masked
-    retraining, each checkpointed. Use :func:`run_pipeline`."""
+    retraining, each checkpointed. Use :func:`run_pipeline`.
+
+    In a process group of N ranks every rank builds the same Run; rank 0 alone writes the
+    run directory, and ``batch_size`` stays the global batch (``batch_size / N`` per rank).
+    """
 
     def __init__(self, config: Config, run_dir: Path, resume: bool,
                  splits: tuple[str, ...] = ("train", "test")) -> None:
         self.config = config
         self.dir = RunDirectory(run_dir)
         self.run_dir = self.dir.path
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        if self.world > 1 and config.batch_size % self.world:
+            raise ConfigError(f"batch_size {config.batch_size} is the global batch and must "
+                              f"split evenly across the {self.world} processes; use a "
+                              f"multiple of {self.world} (e.g. "
+                              f"{-(-config.batch_size // self.world) * self.world})")
         self.device = resolve_device(config.device)
         self.task = create_task(config.task)
         self.progress = Progress()
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
+        self._ddp: nn.Module | None = None
         if resume:
-            if not self.dir.checkpoint.is_file():
+            if not self.dir.has_checkpoint():
                 raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
         else:
-            self.dir.check_fresh(config)
+            distributed.on_main(lambda: self.dir.check_fresh(config))
         if config.threads:
             torch.set_num_threads(config.threads)
         # Data first: an unreadable data set fails before anything is written, and the model
-        # learns its class count from it.
-        self.data = load_data(config, self.device, splits)
+        # learns its class count from it. Rank 0 first: it may download into a shared cache.
+        self.data = distributed.main_first(lambda: load_data(config, self.device, splits))
         self.train_batches, self.test_batches = self.data.train, self.data.test
+        if self.world > 1 and self.train_batches is not None:
+            if not hasattr(self.train_batches, "shard"):
+                raise ConfigError(f"dataset {config.dataset!r} cannot be split across "
+                                  "processes (its batches have no shard()); run one process")
+            self.train_batches.shard(self.rank, self.world)
         _seed_everything(config.seed)
         self.model = build_model(config, self.data.num_classes).to(self.device)
+        if self.rank > 0:
+            # random layers (dropout) draw their own masks for each rank's part of a batch;
+            # rank 0 keeps the one-process stream (DDP gives all ranks rank 0's weights)
+            _seed_everything(config.seed + 7919 * self.rank)
         self.task.bind(self.model)
         self.pruner: ADMMPruner | None = None
         # Selection and per-layer ratios fail now, not after hours of dense training.
@@ -168,11 +210,39 @@ class Run:
         if resume:
             self._restore()
         else:
-            self.dir.create(config)
+            distributed.on_main(lambda: self.dir.create(config))
+        if self.world > 1:
+            self._train_model()  # now: building DDP (seconds, once) is no phase's time
 
     # -- bookkeeping -----------------------------------------------------------------------
+    def _load_checkpoint(self) -> dict:
+        """The newest intact checkpoint, the same file on every rank (rank 0 chooses)."""
+        chosen = state = error = None
+        if self.main:
+            try:
+                state, path, problems = self.dir.load_checkpoint(self.device)
+            except RunError as err:
+                error = err
+            else:
+                chosen = path.name
+                if path != self.dir.checkpoint:
+                    print(f"admmprune: resuming from {path.name}, one unit of work back: "
+                          f"{'; '.join(problems)}", file=sys.stderr)
+                    self._fallback = {"phase": "resume", "checkpoint": path.name,
+                                      "skipped": problems}
+        chosen = distributed.broadcast_object(chosen)
+        if error is not None:
+            raise error
+        if chosen is None:
+            raise RunError(f"rank 0 found no intact checkpoint in {self.run_dir}; the files "
+                           "are corrupt, start a new run (another --run-dir)")
+        if not self.main:
+            state = load_checked(self.run_dir / chosen, self.device)
+        return state
+
     def _restore(self) -> None:
-        state = self.dir.load_checkpoint(self.device)
+        self._fallback: dict | None = None
+        state = self._load_checkpoint()
         progress = Progress(**state["progress"])
         changes = resume_changes(state.get("config") or {}, self.config.to_dict(),
                                  retraining_started=progress.retrain_epoch > 0 or progress.done,
@@ -180,33 +250,88 @@ class Run:
         self.model.load_state_dict(state["model"])
         self.progress = progress
         self.optimizer_state = state.get("optimizer")
-        if state.get("rng") is not None:
+        saved_world = state.get("world_size", 1)
+        per_rank = state.get("rng_ranks")
+        if per_rank is not None and len(per_rank) == self.world:
+            _set_rng_state(per_rank[self.rank])
+        elif state.get("rng") is not None:
             _set_rng_state(state["rng"])
         if state.get("pruner") is not None:
             stage = min(self.progress.stage, self.config.stages - 1)
             self.pruner = build_pruner(self.model, self.config, stage)
             self.pruner.load_state_dict(state["pruner"])
-        if state.get("metrics_bytes") is not None:
-            self.dir.truncate_metrics(state["metrics_bytes"])
-        if changes:
-            self.dir.write_config(self.config)
-            self.log({"phase": "resume", "changed": changes})
+        if self.main:
+            # The records logged after this checkpoint describe work that is redone now,
+            # also when it is the previous checkpoint (the last one was damaged): its
+            # metrics_bytes drops the records of the lost unit as well.
+            if state.get("metrics_bytes") is not None:
+                self.dir.truncate_metrics(state["metrics_bytes"])
+            if self._fallback is not None:
+                self.log(self._fallback)
+            if changes:
+                self.dir.write_config(self.config)
+                self.log({"phase": "resume", "changed": changes})
+            if saved_world != self.world:
+                # data order and global batches are the same; only per-rank random streams
+                # (dropout) differ, so the result is not bitwise the uninterrupted one
+                self.log({"phase": "resume", "world_size": [saved_world, self.world]})
         if self.progress.done and self.config.retraining_epochs > self.progress.retrain_epoch:
             self.progress.done = False  # epochs added to a finished retraining
+        # no rank writes a new checkpoint before every rank has read this one
+        distributed.barrier()
 
     def save(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Checkpoint everything a bitwise resume needs (every rank's RNG states too);
+        collective: every rank calls it, rank 0 writes."""
+        rng = distributed.all_gather_objects(_rng_state())
+        if not self.main:
+            return
         self.dir.save_checkpoint({
             "model": self.model.state_dict(),
             "pruner": None if self.pruner is None else self.pruner.state_dict(),
             "optimizer": None if optimizer is None else optimizer.state_dict(),
             "progress": dataclasses.asdict(self.progress),
             "config": self.config.to_dict(),
-            "rng": _rng_state(),
+            "rng": rng[0],
+            "rng_ranks": rng if self.world > 1 else None,
+            "world_size": self.world,
             "metrics_bytes": self.dir.metrics_size(),
         })
 
     def log(self, record: dict) -> None:
-        self.dir.log(record)
+        if self.main:
+            self.dir.log(record)
+
+    def _save_weights(self, name: str, obj: dict) -> None:
+        if self.main:
+            self.dir.save_weights(name, obj)
+
+    def _train_model(self) -> nn.Module:
+        """The module the W-steps run: DDP around the model in a process group (built once,
+        at the end of ``__init__``: a collective every rank reaches)."""
+        if self.world == 1:
+            return self.model
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=ids)
+        return self._ddp
+
+    def _check_replicas(self) -> None:
+        """Before a Z-step: every rank's weights must be bitwise equal (they are, as long as
+        every rank applies the same optimizer to the same all-reduced gradients); if not,
+        rank 0's are copied to all, so Z, U and masks stay identical."""
+        if self.world == 1:
+            return
+        if not distributed.check_synchronised(self.pruner.params):
+            tensors = list(self.model.parameters()) + list(self.model.buffers())
+            distributed.broadcast_tensors(tensors)
+            self.log({"phase": "resync", "stage": self.progress.stage + 1,
+                      "iteration": self.progress.iteration + 1})
+            if self.main:
+                print("admmprune: the ranks' weights differed before a Z-step; rank 0's "
+                      "were copied to all", file=sys.stderr)
 
     def _timed(self, phase: str, seconds: float) -> None:
         self.progress.seconds[phase] = self.progress.seconds.get(phase, 0.0) + seconds
@@ -230,18 +355,28 @@ class Run:
         # Every epoch's data order follows from (seed, epoch number): a resumed run sees the
         # batches the uninterrupted run would have seen.
         self.train_batches.set_epoch(self.progress.data_epoch)
+        weight = None
+        if self.world > 1:
+            # DDP averages over ranks: a rank's share of the global batch weighs its loss,
+            # so uneven parts of the last batch still give the mean over the global batch
+            batches, world = self.train_batches, self.world
+            weight = lambda step, n: n * world / batches.global_batch_size(step)  # noqa: E731
         stats = train_epoch(
-            self.model, self.train_batches, optimizer, task=self.task, device=self.device,
-            penalty=penalty, after_step=after, max_steps=cfg.steps_per_epoch, desc=desc,
-            progress=cfg.progress, amp=cfg.amp, accumulate=cfg.accumulate,
+            self._train_model(), self.train_batches, optimizer, task=self.task,
+            device=self.device, penalty=penalty, after_step=after,
+            max_steps=cfg.steps_per_epoch, desc=desc, progress=cfg.progress and self.main,
+            amp=cfg.amp, accumulate=cfg.accumulate, loss_weight=weight,
             lr_at=lambda f: lr * lr_factor(schedule, (done + f) / total),
         )
         self.progress.data_epoch += 1
-        return stats
+        return distributed.reduce_stats(stats)
 
     def test_metrics(self) -> dict:
         """The task's test metrics of the current weights, evaluated once per change of the
-        weights (the end of a phase reuses its last epoch's evaluation)."""
+        weights (the end of a phase reuses its last epoch's evaluation). In a process
+        group every rank evaluates the whole test set on its (identical) weights: any
+        task's metrics (mAP is no mean over examples), no communication, and exactly the
+        numbers one process computes for these weights."""
         if self._metrics is None:
             self._metrics = evaluate(self.model, self.test_batches, device=self.device,
                                      task=self.task, amp=self.config.amp)
@@ -260,7 +395,8 @@ class Run:
 
     @staticmethod
     def _train_record(stats: dict) -> dict:
-        return {f"train_{k}": v for k, v in stats.items() if k not in ("steps", "seconds")}
+        return {f"train_{k}": v for k, v in stats.items()
+                if k not in ("steps", "seconds", "examples")}
 
     # -- phases ----------------------------------------------------------------------------
     def dense(self) -> None:
@@ -284,7 +420,7 @@ class Run:
                 self.save(optimizer)
         self._result("dense")
         prog.dense_done = True
-        self.dir.save_weights("dense.pt", self.model.state_dict())
+        self._save_weights("dense.pt", self.model.state_dict())
         self._timed("dense", time.perf_counter() - start)
         self.save()
 
@@ -305,8 +441,8 @@ class Run:
         prog.admm_done = True
         for key in self.task.metrics + ("loss",):
             prog.results[f"admm_{key}"] = prog.results.get(f"stage{cfg.stages}_pruned_{key}")
-        self.dir.save_weights("admm.pt", {"model": self.model.state_dict(),
-                                          "pruner": self.pruner.state_dict()})
+        self._save_weights("admm.pt", {"model": self.model.state_dict(),
+                                       "pruner": self.pruner.state_dict()})
         self.save()
 
     def _admm_stage(self, s: int) -> None:
@@ -332,6 +468,7 @@ class Run:
                                         cfg.learning_rate, cfg.admm_lr_schedule,
                                         penalty=pruner.penalty, enforce=enforce,
                                         phase_progress=(e, epochs))
+                self._check_replicas()
                 record = pruner.admm_step()
                 self.log({"phase": "admm", "stage": s + 1, **record,
                           **self._train_record(stats), **self._test_record(),
@@ -379,7 +516,7 @@ class Run:
             self._retrain("retrain", cfg.retraining_epochs, "retrain_epoch")
             self._result("pruned")
             prog.done = True
-            self.dir.save_weights("model.pt", self.model.state_dict())
+            self._save_weights("model.pt", self.model.state_dict())
             self.save()
         return self.summary()
 
@@ -401,7 +538,8 @@ class Run:
             "wall_seconds": sum(prog.seconds.values()),
             "complete": prog.done,
         }
-        self.dir.write_summary(summary)
+        if self.main:
+            self.dir.write_summary(summary)
         return summary
 
     def close(self) -> None:
@@ -440,12 +578,18 @@ def run_pipeline(config: Config, *, stage: str = "all", run_dir: str | Path | No
 
     ``stage="admm"`` stops after the hard prune, ``"retrain"`` needs a run directory whose
     ADMM stage is done, ``"all"`` does everything.
+
+    Called on every rank of an initialised process group (``torch.distributed``, more than
+    one process), it trains data-parallel with DistributedDataParallel; the caller owns the
+    group (``admmprune.distributed.init_from_env`` joins torchrun's).
     """
     if stage not in STAGES:
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     if stage == "retrain" and run_dir is None:
         raise RunError("--stage retrain needs the run directory of an ADMM stage (--run-dir)")
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config)
+    # one name for all ranks: the timestamp is rank 0's
+    run_dir = Path(run_dir) if run_dir is not None else \
+        distributed.broadcast_object(new_run_dir(config))
     run = Run(config, run_dir, resume=resume or stage == "retrain")
     try:
         if stage in ("all", "admm"):

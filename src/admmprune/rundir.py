@@ -1,29 +1,37 @@
-"""A run directory on disk: its config, metrics log, checkpoint and saved weights.
+"""A run directory on disk: its config, metrics log, checkpoints and saved weights.
 
 Everything is written so that a crash at any moment leaves the previous state readable:
-checkpoints and weights go through a temporary file and an atomic rename.
+checkpoints and weights go through a temporary file, fsync and an atomic rename.
+Checkpoints carry a sha256 of their bytes, and the previous one is kept
+(``checkpoint.prev.pt``): a damaged last checkpoint (a flipped bit, a truncated copy) is
+detected on resume and the run continues from the one before.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
 
 from .config import Config, apply_overrides
 
-__all__ = ["RunError", "RunDirectory", "new_run_dir", "load_run_config", "atomic_save",
-           "CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes"]
+__all__ = ["RunError", "CheckpointError", "RunDirectory", "new_run_dir", "load_run_config",
+           "atomic_save", "save_checked", "load_checked", "verify_checked", "CHECKPOINT",
+           "PREVIOUS_CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes"]
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 # What a run writes; a fresh run refuses a directory holding anything else.
-RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, "dense.pt", "admm.pt", "model.pt",
-             "summary.json", "admm_residuals.png", "accuracy.png", "kept_per_layer.png"}
+RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "dense.pt",
+             "admm.pt", "model.pt", "summary.json", "admm_residuals.png", "accuracy.png",
+             "kept_per_layer.png"}
 # Keys a resumed run may change: where and how fast it runs, and epochs to add. Everything
 # else defines what the run is (model, data, ratio, selection, optimisation) and is refused.
 RESUME_SAFE_KEYS = {"threads", "device", "progress", "workers", "data_dir", "val_labels",
@@ -37,11 +45,149 @@ class RunError(RuntimeError):
     """A run cannot proceed (missing checkpoint, wrong run directory...)."""
 
 
+class CheckpointError(RunError):
+    """A checkpoint file is damaged: its checksum, size or contents are wrong."""
+
+
+def _fsync_dir(path: Path) -> None:
+    # the rename itself reaches the disk only when the directory is synced
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, then rename: a crash mid-write never corrupts ``path``."""
+    """Write to a temporary file, fsync, then rename: a crash (or power loss) mid-write
+    never corrupts ``path``."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    with tmp.open("wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+# A checked file: one header line, then the bytes of torch.save. The header holds the
+# sha256 and the length of those bytes, so a flipped bit and a truncation are both caught
+# before unpickling (which may fail in odd ways, or not at all, on damaged bytes).
+_MAGIC = b"ADMMPRUNE-CHECKPOINT 1 sha256="
+_HEADER_SIZE = len(_MAGIC) + 64 + len(b" bytes=") + 16 + 1
+
+
+class _HashingWriter:
+    """A file-like sink for torch.save that hashes and counts what passes through."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.size += len(memoryview(data).cast("B"))
+        return self.handle.write(data)
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+class _Window(io.RawIOBase):
+    """The bytes of ``handle`` from ``offset`` on, seen as a file of their own (torch.load
+    reads the zip archive after the header without a copy in memory)."""
+
+    def __init__(self, handle: IO[bytes], offset: int) -> None:
+        super().__init__()
+        self.handle = handle
+        self.offset = offset
+        handle.seek(offset)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self.handle.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.handle.read(size)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos += self.offset
+        return self.handle.seek(pos, whence) - self.offset
+
+    def tell(self) -> int:
+        return self.handle.tell() - self.offset
+
+
+def save_checked(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` with a sha256 of the bytes in a header, written atomically
+    (temporary file, fsync, rename); read it back with :func:`load_checked`."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(b"\0" * _HEADER_SIZE)  # the header is known only at the end
+        writer = _HashingWriter(handle)
+        torch.save(obj, writer)
+        handle.seek(0)
+        handle.write(_MAGIC + writer.sha.hexdigest().encode() + b" bytes="
+                     + f"{writer.size:016d}".encode() + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def verify_checked(path: Path) -> bool:
+    """Check the header, length and sha256 of a file written by :func:`save_checked`;
+    raises CheckpointError naming what is wrong. False for a file without header (a
+    checkpoint of an older admmprune: nothing to verify)."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(_HEADER_SIZE)
+            if not header.startswith(_MAGIC[:10]):
+                return False
+            try:
+                if not header.startswith(_MAGIC) or header[-1:] != b"\n":
+                    raise ValueError
+                digest = header[len(_MAGIC):len(_MAGIC) + 64].decode("ascii")
+                size = int(header[-17:-1])
+            except ValueError:
+                raise CheckpointError(f"{path}: its header is damaged") from None
+            actual = os.fstat(handle.fileno()).st_size - _HEADER_SIZE
+            if actual != size:
+                raise CheckpointError(f"{path}: holds {actual} bytes after its header where "
+                                      f"{size} were written (truncated or extended)")
+            sha = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                sha.update(chunk)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err}") from None
+    if sha.hexdigest() != digest:
+        raise CheckpointError(f"{path}: its sha256 does not match the one written with it "
+                              "(the file was damaged after it was saved)")
+    return True
+
+
+def load_checked(path: Path, device: torch.device | str = "cpu") -> Any:
+    """Read a file written by :func:`save_checked` after verifying its checksum (a file of
+    an older admmprune, without header, is read as it is); CheckpointError if damaged."""
+    checked = verify_checked(path)
+    try:
+        with path.open("rb") as handle:
+            source = _Window(handle, _HEADER_SIZE) if checked else handle
+            return torch.load(source, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+        raise CheckpointError(f"cannot read {path} ({err}): the file is corrupt") from None
 
 
 def new_run_dir(config: Config) -> Path:
@@ -111,6 +257,13 @@ class RunDirectory:
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
 
+    @property
+    def previous_checkpoint(self) -> Path:
+        return self.path / PREVIOUS_CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.is_file() or self.previous_checkpoint.is_file()
+
     def check_fresh(self, config: Config) -> None:
         """Refuse a directory a new run must not write into: a file, an unwritable place,
         or a directory holding anything but an unstarted run of this very config."""
@@ -165,15 +318,38 @@ class RunDirectory:
             with path.open("r+b") as handle:
                 handle.truncate(size)
 
-    def load_checkpoint(self, device: torch.device) -> dict:
-        try:
-            return torch.load(self.checkpoint, map_location=device, weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same advice
-            raise RunError(f"cannot read {self.checkpoint} ({err}); the file is corrupt, "
-                           "start a new run") from None
+    def load_checkpoint(self, device: torch.device) -> tuple[dict, Path, list[str]]:
+        """The newest intact checkpoint: ``checkpoint.pt``, else ``checkpoint.prev.pt``.
+
+        Returns (state, the file read, what was wrong with the files skipped); raises
+        RunError when neither is usable."""
+        problems: list[str] = []
+        for path in (self.checkpoint, self.previous_checkpoint):
+            if not path.is_file():
+                problems.append(f"{path.name} is missing")
+                continue
+            try:
+                state = load_checked(path, device)
+            except CheckpointError as err:
+                problems.append(str(err))
+                continue
+            if not isinstance(state, dict) or "progress" not in state:
+                problems.append(f"{path} is not an admmprune checkpoint")
+                continue
+            return state, path, problems
+        raise RunError("no intact checkpoint to resume from: " + "; ".join(problems)
+                       + ". The files are corrupt; start a new run (another --run-dir)")
 
     def save_checkpoint(self, state: dict) -> None:
-        atomic_save(state, self.checkpoint)
+        """Write ``checkpoint.pt`` (checksummed, atomically) and keep the one it replaces
+        as ``checkpoint.prev.pt``. A crash between the two renames leaves only the
+        previous checkpoint, which resuming then uses."""
+        tmp = self.path / (CHECKPOINT + ".new")
+        save_checked(state, tmp)
+        if self.checkpoint.exists():
+            os.replace(self.checkpoint, self.previous_checkpoint)
+        os.replace(tmp, self.checkpoint)
+        _fsync_dir(self.path)
 
     def save_weights(self, name: str, obj: Any) -> Path:
         path = self.path / name

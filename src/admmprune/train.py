@@ -102,10 +102,11 @@ def train_epoch(
     progress: bool = True,
     amp: str = "off",
     accumulate: int = 1,
+    loss_weight: Callable[[int, int], float] | None = None,
 ) -> dict:
     """One pass over ``batches`` (at most ``max_steps`` mini-batches); returns the mean task
-    loss, the task's training metrics (classification: ``accuracy``), steps, seconds and
-    examples per second.
+    loss, the task's training metrics (classification: ``accuracy``), steps, seconds,
+    examples and examples per second.
 
     ``task`` (default: classification) gives the loss. ``accumulate`` mini-batches make one
     optimizer step (gradient accumulation: an effective batch ``accumulate`` times larger);
@@ -114,6 +115,12 @@ def train_epoch(
     ``lr_at(fraction_of_epoch_done)`` sets the learning rate before every optimizer step.
     Raises ``NonFiniteLossError`` as soon as the loss is NaN/inf, before the step that would
     spread it into the weights.
+
+    Data-parallel training: ``model`` may be a ``DistributedDataParallel`` wrapper (gradients
+    are then averaged across ranks only at each optimizer step: ``no_sync`` while
+    accumulating), and ``loss_weight(step, local_examples)`` scales the task loss of batch
+    ``step`` so that the average over ranks is the mean over the global batch also when
+    the ranks' parts differ in size (the last batch of an epoch).
     """
     task = task or _default_task()
     model.train()
@@ -137,22 +144,28 @@ def train_epoch(
         last_micro = (steps + 1) % accumulate == 0 or steps + 1 == total
         if lr_at is not None and steps % accumulate == 0:
             _set_lr(optimizer, lr_at(steps / total if total else 0.0))
-        with (autocast or nullcontext)():
-            output = model(x)
-            task_loss = task.loss(output, y)
-        # The task loss is averaged over the accumulated mini-batches; the penalty, a
-        # function of the weights alone, counts once per optimizer step.
-        loss = task_loss / accumulate if accumulate > 1 else task_loss
-        if penalty is not None and last_micro:
-            loss = loss + penalty()
-        if not torch.isfinite(loss):
-            bar.close()
-            raise NonFiniteLossError(
-                f"{desc}: the loss became {float(loss.detach())} at step {steps + 1}; training "
-                "diverged. Lower learning_rate (or rho / rho_max during ADMM) and rerun; "
-                "the last checkpoint of the run directory is intact."
-            )
-        (scaler.scale(loss) if scaler else loss).backward()
+        # DDP: no gradient all-reduce for micro-batches that do not end an optimizer step
+        sync = nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with (autocast or nullcontext)():
+                output = model(x)
+                task_loss = task.loss(output, y)
+            # The task loss is averaged over the accumulated mini-batches; the penalty, a
+            # function of the weights alone, counts once per optimizer step.
+            loss = task_loss / accumulate if accumulate > 1 else task_loss
+            weight = 1.0 if loss_weight is None else loss_weight(steps, _count(y, x))
+            if weight != 1.0:
+                loss = loss * weight
+            if penalty is not None and last_micro:
+                loss = loss + penalty()
+            if not torch.isfinite(loss):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"{desc}: the loss became {float(loss.detach())} at step {steps + 1}; "
+                    "training diverged. Lower learning_rate (or rho / rho_max during ADMM) "
+                    "and rerun; the last checkpoint of the run directory is intact."
+                )
+            (scaler.scale(loss) if scaler else loss).backward()
         if last_micro:
             if scaler:
                 scaler.step(optimizer)
@@ -165,8 +178,9 @@ def train_epoch(
         steps += 1
         n = _count(y, x)
         loss_sum += float(task_loss.detach()) * n
-        for key, value in task.train_sums(output.detach(), y).items():
-            sums[key] = sums.get(key, 0.0) + value
+        with torch.no_grad():  # outputs may be a tensor or a list of heads (detection)
+            for key, value in task.train_sums(output, y).items():
+                sums[key] = sums.get(key, 0.0) + value
         seen += n
         if steps % 20 == 0:
             rate = seen / (time.perf_counter() - start)
@@ -180,6 +194,7 @@ def train_epoch(
         **{k: v / max(seen, 1) for k, v in sums.items()},
         "steps": steps,
         "seconds": seconds,
+        "examples": seen,
         "examples_per_second": seen / seconds if seconds > 0 else 0.0,
     }
 

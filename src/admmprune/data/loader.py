@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSampler", "StreamBatches", "stream_splits", "image_options"]
+from ..distributed import shard_bounds
+
+__all__ = ["EpochSampler", "ShardedBatchSampler", "StreamBatches", "stream_splits",
+           "image_options"]
 
 
 class EpochSampler(Sampler[int]):
@@ -39,9 +42,37 @@ class EpochSampler(Sampler[int]):
         return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s part of every global batch of ``batch_size`` drawn from ``sampler``'s
+    order (``distributed.shard_bounds``): the global batches of one process, split."""
+
+    def __init__(self, sampler: EpochSampler, batch_size: int, rank: int, world: int,
+                 drop_last: bool = False) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.rank, self.world = rank, world
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n, b = len(self.sampler), self.batch_size
+        count = n // b if self.drop_last else -(-n // b)
+        if not self.drop_last and 0 < n % b < self.world:
+            count -= 1  # a last batch smaller than the world would leave a rank empty
+        return count
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        for step in range(len(self)):
+            batch = order[step * self.batch_size:(step + 1) * self.batch_size]
+            lo, hi = shard_bounds(len(batch), self.rank, self.world)
+            yield batch[lo:hi]
+
+
 class StreamBatches:
     """Batches of ``dataset`` like :class:`TensorBatches` (``len``, ``set_epoch``, a new
-    epoch per ``iter()``), loaded by ``workers`` processes (0: in this process)."""
+    epoch per ``iter()``, ``shard``), loaded by ``workers`` processes (0: in this process).
+    Per-example augmentation is seeded by (seed, epoch, index), so a rank's part of a
+    global batch is augmented as one process would augment it."""
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
@@ -58,12 +89,37 @@ class StreamBatches:
         self.drop_last = drop_last
         self.collate_fn = collate_fn  # e.g. detection: images stacked, targets kept as a list
         self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    @property
+    def num_examples(self) -> int:
+        return self.size
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` produce epoch ``epoch``."""
         self.epoch = epoch
 
+    def shard(self, rank: int, world: int) -> None:
+        """Load only ``rank``'s part of each global batch (``batch_size / world``
+        examples), like :meth:`TensorBatches.shard`."""
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world} processes")
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} cannot be split evenly across "
+                             f"{world} processes; use a multiple of {world}")
+        self.rank, self.world = rank, world
+
+    def global_batch_size(self, step: int) -> int:
+        """Examples in global batch ``step`` (all ranks together)."""
+        return min(self.batch_size, self.size - step * self.batch_size)
+
+    def _sharded(self) -> ShardedBatchSampler:
+        return ShardedBatchSampler(self.sampler, self.batch_size, self.rank, self.world,
+                                   self.drop_last)
+
     def __len__(self) -> int:
+        if self.world > 1:
+            return len(self._sharded())
         n = self.size
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -75,10 +131,13 @@ class StreamBatches:
         if set_epoch is not None:
             # Workers are started per epoch (not persistent), so they receive this epoch.
             set_epoch(epoch)
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-                            num_workers=self.workers, pin_memory=self.pin_memory,
-                            drop_last=self.drop_last, collate_fn=self.collate_fn,
-                            prefetch_factor=4 if self.workers else None)
+        common = dict(num_workers=self.workers, pin_memory=self.pin_memory,
+                      collate_fn=self.collate_fn, prefetch_factor=4 if self.workers else None)
+        if self.world > 1:
+            loader = DataLoader(self.dataset, batch_sampler=self._sharded(), **common)
+        else:
+            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+                                drop_last=self.drop_last, **common)
         return iter(loader)
 
 

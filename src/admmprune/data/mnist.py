@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..distributed import shard_bounds
 from .augment import RandomShift
 
 __all__ = [
@@ -481,6 +482,9 @@ class TensorBatches:
     Each ``iter()`` starts a new epoch; with ``shuffle`` its order is a permutation drawn from
     a CPU generator seeded with ``seed + epoch``, so epochs differ while a run with the same
     seed repeats exactly (also across devices). Use :meth:`set_epoch` when resuming.
+
+    :meth:`shard` makes this process one of ``world`` data-parallel ranks: it then yields
+    its part of every global batch of ``batch_size`` (see ``distributed.shard_bounds``).
     """
 
     def __init__(
@@ -505,14 +509,37 @@ class TensorBatches:
         self.drop_last = drop_last
         self.transform = transform  # applied to each batch of x (augmentation)
         self.epoch = 0
+        self.rank, self.world = 0, 1
+
+    @property
+    def num_examples(self) -> int:
+        return self.x.shape[0]
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter()`` produce epoch ``epoch``'s order."""
         self.epoch = epoch
 
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only ``rank``'s part of each global batch (``batch_size / world``
+        examples); the global order is the one-process order. Refuses a batch size that
+        ``world`` does not divide: the global batch would change meaning."""
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world} processes")
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} cannot be split evenly across "
+                             f"{world} processes; use a multiple of {world}")
+        self.rank, self.world = rank, world
+
+    def global_batch_size(self, step: int) -> int:
+        """Examples in global batch ``step`` (all ranks together)."""
+        return min(self.batch_size, self.num_examples - step * self.batch_size)
+
     def __len__(self) -> int:
-        n = self.x.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        n = self.num_examples
+        count = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.world > 1 and 0 < n % self.batch_size < self.world and not self.drop_last:
+            count -= 1  # a last batch smaller than the world would leave a rank empty
+        return count
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Not a generator function: the epoch advances when iter() is called, not on the
@@ -528,16 +555,25 @@ class TensorBatches:
         return self._batches(order)
 
     def _batches(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.x.shape[0]
-        stop = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
-            end = start + self.batch_size
+        for step in range(len(self)):
+            start = step * self.batch_size
+            end = start + self.global_batch_size(step)
+            if self.world > 1:
+                lo, hi = shard_bounds(end - start, self.rank, self.world)
+                if self.transform is None:  # fetch this rank's part only
+                    start, end = start + lo, start + hi
             if order is None:  # slices are views: no copy at all
                 x, y = self.x[start:end], self.y[start:end]
             else:
                 idx = order[start:end]
                 x, y = self.x.index_select(0, idx), self.y.index_select(0, idx.to(self.y.device))
-            yield (self.transform(x) if self.transform is not None else x), y
+            if self.transform is not None:
+                x = self.transform(x)
+                if self.world > 1:
+                    # The augmentation of the global batch, then this rank's part: its random
+                    # draws (and the pad value, the batch minimum) are those of one process.
+                    x, y = x[lo:hi], y[lo:hi]
+            yield x, y
 
 
 def mnist_loaders(
