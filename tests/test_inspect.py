@@ -57,3 +57,19 @@ def test_rnn_weights_are_listed_and_reachable_by_name(capsys, monkeypatch):
 def test_a_pattern_that_matches_nothing_is_an_error(capsys):
     assert main(["inspect", "lenet5", "--exclude", "[fc9]"]) == 2
     assert "fc9" in capsys.readouterr().err
+
+
+def test_every_run_lists_its_selection_at_the_start_and_in_the_summary(tmp_path, capsys):
+    import json
+
+    run_dir = tmp_path / "run"
+    assert main(["prune", "recipes/lenet5.yaml", "--dataset", "synthetic", "--train-subset",
+                 "64", "--test-subset", "32", "--dense-epochs", "1", "--k-step", "1",
+                 "--retraining-epochs", "1", "--exclude", "[fc2]", "--run-dir", str(run_dir),
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("pruned: 3 tensors, 425,500 weights")
+    assert out.index("excluded by pattern 'fc2'") < out.index("compression N/K")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["not_pruned"] == [{"name": "fc2.weight", "shape": [10, 500],
+                                      "reason": "excluded by pattern 'fc2'"}]

@@ -323,8 +323,7 @@ def _cmd_models(_: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .models import list_models
     from .pipeline import build_model
-    from .report import format_selection
-    from .selection import describe_selection, prunable_parameters
+    from .selection import describe_selection, format_selection, prunable_parameters
 
     overrides = _overrides(args)
     if args.target in list_models():

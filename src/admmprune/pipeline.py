@@ -38,7 +38,7 @@ from .rundir import (
     new_run_dir,
     resume_changes,
 )
-from .selection import prunable_parameters
+from .selection import describe_selection, format_selection, prunable_parameters
 from .tasks import create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
@@ -207,10 +207,14 @@ class Run:
         self.pruner: ADMMPruner | None = None
         # Selection and per-layer ratios fail now, not after hours of dense training.
         _check_selection(self.model, config)
+        self.selection = describe_selection(self.model, config.include, config.exclude)
         if resume:
             self._restore()
         else:
             distributed.on_main(lambda: self.dir.create(config))
+            if self.main and config.progress:
+                # what will be pruned and what not, before hours of work rather than after
+                print(format_selection(*self.selection), flush=True)
         if self.world > 1:
             self._train_model()  # now: building DDP (seconds, once) is no phase's time
 
@@ -534,6 +538,7 @@ class Run:
             **prog.results,
             **(self.pruner.summary() if self.pruner else {}),
             "layers": layers,
+            "not_pruned": [t._asdict() for t in self.selection[1]],
             "seconds": dict(prog.seconds),
             "wall_seconds": sum(prog.seconds.values()),
             "complete": prog.done,

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["format_table", "format_summary", "format_metrics", "summary_metric",
-           "format_selection",
            "read_metrics", "read_summary", "plot_run", "plot_residuals", "save_figure"]
 
 
@@ -96,25 +95,12 @@ def format_summary(summary: dict) -> str:
         rows = [(r["name"], "x".join(map(str, r["shape"])), r["total"], r["kept"],
                  f"{100 * r['kept_fraction']:.2f}%") for r in layers]
         text += "\n\n" + format_table(["layer", "shape", "weights", "kept", "kept %"], rows)
-    return text
-
-
-def format_selection(pruned: Sequence, skipped: Sequence) -> str:
-    """What a run prunes and what it leaves alone (with the reason), from
-    :func:`admmprune.selection.describe_selection`."""
-    total = sum(t.numel for t in pruned)
-    lines = [f"pruned: {len(pruned)} tensors, {total:,} weights"]
-    if pruned:
-        lines.append(format_table(["tensor", "shape", "weights"],
-                                  [(t.name, "x".join(map(str, t.shape)), t.numel)
-                                   for t in pruned]))
+    skipped = summary.get("not_pruned") or []
     if skipped:
-        lines += ["", f"not pruned: {len(skipped)} weight tensors (include them by name to "
-                      "prune them)",
-                  format_table(["tensor", "shape", "why"],
-                               [(t.name, "x".join(map(str, t.shape)), t.reason)
-                                for t in skipped])]
-    return "\n".join(lines)
+        text += (f"\nnot pruned: {len(skipped)} weight tensors ("
+                 + ", ".join(f"{t['name']}: {t['reason']}" for t in skipped[:4])
+                 + (", ..." if len(skipped) > 4 else "") + "; `admmprune inspect` lists them)")
+    return text
 
 
 def _duration(seconds: float) -> str:

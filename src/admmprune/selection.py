@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = [
+    "format_selection",
     "PRUNABLE_TYPES",
     "SelectionError",
     "SelectedTensor",
@@ -236,3 +237,19 @@ def describe_selection(
             others.append(SkippedTensor(alias, shape, f"shared with {e.names[0]} (the same "
                                                       f"Parameter, {state} under that name)"))
     return pruned, others
+
+
+def format_selection(pruned: Sequence[SelectedTensor], skipped: Sequence[SkippedTensor]) -> str:
+    """What a run prunes and what it leaves alone (with the reason), as text."""
+    def rows(items: Sequence, last: str) -> list[str]:
+        cells = [(t.name, "x".join(map(str, t.shape)), str(getattr(t, last))) for t in items]
+        widths = [max(len(c[i]) for c in cells) for i in range(3)]
+        return ["  " + "  ".join(c[i].ljust(widths[i]) for i in range(3)).rstrip()
+                for c in cells]
+
+    lines = [f"pruned: {len(pruned)} tensors, {sum(t.numel for t in pruned):,} weights"]
+    lines += rows(pruned, "numel") if pruned else []
+    if skipped:
+        lines += [f"not pruned: {len(skipped)} weight tensors (name them in include to prune "
+                  "them)", *rows(skipped, "reason")]
+    return "\n".join(lines)
