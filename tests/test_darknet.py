@@ -141,10 +141,16 @@ def test_num_classes_rewrites_every_head():
 
 def test_prunable_tensors_follow_darknet_layer_order():
     model = create_model("yolov4-tiny")
-    names = [name for name, _ in prunable_parameters(model)]
     convs = [i for i, m in enumerate(model.module_list) if hasattr(m, "conv")]
-    assert names == [f"module_list.{i}.conv.weight" for i in convs]
-    assert len(names) == 21
+    assert len(convs) == 21
+    # by default the first convolution and the two feeding the YOLO heads stay dense
+    assert model.prune_exclude_default == ("module_list.0.conv", "module_list.29.conv",
+                                           "module_list.36.conv")
+    names = [name for name, _ in prunable_parameters(model)]
+    assert names == [f"module_list.{i}.conv.weight" for i in convs if i not in (0, 29, 36)]
+    everything = [f"module_list.{i}.conv" for i in convs]
+    names = [name for name, _ in prunable_parameters(model, include=everything)]
+    assert names == [f"{n}.weight" for n in everything]
     assert model.module_list[0].bn is not None and model.module_list[29].bn is None
 
 

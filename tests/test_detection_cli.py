@@ -42,7 +42,10 @@ def test_yolov4_tiny_prunes_and_reports_map(tmp_path, digits, capsys):
     for phase in ("dense", "admm", "pruned"):
         assert 0 <= summary[f"{phase}_map"] <= summary[f"{phase}_map50"] <= 1
     assert summary["kept"] == summary["total"] - round(0.8 * summary["total"])
-    assert len(summary["layers"]) == 21  # every convolution of yolov4-tiny
+    # every convolution of yolov4-tiny but the first and the two that feed the YOLO heads
+    assert len(summary["layers"]) == 18
+    assert {t["name"] for t in summary["not_pruned"]} == {
+        "module_list.0.conv.weight", "module_list.29.conv.weight", "module_list.36.conv.weight"}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     assert all("test_map50" in r for r in records if r["phase"] != "resume")
 
@@ -61,3 +64,12 @@ def test_compare_ranks_detection_by_map(tmp_path, digits):
     assert {r["metric"] for r in rows} == {"map50"}
     assert all("pruned_map50" in r for r in rows)
     assert (out / "results.md").read_text().startswith("Test map50 (%)")
+
+
+def test_detector_default_exclusion_is_overridable_by_name(capsys):
+    assert main(["inspect", "yolov4-tiny", "--include",
+                 "[module_list.0.conv, 'module_list.1*']"]) == 0
+    out = capsys.readouterr().out
+    pruned, _, skipped = out.partition("not pruned")
+    assert "module_list.0.conv.weight" in pruned  # named exactly: pruned
+    assert "module_list.29.conv.weight" not in pruned  # not named: stays dense

@@ -22,6 +22,10 @@ Rules (``prunable_parameters`` and ``describe_selection`` share them):
 - Tensors behind a weight_norm / spectral_norm (or any other) parametrization are skipped
   the same way: the module's effective ``weight`` is computed, not a Parameter; name the
   underlying tensor exactly to prune it anyway.
+- A model may name modules it advises against pruning in an attribute
+  ``prune_exclude_default`` (detectors: the first convolution and the convolutions that
+  feed the YOLO heads, as YOLObile does); they are skipped like frozen weights: naming one
+  exactly in ``include`` prunes it anyway.
 - A pattern that matches no module holding a candidate and no candidate raises
   ``SelectionError`` naming the pattern.
 """
@@ -154,6 +158,7 @@ def _decide(model: nn.Module, include: Sequence[str], exclude: Sequence[str]
                     + _listing([e.names[0] for e in candidates])
                 )
     exact = set(include)
+    advised = set(getattr(model, "prune_exclude_default", ()))
     selected: list[_Tensor] = []
     skipped: list[tuple[_Tensor, str]] = []
     for e in candidates:
@@ -168,6 +173,9 @@ def _decide(model: nn.Module, include: Sequence[str], exclude: Sequence[str]
         elif not e.param.requires_grad and not named_exactly:
             skipped.append((e, f"frozen (requires_grad=False); name {e.names[0]!r} in "
                                "include to prune it anyway"))
+        elif advised.intersection(e.owners) and not named_exactly:
+            skipped.append((e, f"left dense by the model's default (first conv, YOLO head "
+                               f"input); name {e.owners[0]!r} in include to prune it"))
         elif include:
             if _first_match(e, include) is not None:
                 selected.append(e)

@@ -349,7 +349,8 @@ class DarknetModel(nn.Module):
     ``width``, ``height`` and ``channels`` come from ``[net]`` (the size the cfg was made
     for); any input whose sides are multiples of ``max_stride`` works. ``cfg_text`` is the
     effective cfg (after ``num_classes`` / ``image_size`` changes), ``net_options`` the
-    ``[net]`` settings.
+    ``[net]`` settings. ``prune_exclude_default`` names the first convolution and the
+    convolutions feeding the YOLO heads, which pruning leaves dense unless included by name.
     """
 
     def __init__(self, sections: list[CfgSection]) -> None:
@@ -385,6 +386,14 @@ class DarknetModel(nn.Module):
         self._needed = frozenset(needed)
         self.out_channels = channels
         self.max_stride = max(math.ceil(s) for s in strides)
+        # Pruning advice (admmprune.selection): the first convolution (few weights, every
+        # feature depends on it) and the convolutions that produce the YOLO heads (their
+        # outputs are the predictions) stay dense unless named in include, as YOLObile does.
+        convs = [i for i, m in enumerate(self.module_list) if isinstance(m, ConvBlock)]
+        heads = [i - 1 for i, m in enumerate(self.module_list) if isinstance(m, YoloLayer)
+                 and i > 0 and isinstance(self.module_list[i - 1], ConvBlock)]
+        self.prune_exclude_default = tuple(f"module_list.{i}.conv"
+                                           for i in sorted(set(convs[:1] + heads)))
 
     @property
     def yolo_layers(self) -> list[YoloLayer]:
