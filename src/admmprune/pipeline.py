@@ -15,6 +15,7 @@ checkpoint rank 0 chose.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import sys
 import time
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, runtime
 from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
 from .models import create_model, weights_loader
@@ -188,6 +189,10 @@ class Run:
             distributed.on_main(lambda: self.dir.check_fresh(config))
         if config.threads:
             torch.set_num_threads(config.threads)
+        elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+            # torch was imported before admmprune could set its thread defaults: still
+            # respect the CPU affinity and cgroup quota (the wait policy cannot change now)
+            torch.set_num_threads(runtime.available_cpus())
         # Data first: an unreadable data set fails before anything is written, and the model
         # learns its class count from it. Rank 0 first: it may download into a shared cache.
         self.data = distributed.main_first(lambda: load_data(config, self.device, splits))
