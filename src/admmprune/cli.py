@@ -127,6 +127,31 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     inspect.add_argument("target", help="YAML recipe, or a registered model name")
     _add_recipe_keys(inspect)
+    draw = sub.add_parser(
+        "draw", help="draw a detection run's boxes on validation images (dense vs pruned)",
+        description="Rebuild the model of each detection run directory, run it on the first "
+                    "validation images of its dataset and draw a grid: rows are images, "
+                    "columns are models (one per run, or dense and pruned with "
+                    "--compare-dense); detections solid with class and score, ground truth "
+                    "dashed. Column titles give the run's mAP@0.5 (summary.json) and the "
+                    "compression of the drawn weights.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  admmprune draw runs/yolov4 --compare-dense --out dets.png\n"
+               "  admmprune draw runs/a runs/b --images 6 --conf 0.25 --out ab.png")
+    draw.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                      help="run directories of detection runs (same dataset)")
+    draw.add_argument("--out", type=Path, required=True, help="picture to write (.png, .pdf, "
+                      ".svg)")
+    draw.add_argument("--images", type=int, default=4, help="validation images, from the "
+                      "first [default: 4]")
+    draw.add_argument("--weights", choices=("dense", "admm", "model"), default="model",
+                      help="dense.pt, admm.pt (hard-pruned, before retraining) or model.pt "
+                           "[default: model]")
+    draw.add_argument("--compare-dense", action="store_true",
+                      help="a dense column before each run's pruned one")
+    draw.add_argument("--conf", type=float, default=0.3, help="score threshold of drawn "
+                      "detections [default: 0.3]")
+    draw.add_argument("--data-dir", help="dataset directory (default: the run's)")
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the registered datasets and tasks")
     from .data.digits import add_make_detection_set_arguments
@@ -159,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--loc-csv", type=Path, help="Kaggle's LOC_val_solution.csv")
     labels.add_argument("--out", type=Path, help="label file to write [default: "
                         "ROOT/val_labels.txt]")
+    _add_export_parser(sub)
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
     return parser
@@ -339,6 +365,15 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_draw(args: argparse.Namespace) -> int:
+    from .draw import draw_runs
+
+    path = draw_runs(args.run_dirs, args.out, images=args.images, weights=args.weights,
+                     compare_dense=args.compare_dense, conf=args.conf, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_make_detection_set(args: argparse.Namespace) -> int:
     from .data.digits import run_make_detection_set
 
@@ -367,6 +402,48 @@ def _cmd_imagenet_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_parser(sub) -> None:
+    export = sub.add_parser(
+        "export", help="write a run's model as a compressed file, dense safetensors or ONNX",
+        description="compressed (RUN_DIR/model.apz): only the surviving weights (positions + "
+                    "values, float or --bits k-means codes), zstd, checksummed, no pickle; "
+                    "read it back with admmprune.load(path). dense (model.safetensors): the "
+                    "plain state dict. onnx (model.onnx): checked with onnxruntime. Prints "
+                    "the size report, and for --bits < 32 the test metrics before and after.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  admmprune export runs/a --bits 4\n"
+               "  admmprune export runs/a --format onnx --out lenet5.onnx")
+    export.add_argument("run_dir", type=Path, help="run directory")
+    export.add_argument("--format", dest="export_format", default="compressed",
+                        choices=("compressed", "dense", "onnx"),
+                        help="[default: %(default)s]")
+    export.add_argument("--bits", type=int, default=32, choices=(32, 8, 6, 5, 4),
+                        help="compressed: bits per surviving value; below 32, a per-layer "
+                             "codebook of 2^bits k-means centroids [default: 32, lossless]")
+    export.add_argument("--out", type=Path, help="file to write [default: next to the run's "
+                        "model.pt]")
+    export.add_argument("--weights", type=Path, help="state dict to export instead of "
+                        "RUN_DIR/model.pt")
+    export.add_argument("--data-dir", help="dataset directory (test metrics, ONNX example)")
+    export.add_argument("--no-eval", action="store_true", help="skip the test metrics of a "
+                        "quantized export")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportError
+    from .export.run import export_run, format_export_summary
+
+    try:
+        summary = export_run(args.run_dir, args.export_format, bits=args.bits, out=args.out,
+                             weights=args.weights, data_dir=args.data_dir,
+                             evaluate=not args.no_eval)
+    except ExportError as err:
+        print(f"admmprune export: error: {err}", file=sys.stderr)
+        return 2
+    print(format_export_summary(summary))
+    return 0
+
+
 def _cmd_keys(args: argparse.Namespace) -> int:
     from .report import format_table
 
@@ -387,6 +464,8 @@ COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compar
             "report": _cmd_report, "models": _cmd_models, "datasets": _cmd_datasets,
             "imagenet-labels": _cmd_imagenet_labels, "inspect": _cmd_inspect,
             "make-detection-set": _cmd_make_detection_set,
+            "draw": _cmd_draw,
+            "export": _cmd_export,
             "keys": _cmd_keys}
 
 
