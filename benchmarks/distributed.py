@@ -38,8 +38,9 @@ import torch.multiprocessing as mp
 import admmprune  # noqa: F401  (CPU defaults before torch does any work)
 from admmprune import distributed
 from admmprune.config import load_config
-from admmprune.pipeline import _rng_state, build_model, build_pruner, load_data
+from admmprune.pipeline import build_model, build_pruner, load_data
 from admmprune.report import format_table
+from admmprune.runstate import rng_state
 from admmprune.train import make_optimizer, train_epoch
 
 TARGET_SHARE = 0.05
@@ -109,7 +110,7 @@ def _measure(rank: int, world: int, options: dict) -> list[dict]:
         t2 = time.perf_counter()
         pruner.admm_step()
         t3 = time.perf_counter()
-        distributed.all_gather_objects(_rng_state())
+        distributed.all_gather_objects(rng_state())
         t4 = time.perf_counter()
         # the alternative design: Z and U computed on rank 0 and broadcast
         distributed.broadcast_tensors(pruner.z + pruner.u)

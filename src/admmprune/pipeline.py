@@ -14,12 +14,10 @@ checkpoint rank 0 chose.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +29,8 @@ from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
 from .models import create_model, weights_loader
 from .pruner import ADMMPruner
-from .rundir import (
-    RunDirectory,
-    RunError,
-    load_checked,
-    load_run_config,
-    new_run_dir,
-    resume_changes,
-)
+from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
+from .runstate import Checkpoints, Progress, restore_rng
 from .selection import describe_selection, format_selection, prunable_parameters
 from .tasks import create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
@@ -122,40 +114,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@dataclass
-class Progress:
-    """How far a run got; saved in every checkpoint."""
-
-    dense_epoch: int = 0
-    dense_done: bool = False
-    stage: int = 0
-    iteration: int = 0
-    stage_pruned: bool = False
-    stage_retrain_epoch: int = 0
-    admm_done: bool = False
-    retrain_epoch: int = 0
-    done: bool = False
-    data_epoch: int = 0  # training epochs started so far: the data order of the next one
-    results: dict = field(default_factory=dict)
-    seconds: dict = field(default_factory=dict)
-
-
 class Run:
     """One run directory and the job it holds: the phases dense -> ADMM stages -> masked
     retraining, each checkpointed. Use :func:`run_pipeline`.
@@ -182,6 +140,7 @@ class Run:
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
         self._ddp: nn.Module | None = None
+        self.checkpoints = Checkpoints(self.dir, self.device, self.rank, self.world)
         if resume:
             if not self.dir.has_checkpoint():
                 raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
@@ -224,34 +183,8 @@ class Run:
             self._train_model()  # now: building DDP (seconds, once) is no phase's time
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _load_checkpoint(self) -> dict:
-        """The newest intact checkpoint, the same file on every rank (rank 0 chooses)."""
-        chosen = state = error = None
-        if self.main:
-            try:
-                state, path, problems = self.dir.load_checkpoint(self.device)
-            except RunError as err:
-                error = err
-            else:
-                chosen = path.name
-                if path != self.dir.checkpoint:
-                    print(f"admmprune: resuming from {path.name}, one unit of work back: "
-                          f"{'; '.join(problems)}", file=sys.stderr)
-                    self._fallback = {"phase": "resume", "checkpoint": path.name,
-                                      "skipped": problems}
-        chosen = distributed.broadcast_object(chosen)
-        if error is not None:
-            raise error
-        if chosen is None:
-            raise RunError(f"rank 0 found no intact checkpoint in {self.run_dir}; the files "
-                           "are corrupt, start a new run (another --run-dir)")
-        if not self.main:
-            state = load_checked(self.run_dir / chosen, self.device)
-        return state
-
     def _restore(self) -> None:
-        self._fallback: dict | None = None
-        state = self._load_checkpoint()
+        state, fallback = self.checkpoints.load()
         progress = Progress(**state["progress"])
         changes = resume_changes(state.get("config") or {}, self.config.to_dict(),
                                  retraining_started=progress.retrain_epoch > 0 or progress.done,
@@ -260,11 +193,7 @@ class Run:
         self.progress = progress
         self.optimizer_state = state.get("optimizer")
         saved_world = state.get("world_size", 1)
-        per_rank = state.get("rng_ranks")
-        if per_rank is not None and len(per_rank) == self.world:
-            _set_rng_state(per_rank[self.rank])
-        elif state.get("rng") is not None:
-            _set_rng_state(state["rng"])
+        restore_rng(state, self.rank, self.world)
         if state.get("pruner") is not None:
             stage = min(self.progress.stage, self.config.stages - 1)
             self.pruner = build_pruner(self.model, self.config, stage)
@@ -275,8 +204,8 @@ class Run:
             # metrics_bytes drops the records of the lost unit as well.
             if state.get("metrics_bytes") is not None:
                 self.dir.truncate_metrics(state["metrics_bytes"])
-            if self._fallback is not None:
-                self.log(self._fallback)
+            if fallback is not None:
+                self.log(fallback)
             if changes:
                 self.dir.write_config(self.config)
                 self.log({"phase": "resume", "changed": changes})
@@ -290,22 +219,9 @@ class Run:
         distributed.barrier()
 
     def save(self, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Checkpoint everything a bitwise resume needs (every rank's RNG states too);
-        collective: every rank calls it, rank 0 writes."""
-        rng = distributed.all_gather_objects(_rng_state())
-        if not self.main:
-            return
-        self.dir.save_checkpoint({
-            "model": self.model.state_dict(),
-            "pruner": None if self.pruner is None else self.pruner.state_dict(),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "progress": dataclasses.asdict(self.progress),
-            "config": self.config.to_dict(),
-            "rng": rng[0],
-            "rng_ranks": rng if self.world > 1 else None,
-            "world_size": self.world,
-            "metrics_bytes": self.dir.metrics_size(),
-        })
+        """Checkpoint the run (collective: every rank calls it, rank 0 writes)."""
+        self.checkpoints.save(model=self.model, pruner=self.pruner, optimizer=optimizer,
+                              progress=self.progress, config=self.config)
 
     def log(self, record: dict) -> None:
         if self.main:
