@@ -6,10 +6,12 @@ from .runtime import apply_cpu_defaults
 
 apply_cpu_defaults()
 
+from .export import load  # noqa: E402
 from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
 from .pruner import ADMMPruner, PrunerError  # noqa: E402
 from .selection import prunable_parameters  # noqa: E402
+from .sparse import sparsify  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,6 @@ __all__ = [
     "list_models",
     "register_model",
     "prunable_parameters",
+    "load",
+    "sparsify",
 ]

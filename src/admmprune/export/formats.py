@@ -1,0 +1,348 @@
+"""Writers of the three export formats and the reader ``load``.
+
+- compressed (``.apz``, :func:`save_compressed`): the pruned tensors as positions of their
+  survivors plus values (float as they are, or a per-layer k-means codebook of 2**bits
+  centroids), every other tensor as it is, in the container of :mod:`.container`.
+- dense (``.safetensors``, :func:`save_dense`): the plain state dict, readable by anyone.
+- onnx (``.onnx``, :func:`save_onnx`): torch.onnx export, checked against PyTorch with
+  onnxruntime (``pip install 'admmprune[onnx]'``).
+
+Both file kinds that hold weights can record the registered model name and its arguments,
+so :func:`load` rebuilds the module without the code that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..selection import SelectionError, prunable_parameters
+from . import encoding
+from .container import ContainerError, is_container, read_container, write_container
+
+__all__ = ["ExportError", "save_compressed", "save_dense", "save_onnx", "load",
+           "load_state_dict", "read_manifest", "BITS"]
+
+BITS = (32, 8, 6, 5, 4)
+
+_DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d for d in (
+        torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+        torch.int16, torch.int8, torch.uint8, torch.bool)}
+
+
+class ExportError(ValueError):
+    """A model or file that cannot be exported or loaded; the message says what to do."""
+
+
+def _model_record(model_name: str | None, model_args: Mapping[str, Any] | None) -> dict | None:
+    if model_name is None:
+        return None
+    record = {"name": model_name, "args": dict(model_args or {})}
+    try:
+        json.dumps(record, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"model_args must be plain JSON values (numbers, strings, lists, "
+                          f"dicts) to be recorded in the file: {err}") from None
+    return record
+
+
+def _survivors(tensor: torch.Tensor) -> torch.Tensor:
+    """Entries that are not zero (NaN survives). -0.0 counts as pruned and comes back as
+    +0.0: pruning by ``w * mask`` leaves -0.0 in half the pruned entries, and storing them
+    would undo the compression."""
+    return tensor != 0
+
+
+def _sparse_names(model: nn.Module, state: Mapping[str, torch.Tensor],
+                  masks: Mapping[str, torch.Tensor] | None, include: Sequence[str],
+                  exclude: Sequence[str]) -> dict[str, torch.Tensor]:
+    """{state-dict name: boolean support} of the tensors stored sparse."""
+    if masks is not None:
+        supports = {}
+        for name, mask in masks.items():
+            if name not in state:
+                raise ExportError(f"mask {name!r} names no tensor of the model's state dict")
+            tensor = state[name]
+            mask = torch.as_tensor(mask).detach().cpu().to(torch.bool)
+            if tuple(mask.shape) != tuple(tensor.shape):
+                raise ExportError(f"mask {name!r} has shape {list(mask.shape)} but the tensor "
+                                  f"has {list(tensor.shape)}")
+            if bool((_survivors(tensor) & ~mask).any()):
+                raise ExportError(f"{name} holds non-zero weights outside its mask; apply the "
+                                  "masks first (pruner.hard_prune() / pruner.enforce())")
+            supports[name] = mask
+        return supports
+    try:
+        named = prunable_parameters(model, include, exclude)
+    except SelectionError:
+        return {}  # nothing prunable: every tensor is stored as it is
+    return {name: _survivors(state[name]) for name, _ in named
+            if name in state and state[name].is_floating_point()}
+
+
+def _raw_bytes(tensor: torch.Tensor) -> bytes:
+    if tensor.numel() == 0:
+        return b""
+    return tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    name = str(tensor.dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise ExportError(f"tensor dtype {tensor.dtype} is not supported by the compressed "
+                          f"format (supported: {', '.join(_DTYPES)})")
+    return name
+
+
+def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
+                    masks: Mapping[str, torch.Tensor] | None = None,
+                    include: Sequence[str] = (), exclude: Sequence[str] = (),
+                    model_name: str | None = None, model_args: Mapping[str, Any] | None = None,
+                    metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model``'s state dict as a compressed file; returns its path.
+
+    The pruned tensors are the prunable weights (Conv/Linear, ``include``/``exclude`` as for
+    the pruner) or the names of ``masks``; their support is the mask, or their non-zero
+    entries. ``bits`` 32 stores surviving values as they are (the round trip is bitwise
+    exact); 8/6/5/4 replace them by a per-tensor codebook of 2**bits k-means centroids.
+    ``model_name``/``model_args`` (a registered model) let :func:`load` rebuild the module.
+    """
+    if bits not in BITS:
+        raise ExportError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
+    record = _model_record(model_name, model_args)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    supports = _sparse_names(model, state, masks, include, exclude)
+    segments: list[bytes] = []
+    offset = 0
+    entries = []
+
+    def add(data: bytes) -> list[int]:
+        nonlocal offset
+        segments.append(data)
+        offset += len(data)
+        return [offset - len(data), len(data)]
+
+    for name, tensor in state.items():
+        entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape),
+                                 "dtype": _dtype_name(tensor)}
+        if name not in supports:
+            entry["layout"] = "raw"
+            entry["segments"] = [add(_raw_bytes(tensor))]
+            entries.append(entry)
+            continue
+        flat = tensor.contiguous().view(-1)
+        positions = torch.nonzero(supports[name].reshape(-1)).view(-1).numpy()
+        item_bits = 8 * flat.element_size()
+        quantized = bits < 32 and tensor.is_floating_point()
+        # quantized tensors are never stored dense: a pruned entry would need its own code
+        spec, _ = encoding.choose_positions(positions, tuple(tensor.shape),
+                                            bits if quantized else item_bits,
+                                            allow_dense=not quantized)
+        dense = spec["encoding"] == "dense"
+        values = flat if dense else flat[torch.from_numpy(positions)]
+        entry.update(layout="sparse", nnz=len(positions), positions=spec)
+        entry["segments"] = [add(s) for s in encoding.encode_positions(
+            positions, tuple(tensor.shape), spec)]
+        if quantized:
+            codebook, codes = encoding.quantize(values.float().numpy(), bits)
+            width = max(1, int(np.ceil(np.log2(max(len(codebook), 2)))))
+            entry["values"] = {"encoding": "codebook", "bits": width, "size": len(codebook)}
+            entry["segments"] += [add(encoding.pack_uint(codes, width)),
+                                  add(codebook.astype("<f4").tobytes())]
+        else:
+            entry["values"] = {"encoding": "raw"}
+            entry["segments"].append(add(_raw_bytes(values)))
+        entries.append(entry)
+    manifest = {"model": record, "bits": bits, "tensors": entries,
+                "metadata": dict(metadata or {})}
+    path = Path(path)
+    try:
+        write_container(path, manifest, b"".join(segments))
+    except (TypeError, ValueError) as err:
+        raise ExportError(f"cannot write {path}: {err}") from None
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a compressed file (checked like :func:`load`, payload not decoded)."""
+    return read_container(path, with_payload=False)[0]
+
+
+def _segment(payload: bytes, span: Any, name: str) -> bytes:
+    if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)
+            and 0 <= span[0] and 0 <= span[1] and span[0] + span[1] <= len(payload)):
+        raise ValueError(f"tensor {name}: segment {span!r} lies outside the payload")
+    return payload[span[0]:span[0] + span[1]]
+
+
+def _tensor(entry: dict, payload: bytes) -> torch.Tensor:
+    name = entry["name"]
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise ValueError(f"tensor {name}: unknown dtype {entry['dtype']!r}")
+    shape = tuple(entry["shape"])
+    if not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise ValueError(f"tensor {name}: bad shape {entry['shape']!r}")
+    numel = int(np.prod(shape, dtype=np.int64))
+    item = torch.empty(0, dtype=dtype).element_size()
+    segs = [_segment(payload, s, name) for s in entry["segments"]]
+
+    def raw(data: bytes, count: int) -> torch.Tensor:
+        if len(data) != count * item:
+            raise ValueError(f"tensor {name}: {len(data)} bytes for {count} {entry['dtype']}")
+        if count == 0:
+            return torch.empty(0, dtype=dtype)
+        return torch.frombuffer(bytearray(data), dtype=dtype)
+
+    if entry["layout"] == "raw":
+        return raw(segs[0], numel).reshape(shape)
+    if entry["layout"] != "sparse":
+        raise ValueError(f"tensor {name}: unknown layout {entry['layout']!r}")
+    nnz = int(entry["nnz"])
+    spec, values_spec = entry["positions"], entry["values"]
+    npos = {"dense": 0, "bitmask": 1, "csr": 2, "relative": 1}.get(spec.get("encoding"), 0)
+    positions = encoding.decode_positions(segs[:npos], shape, spec, nnz)
+    count = numel if positions is None else nnz
+    rest = segs[npos:]
+    if values_spec["encoding"] == "raw":
+        values = raw(rest[0], count)
+    elif values_spec["encoding"] == "codebook":
+        size, width = int(values_spec["size"]), int(values_spec["bits"])
+        codebook = np.frombuffer(rest[1], dtype="<f4")
+        codes = encoding.unpack_uint(rest[0], width, count)
+        if len(codebook) != size or (count and codes.max() >= size):
+            raise ValueError(f"tensor {name}: codes do not fit its codebook")
+        values = torch.from_numpy(codebook[codes].astype(np.float32)).to(dtype)
+    else:
+        raise ValueError(f"tensor {name}: unknown value encoding {values_spec['encoding']!r}")
+    if positions is None:
+        return values.reshape(shape)
+    out = torch.zeros(numel, dtype=dtype)
+    out[torch.from_numpy(positions)] = values
+    return out.reshape(shape)
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        state = load_file(str(path))
+        record = json.loads(meta["admmprune_model"]) if "admmprune_model" in meta else None
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ExportError(f"{path} is not a readable safetensors file ({err})") from None
+    return state, record
+
+
+def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path} does not exist")
+    with path.open("rb") as handle:
+        start = handle.read(16)
+    if path.suffix == ".safetensors" or (len(start) > 8 and start[8:9] == b"{"
+                                          and not is_container(path)):
+        return _load_safetensors(path)
+    if path.suffix == ".onnx":
+        raise ExportError(f"{path} is an ONNX model: run it with onnxruntime "
+                          "(onnxruntime.InferenceSession), it does not load as an nn.Module")
+    manifest, payload = read_container(path)
+    state: dict[str, torch.Tensor] = {}
+    try:
+        for entry in manifest["tensors"]:
+            state[entry["name"]] = _tensor(entry, payload)
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
+    return state, manifest.get("model")
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a compressed (.apz) or dense (.safetensors) file, on the CPU."""
+    return _read(path)[0]
+
+
+def load(path: str | Path,
+         model_factory: nn.Module | Callable[[], nn.Module] | None = None) -> nn.Module:
+    """An ordinary ``nn.Module`` (in eval mode) from a compressed or dense file.
+
+    ``model_factory``: a module to fill in place, or a callable returning one; by default
+    the registered model the file records is built (``create_model(name, **args)``)."""
+    state, record = _read(path)
+    if isinstance(model_factory, nn.Module):
+        model = model_factory
+    elif model_factory is not None:
+        model = model_factory()
+    elif record:
+        from ..models import create_model
+
+        model = create_model(record["name"], **record.get("args", {}))
+    else:
+        raise ExportError(f"{path} records no registered model; pass the module to fill: "
+                          "load(path, model) or load(path, lambda: MyNet())")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ExportError(f"{path} does not fit the model: {err}") from None
+    return model.eval()
+
+
+def save_dense(model: nn.Module, path: str | Path, *, model_name: str | None = None,
+               model_args: Mapping[str, Any] | None = None) -> Path:
+    """The plain state dict as safetensors (no masks, no ADMM state); loadable into the
+    unpruned architecture with ``safetensors.torch.load_file`` + ``load_state_dict``."""
+    from safetensors.torch import save_file
+
+    record = _model_record(model_name, model_args)
+    # clones: safetensors refuses tensors that share storage (tied weights)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = {"format": "pt"}
+    if record:
+        meta["admmprune_model"] = json.dumps(record)
+    path = Path(path)
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *,
+              check: bool = True, atol: float = 1e-4) -> dict:
+    """Export ``model`` with torch.onnx (dynamic batch) and, with ``check``, compare
+    onnxruntime's output on ``example`` with PyTorch's; returns {"path", "max_abs_diff"}."""
+    path = Path(path)
+    model = model.eval()
+    try:
+        # the TorchScript exporter: the torch.export one needs onnxscript, not a dependency
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(path), input_names=["input"],
+                              output_names=["output"], dynamic_axes={"input": {0: "batch"},
+                                                                     "output": {0: "batch"}},
+                              dynamo=False)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise ExportError(f"torch.onnx could not export the model: {err}") from None
+    result: dict[str, Any] = {"path": path, "max_abs_diff": None}
+    if not check:
+        return result
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError("checking the ONNX file needs onnxruntime: pip install "
+                          "'admmprune[onnx]' (or pass check=False)") from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": example.detach().cpu().numpy()})[0]
+    with torch.no_grad():
+        want = model(example).detach().cpu().numpy()
+    diff = float(np.max(np.abs(got - want))) if want.size else 0.0
+    result["max_abs_diff"] = diff
+    if not diff <= atol * max(1.0, float(np.max(np.abs(want)))):
+        raise ExportError(f"onnxruntime's output differs from PyTorch's by {diff:.3g}")
+    return result
