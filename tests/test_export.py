@@ -346,6 +346,19 @@ def test_export_command_writes_next_to_the_run_and_reports_sizes(run_dir, capsys
     assert same_state(model.state_dict(), torch.load(run_dir / "model.pt"))
 
 
+
+def test_report_shows_the_sizes_of_exported_files(run_dir, capsys):
+    import json
+
+    assert main(["export", str(run_dir)]) == 0
+    (run_dir / "summary.json").write_text(json.dumps({"model": "lenet5",
+                                                      "dataset": "synthetic"}))
+    capsys.readouterr()
+    assert main(["report", str(run_dir), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "model.apz:" in out and "fc1.weight" in out and "total" in out
+
+
 def test_quantized_export_reports_metrics_before_and_after(run_dir, capsys):
     assert main(["export", str(run_dir), "--bits", "4"]) == 0
     out = capsys.readouterr().out

@@ -296,6 +296,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(format_summary(summary))
+        for exported in sorted(args.run_dir.glob("model*.apz")):
+            from .export import format_size_report, size_report
+
+            print(f"\n{exported.name}:")
+            print(format_size_report(size_report(exported,
+                                                 reference=args.run_dir / "model.pt")))
     if not args.no_plots:
         for path in plot_run(args.run_dir):
             print(f"wrote {path}")
