@@ -415,7 +415,8 @@ def _add_export_parser(sub) -> None:
                     "values, float or --bits k-means codes), zstd, checksummed, no pickle; "
                     "read it back with admmprune.load(path). dense (model.safetensors): the "
                     "plain state dict. onnx (model.onnx): checked with onnxruntime. Prints "
-                    "the size report, and for --bits < 32 the test metrics before and after.",
+                    "the size report, and for --bits < 32 the test metrics before and after "
+                    "quantization (and after --finetune-epochs of centroid fine-tuning).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  admmprune export runs/a --bits 4\n"
                "  admmprune export runs/a --format onnx --out lenet5.onnx")
@@ -433,6 +434,13 @@ def _add_export_parser(sub) -> None:
     export.add_argument("--data-dir", help="dataset directory (test metrics, ONNX example)")
     export.add_argument("--no-eval", action="store_true", help="skip the test metrics of a "
                         "quantized export")
+    export.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
+                        help="with --bits < 32: train only the k-means centroids for N epochs "
+                             "on the run's training data (each centroid's gradient is the sum "
+                             "of its weights' gradients; pruned entries and assignments stay "
+                             "fixed) and write the fine-tuned codebooks [default: 0, off]")
+    export.add_argument("--finetune-lr", type=float, default=1e-4, metavar="LR",
+                        help="Adam learning rate of the centroids [default: %(default)g]")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -442,7 +450,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     try:
         summary = export_run(args.run_dir, args.export_format, bits=args.bits, out=args.out,
                              weights=args.weights, data_dir=args.data_dir,
-                             evaluate=not args.no_eval)
+                             evaluate=not args.no_eval,
+                             finetune_epochs=args.finetune_epochs,
+                             finetune_lr=args.finetune_lr)
     except ExportError as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2

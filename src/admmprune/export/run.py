@@ -1,5 +1,6 @@
 """``admmprune export RUN_DIR``: a run directory's model in one of the export formats, with
-its size report and, for quantized values, the test metrics before and after."""
+its size report and, for quantized values, the test metrics before and after (and after
+fine-tuning the centroids on the run's training data, with ``finetune_epochs``)."""
 
 from __future__ import annotations
 
@@ -34,47 +35,139 @@ def _model_args(config, num_classes: int | None) -> dict:
     return kwargs
 
 
-def _evaluate(model: nn.Module, config, data, device) -> dict:
+def _evaluate(model: nn.Module, config, data, device, split: str = "test") -> dict:
     from ..tasks import create_task
     from ..train import evaluate
 
     task = create_task(config.task)
     task.bind(model)
-    return evaluate(model, data.test, device=device, task=task, amp="off")
+    return evaluate(model.to(device), getattr(data, split), device=device, task=task,
+                    amp="off")
+
+
+def _train_loss(model: nn.Module, config, data, device) -> float:
+    """The task loss over the training split in eval mode; epoch 0's order and augmentation
+    each time, so two measurements see the same batches."""
+    if hasattr(data.train, "set_epoch"):
+        data.train.set_epoch(0)
+    return float(_evaluate(model, config, data, device, "train")["loss"])
+
+
+def _finetune(model: nn.Module, config, data, device, *, bits: int, epochs: int, lr: float,
+              measure_test: bool) -> dict:
+    """Quantize ``model`` in place, then fine-tune its centroids; returns the test metrics
+    right after quantization (``after``, when ``measure_test``), the training loss right
+    after quantization and after fine-tuning (measured in eval mode over the whole training
+    split, the same way both times) and the per-epoch training statistics."""
+    from ..tasks import create_task
+    from ..train import NonFiniteLossError
+    from .finetune import finetune_centroids, quantize_weights
+    from .formats import _sparse_names
+
+    # what save_compressed stores sparse, fixed before training: the file keeps these
+    # positions even where a centroid is trained to exactly 0
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    result: dict = {"supports": _sparse_names(model, state, None, config.include,
+                                              config.exclude)}
+    model.to(device)
+    quantized = quantize_weights(model, bits, config.include, config.exclude)
+    if measure_test:
+        result["after"] = _evaluate(model, config, data, device)
+    result["train_before"] = _train_loss(model, config, data, device)
+    task = create_task(config.task)
+    task.bind(model)
+    try:
+        history = finetune_centroids(model, quantized, data.train, epochs=epochs, lr=lr,
+                                     task=task, device=device,
+                                     max_steps=config.steps_per_epoch, amp=config.amp,
+                                     accumulate=config.accumulate, progress=config.progress)
+    except NonFiniteLossError as err:
+        raise ExportError(f"fine-tuning the centroids diverged ({err}); lower "
+                          f"--finetune-lr (it was {lr:g})") from None
+    result["train_after"] = _train_loss(model, config, data, device)
+    result["history"] = [{k: h[k] for k in ("loss", "steps", "seconds") if k in h}
+                         for h in history]
+    result["quantized"] = sorted(quantized)
+    model.cpu()
+    return result
 
 
 def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
                out: str | Path | None = None, weights: str | Path | None = None,
-               data_dir: str | None = None, evaluate: bool = True) -> dict:
+               data_dir: str | None = None, evaluate: bool = True,
+               finetune_epochs: int = 0, finetune_lr: float = 1e-4) -> dict:
     """Export RUN_DIR/model.pt (or ``weights``); returns a summary dict: path, bytes, the
-    model.pt bytes, the size report (compressed), metrics before/after (quantized)."""
+    model.pt bytes, the size report (compressed), metrics before/after (quantized).
+
+    ``finetune_epochs`` > 0 (compressed, bits < 32): after k-means, train only the centroids
+    for that many epochs on the run's training data (Adam at ``finetune_lr``; see
+    :mod:`.finetune`) and write the fine-tuned codebooks; the summary then also holds the
+    test metrics after fine-tuning (``finetuned``, measured on the written file) and the
+    training loss after quantization and after fine-tuning (``finetune``). Fine-tuning runs
+    on the recipe's device; everything else on the CPU."""
     from ..data import DatasetError
-    from ..pipeline import build_model, load_data, load_run_config, load_weights
+    from ..pipeline import build_model, load_data, load_run_config, load_weights, resolve_device
 
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) \
+            or finetune_epochs < 0:
+        raise ExportError(f"finetune_epochs must be a whole number >= 0, got "
+                          f"{finetune_epochs!r}")
+    if not (isinstance(finetune_lr, (int, float)) and finetune_lr > 0):
+        raise ExportError(f"finetune_lr must be a number > 0, got {finetune_lr!r}")
+    if finetune_epochs and (fmt != "compressed" or bits == 32):
+        raise ExportError("fine-tuning trains the centroids of quantized values: it needs "
+                          "--format compressed with --bits 8, 6, 5 or 4")
     run_dir = Path(run_dir)
     config = load_run_config(run_dir, {"data_dir": data_dir} if data_dir else {})
-    device = torch.device("cpu")
+    device = resolve_device(config.device) if finetune_epochs else torch.device("cpu")
     weights = Path(weights) if weights else run_dir / "model.pt"
     summary: dict = {"format": fmt, "bits": bits, "weights": str(weights)}
     data, num_classes = None, None
     needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate)
-    if needs_data or config.model_args.get("num_classes") is None:
+    if needs_data or finetune_epochs or config.model_args.get("num_classes") is None:
+        splits = ("train", "test") if finetune_epochs else ("test",)
         try:
-            data = load_data(config, device, splits=("test",))
+            data = load_data(config, device, splits=splits)
             num_classes = data.num_classes
         except DatasetError as err:
             if fmt == "onnx":
                 raise ExportError(f"the ONNX export traces the model on a test example, and "
                                   f"the test data cannot be read: {err}") from None
+            if finetune_epochs:
+                raise ExportError(f"fine-tuning the centroids trains on the run's training "
+                                  f"data, which cannot be read: {err} (or export without "
+                                  "--finetune-epochs)") from None
             summary["data_error"] = str(err)
     model = build_model(config, num_classes)
     load_weights(model, weights, device, config.model)
     model.eval()
     args = _model_args(config, num_classes)
     path = Path(out) if out else default_path(run_dir, fmt, bits)
-    if fmt == "compressed":
+    if fmt == "compressed" and finetune_epochs:
+        measure = evaluate and data.test is not None
+        if measure:
+            summary["before"] = _evaluate(model, config, data, device)
+        tuned = _finetune(model, config, data, device, bits=bits, epochs=finetune_epochs,
+                          lr=finetune_lr, measure_test=measure)
+        if "after" in tuned:
+            summary["after"] = tuned.pop("after")
+        supports, names = tuned.pop("supports"), tuned.pop("quantized")
+        # The fine-tuned weights hold at most 2**bits distinct values per tensor, which
+        # quantize() stores losslessly: the file's codebooks are the trained centroids. The
+        # masks keep the positions even where a centroid reached exactly 0.
+        save_compressed(model, path, bits=bits, masks=supports, model_name=config.model,
+                        model_args=args, metadata={
+                            "run": run_dir.name, "weights": weights.name,
+                            "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr})
+        written = load(path, build_model(config, num_classes))
+        _check_written(model, written, names)
+        summary["finetune"] = {"epochs": finetune_epochs, "lr": finetune_lr, **tuned}
+        summary["size"] = size_report(path, reference=weights)
+        if measure:
+            summary["finetuned"] = _evaluate(written, config, data, device)
+    elif fmt == "compressed":
         save_compressed(model, path, bits=bits, include=config.include,
                         exclude=config.exclude, model_name=config.model, model_args=args,
                         metadata={"run": run_dir.name, "weights": weights.name})
@@ -94,6 +187,15 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     if data is not None:
         summary["labels"] = _labels(config)
     return summary
+
+
+def _check_written(model: nn.Module, written: nn.Module, names) -> None:
+    """The file holds exactly the fine-tuned weights (a guard on the lossless re-encoding)."""
+    want, got = model.state_dict(), written.state_dict()
+    for name in names:
+        if not torch.equal(want[name].cpu(), got[name]):
+            raise ExportError(f"internal error: {name} in the written file differs from the "
+                              "fine-tuned weights; please report it")
 
 
 def _labels(config) -> dict:
@@ -120,8 +222,21 @@ def format_export_summary(summary: dict) -> str:
         lines.append(f"before quantization: {format_metrics(summary['before'], labels)}")
         lines.append(f"after {summary['bits']}-bit quantization: "
                      f"{format_metrics(summary['after'], labels)}")
-    elif summary["format"] == "compressed" and summary["bits"] < 32:
+        if "finetuned" in summary:
+            tune = summary["finetune"]
+            lines.append(f"after fine-tuning the centroids ({_epochs(tune['epochs'])}, Adam lr "
+                         f"{tune['lr']:g}): {format_metrics(summary['finetuned'], labels)}")
+    if "finetune" in summary:
+        tune = summary["finetune"]
+        lines.append(f"training loss: {tune['train_before']:.4f} after quantization, "
+                     f"{tune['train_after']:.4f} after fine-tuning the centroids")
+    if "before" not in summary and summary["format"] == "compressed" \
+            and summary["bits"] < 32:
         lines.append("accuracy not measured (test data unavailable: "
                      f"{summary.get('data_error', 'evaluation off')})")
     lines.append(f"wrote {summary['path']}")
     return "\n".join(lines)
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
