@@ -185,7 +185,7 @@ def load_checked(path: Path, device: torch.device | str = "cpu") -> Any:
     try:
         with path.open("rb") as handle:
             source = _Window(handle, _HEADER_SIZE) if checked else handle
-            return torch.load(source, map_location=device, weights_only=False)
+            return torch.load(source, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
         raise CheckpointError(f"cannot read {path} ({err}): the file is corrupt") from None
 
