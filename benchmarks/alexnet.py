@@ -32,12 +32,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from steptiming import alternate, plain_vs_wstep, print_wstep_table, timed
 from torch import nn
 
 import admmprune
@@ -59,22 +60,6 @@ ALEXNET_SHAPES: list[tuple[str, tuple[int, ...], int]] = [
     ("fc8", (1000, 4096), 1),
 ]
 MIB = 1 << 20
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def alternate(fns: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
-    """Times of each function, run in the order 0,1,1,0,0,1,... so drifting load hits all."""
-    times: list[list[float]] = [[] for _ in fns]
-    for r in range(repeats):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-        for i in order:
-            times[i].append(timed(fns[i]))
-    return times
 
 
 def bench_penalty(pruner: ADMMPruner, repeats: int) -> list[list[float]]:
@@ -116,9 +101,7 @@ def bench_step(model: nn.Module, pruner: ADMMPruner, batch: int, steps: int
         loss.backward()
         optimizer.step()
 
-    step(True)  # warm-up: momentum buffers, allocator
-    step(False)
-    return alternate([lambda: step(False), lambda: step(True)], steps)
+    return plain_vs_wstep(step, steps)
 
 
 def nbytes(tensors: Sequence[torch.Tensor]) -> int:
@@ -249,16 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ntraining step, batch {args.batch} x 3 x 227 x 227, SGD momentum, "
               f"{args.steps} of each, alternated ...", flush=True)
         plain, wstep = bench_step(model, pruner, args.batch, args.steps)
-        p_med, w_med = statistics.median(plain), statistics.median(wstep)
-        ratio = w_med / p_med
-        print(format_table(
-            ["step", "median s", "best s", "runs"],
-            [["plain", f"{p_med:.3f}", f"{min(plain):.3f}", " ".join(f"{t:.2f}" for t in plain)],
-             ["W-step (plain + penalty)", f"{w_med:.3f}", f"{min(wstep):.3f}",
-              " ".join(f"{t:.2f}" for t in wstep)]]))
-        verdict = "meets" if ratio <= 1.10 else "MISSES"
-        print(f"W-step / plain = {ratio:.3f} (medians; best/best {min(wstep) / min(plain):.3f})"
-              f" {verdict} the target <= 1.10")
+        p_med = print_wstep_table(plain, wstep)
         if not args.skip_data:
             print()
             print(format_table(["data", "images/s", "ratio"],

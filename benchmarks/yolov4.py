@@ -23,32 +23,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
+from steptiming import plain_vs_wstep, print_wstep_table, timed
 from torch import nn
 
 import admmprune
 from admmprune import ADMMPruner
 from admmprune.report import format_table
 from admmprune.tasks import create_task
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def alternate(fns: Sequence[Callable[[], object]], repeats: int) -> list[list[float]]:
-    """Times of each function, run in the order 0,1,1,0,0,1,... so drifting load hits all."""
-    times: list[list[float]] = [[] for _ in fns]
-    for r in range(repeats):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-        for i in order:
-            times[i].append(timed(fns[i]))
-    return times
 
 
 def random_targets(batch: int, size: int, classes: int, boxes: int,
@@ -83,9 +67,7 @@ def bench_step(model: nn.Module, pruner: ADMMPruner, batch: int, size: int, boxe
         loss.backward()
         optimizer.step()
 
-    step(True)  # warm-up: momentum buffers, allocator
-    step(False)
-    return alternate([lambda: step(False), lambda: step(True)], steps)
+    return plain_vs_wstep(step, steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,16 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{args.size}, {args.boxes} boxes per image, SGD momentum, {args.steps} of each, "
               "alternated ...", flush=True)
         plain, wstep = bench_step(model, pruner, args.batch, args.size, args.boxes, args.steps)
-        p_med, w_med = statistics.median(plain), statistics.median(wstep)
-        ratio = w_med / p_med
-        print(format_table(
-            ["step", "median s", "best s", "runs"],
-            [["plain", f"{p_med:.3f}", f"{min(plain):.3f}", " ".join(f"{t:.2f}" for t in plain)],
-             ["W-step (plain + penalty)", f"{w_med:.3f}", f"{min(wstep):.3f}",
-              " ".join(f"{t:.2f}" for t in wstep)]]))
-        verdict = "meets" if ratio <= 1.10 else "MISSES"
-        print(f"W-step / plain = {ratio:.3f} (medians; best/best {min(wstep) / min(plain):.3f})"
-              f" {verdict} the target <= 1.10")
+        print_wstep_table(plain, wstep)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}; wall-clock timings on a shared "
           "machine vary between runs")
     return 0

@@ -48,3 +48,25 @@ def fashion_dir() -> Path:
             return folder
     pytest.fail("real Fashion-MNIST not found: set ADMMPRUNE_DATA_DIR to a directory holding "
                 "fashion-mnist/ (run the tests through ./test.sh)")
+
+
+# Command-line overrides that make a yolov4-tiny detection run take seconds.
+DETECTION_SMALL = ["--image-size", "64", "--batch-size", "8", "--workers", "0",
+                   "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1",
+                   "--no-progress", "--threads", "1", "--hsv", "0", "--scale-jitter", "0"]
+
+
+@pytest.fixture(scope="session")
+def digit_set(tmp_path_factory) -> Path:
+    """A small detection set of real MNIST digits (24 training, 8 validation canvases)."""
+    from admmprune.cli import main
+
+    found = real_mnist_dir()
+    if found is None:
+        pytest.fail("real MNIST not found: set ADMMPRUNE_DATA_DIR (run the tests through "
+                    "./test.sh)")
+    out = tmp_path_factory.mktemp("det") / "digits"
+    assert main(["make-detection-set", "--out", str(out), "--mnist-dir", str(found),
+                 "--train-images", "24", "--val-images", "8", "--canvas", "64",
+                 "--seed", "3"]) == 0
+    return out

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO
+from conftest import DETECTION_SMALL, REPO
 
 from admmprune.cli import main
 
-SMALL = ["--image-size", "64", "--batch-size", "8", "--workers", "0", "--dense-epochs", "1",
-         "--k-step", "1", "--retraining-epochs", "1", "--no-progress", "--threads", "1",
-         "--hsv", "0", "--scale-jitter", "0"]
+SMALL = DETECTION_SMALL
 
 
 @pytest.fixture(autouse=True)
@@ -20,18 +18,8 @@ def _repo_cwd(monkeypatch):
     monkeypatch.chdir(REPO)
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    from conftest import real_mnist_dir
-
-    out = tmp_path_factory.mktemp("det") / "digits"
-    assert main(["make-detection-set", "--out", str(out), "--mnist-dir",
-                 str(real_mnist_dir()), "--train-images", "24", "--val-images", "8",
-                 "--canvas", "64", "--seed", "3"]) == 0
-    return out
-
-
-def test_yolov4_tiny_prunes_and_reports_map(tmp_path, digits, capsys):
+def test_yolov4_tiny_prunes_and_reports_map(tmp_path, digit_set, capsys):
+    digits = digit_set
     run_dir = tmp_path / "run"
     assert main(["prune", "recipes/yolov4_tiny_digits.yaml", "--data-dir", str(digits),
                  "--all-percent", "80", "--run-dir", str(run_dir), *SMALL]) == 0
@@ -55,7 +43,8 @@ def test_yolov4_tiny_prunes_and_reports_map(tmp_path, digits, capsys):
     assert (run_dir / "accuracy.png").stat().st_size > 1000
 
 
-def test_compare_ranks_detection_by_map(tmp_path, digits):
+def test_compare_ranks_detection_by_map(tmp_path, digit_set):
+    digits = digit_set
     out = tmp_path / "cmp"
     assert main(["compare", "recipes/yolov4_tiny_digits.yaml", "--methods", "dense,admm",
                  "--all-percent", "80", "--data-dir", str(digits), "--out", str(out),

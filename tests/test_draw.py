@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import DETECTION_SMALL, REPO
 from PIL import Image
 
 from admmprune.cli import main
@@ -17,9 +17,7 @@ from admmprune.draw import PREDICTION_COLOUR, draw_detections
 from admmprune.models import create_model, weights_loader
 from admmprune.tasks.detection import detect
 
-SMALL = ["--image-size", "64", "--batch-size", "8", "--workers", "0", "--dense-epochs", "1",
-         "--k-step", "1", "--retraining-epochs", "1", "--no-progress", "--threads", "1",
-         "--hsv", "0", "--scale-jitter", "0"]
+SMALL = DETECTION_SMALL
 
 
 @pytest.fixture(autouse=True)
@@ -28,14 +26,9 @@ def _repo_cwd(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def detection_run(tmp_path_factory):
-    from conftest import real_mnist_dir
-
+def detection_run(tmp_path_factory, digit_set):
     root = tmp_path_factory.mktemp("draw")
-    digits = root / "digits"
-    assert main(["make-detection-set", "--out", str(digits), "--mnist-dir",
-                 str(real_mnist_dir()), "--train-images", "16", "--val-images", "4",
-                 "--canvas", "64", "--seed", "5"]) == 0
+    digits = digit_set
     run_dir = root / "run"
     assert main(["prune", "recipes/yolov4_tiny_digits.yaml", "--data-dir", str(digits),
                  "--all-percent", "80", "--run-dir", str(run_dir), *SMALL]) == 0

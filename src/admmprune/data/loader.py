@@ -19,6 +19,16 @@ __all__ = ["EpochSampler", "ShardedBatchSampler", "StreamBatches", "stream_split
            "image_options"]
 
 
+def check_shard(batch_size: int, rank: int, world: int) -> None:
+    """A rank of a world that can split ``batch_size`` evenly (the global batch keeps its
+    meaning); ValueError otherwise."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in a world of {world} processes")
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} cannot be split evenly across "
+                         f"{world} processes; use a multiple of {world}")
+
+
 class EpochSampler(Sampler[int]):
     """Indices ``0..n-1``, shuffled by a generator seeded with ``seed + epoch``: the same
     rule as :class:`~admmprune.data.mnist.TensorBatches`, so both give the same order."""
@@ -102,11 +112,7 @@ class StreamBatches:
     def shard(self, rank: int, world: int) -> None:
         """Load only ``rank``'s part of each global batch (``batch_size / world``
         examples), like :meth:`TensorBatches.shard`."""
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in a world of {world} processes")
-        if self.batch_size % world:
-            raise ValueError(f"batch_size {self.batch_size} cannot be split evenly across "
-                             f"{world} processes; use a multiple of {world}")
+        check_shard(self.batch_size, rank, world)
         self.rank, self.world = rank, world
 
     def global_batch_size(self, step: int) -> int:

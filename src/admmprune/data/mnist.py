@@ -30,6 +30,7 @@ import torch
 
 from ..distributed import shard_bounds
 from .augment import RandomShift
+from .loader import check_shard
 
 __all__ = [
     "DatasetError",
@@ -523,11 +524,7 @@ class TensorBatches:
         """Yield only ``rank``'s part of each global batch (``batch_size / world``
         examples); the global order is the one-process order. Refuses a batch size that
         ``world`` does not divide: the global batch would change meaning."""
-        if world < 1 or not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in a world of {world} processes")
-        if self.batch_size % world:
-            raise ValueError(f"batch_size {self.batch_size} cannot be split evenly across "
-                             f"{world} processes; use a multiple of {world}")
+        check_shard(self.batch_size, rank, world)
         self.rank, self.world = rank, world
 
     def global_batch_size(self, step: int) -> int:

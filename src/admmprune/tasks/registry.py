@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,7 +16,7 @@ class UnknownTaskError(ValueError):
     """No task of that name is registered."""
 
 
-class Task:
+class Task(ABC):
     """Loss and metrics of one kind of problem. Subclasses set the class attributes and
     implement :meth:`loss` and :meth:`evaluate`.
 
@@ -29,21 +30,24 @@ class Task:
     metrics: tuple[str, ...] = ()
     labels: dict[str, str] = {}
 
-    def bind(self, model: nn.Module) -> None:
+    def bind(self, model: nn.Module) -> None:  # noqa: B027 - optional hook, not abstract
         """Learn what the loss needs from the model (detection: anchors and strides of its
         heads); called once the model is built. Nothing by default."""
 
+    @abstractmethod
     def loss(self, output: Any, target: Any) -> torch.Tensor:
-        raise NotImplementedError
+        """The training loss of a batch (a scalar tensor)."""
 
     def train_sums(self, output: Any, target: Any) -> dict[str, float]:
         """Per-batch sums of training-time metrics (e.g. correct predictions), averaged over
         examples by the training loop; none by default."""
         return {}
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, batches: Iterable, *, device: torch.device | str,
                  autocast: Callable[[], Any] | None = None) -> dict[str, float]:
-        raise NotImplementedError
+        """The metrics of ``model`` over ``batches`` (``loss`` and every key of
+        ``metrics``)."""
 
     def label(self, key: str) -> str:
         return self.labels.get(key, key)
