@@ -18,6 +18,7 @@ they move, but dense and sparse are timed interleaved so their ratio is fair.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -30,6 +31,7 @@ from torch import nn
 
 import admmprune
 from admmprune.export import save_compressed, save_dense, save_onnx
+from admmprune.liveness import drop_dead_units
 from admmprune.projection import compute_scores, global_topk_masks, survivor_count
 from admmprune.report import format_table
 from admmprune.sparse import sparse_layers, sparsify
@@ -62,6 +64,14 @@ def file_sizes(model: nn.Module, name: str, args: dict, example: torch.Tensor,
             path = save_compressed(model, tmp / f"m{b}.apz", bits=b, model_name=name,
                                    model_args=args)
             sizes[f"compressed {b}-bit"] = path.stat().st_size
+        # what `admmprune export --bits <32` writes: dead units dropped first (same outputs)
+        pruned = copy.deepcopy(model)
+        report = drop_dead_units(pruned, torch.randn(8, *example.shape[1:]))
+        for b in bits:
+            path = save_compressed(pruned, tmp / f"d{b}.apz", bits=b, model_name=name,
+                                   model_args=args)
+            sizes[f"compressed {b}-bit, {report.total_units} dead units dropped"] = \
+                path.stat().st_size
     return sizes
 
 
@@ -89,8 +99,6 @@ def latency(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, repeats: int
 def bench(label: str, model: nn.Module, name: str, args: dict, shape: tuple[int, ...],
           layers: list[str], repeats: int, bits: list[int], onnx: bool,
           size_rows: list, time_rows: list) -> None:
-    import copy
-
     model.eval()
     example = torch.randn(1, *shape)
     sizes = file_sizes(model, name, args, example, bits, onnx)

@@ -427,9 +427,12 @@ def test_finetuning_moves_only_the_centroids(tmp_path):
 
 
 def test_export_finetunes_keeps_the_pattern_and_the_file_loads(run_dir, capsys):
-    assert main(["export", str(run_dir), "--bits", "4", "--out", str(run_dir / "plain.apz")]) == 0
+    # dead units kept: this checks that only the centroids move (test_liveness drops them)
+    keep = ["--dead-units", "keep"]
+    assert main(["export", str(run_dir), "--bits", "4", "--out", str(run_dir / "plain.apz"),
+                 *keep]) == 0
     assert main(["export", str(run_dir), "--bits", "4", "--finetune-epochs", "2",
-                 "--finetune-lr", "1e-3"]) == 0
+                 "--finetune-lr", "1e-3", *keep]) == 0
     out = capsys.readouterr().out
     assert "before quantization:" in out and "after 4-bit quantization:" in out
     assert "after fine-tuning the centroids (2 epochs, Adam lr 0.001):" in out

@@ -11,6 +11,7 @@ from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report
 from .models import create_model, list_models, register_model  # noqa: E402
 from .pruner import ADMMPruner, PrunerError  # noqa: E402
 from .selection import prunable_parameters  # noqa: E402
+from .shrink import load_shrunk, save_shrunk, shrink  # noqa: E402  (shadows the module name)
 from .sparse import sparsify  # noqa: E402
 
 __version__ = "0.1.0"
@@ -28,4 +29,7 @@ __all__ = [
     "prunable_parameters",
     "load",
     "sparsify",
+    "shrink",
+    "save_shrunk",
+    "load_shrunk",
 ]

@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     labels.add_argument("--out", type=Path, help="label file to write [default: "
                         "ROOT/val_labels.txt]")
     _add_export_parser(sub)
+    _add_shrink_parser(sub)
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
     return parser
@@ -441,6 +442,12 @@ def _add_export_parser(sub) -> None:
                              "fixed) and write the fine-tuned codebooks [default: 0, off]")
     export.add_argument("--finetune-lr", type=float, default=1e-4, metavar="LR",
                         help="Adam learning rate of the centroids [default: %(default)g]")
+    export.add_argument("--dead-units", choices=("auto", "drop", "keep"), default="auto",
+                        help="units no surviving weight reads (e.g. fc1 neurons whose fc2 "
+                             "column is pruned): drop zeroes their bias and incoming weights "
+                             "(outputs unchanged, checked on test examples; needs "
+                             "torch-pruning), keep stores the state dict as it is; auto drops "
+                             "them when --bits < 32 [default: auto]")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -452,11 +459,43 @@ def _cmd_export(args: argparse.Namespace) -> int:
                              weights=args.weights, data_dir=args.data_dir,
                              evaluate=not args.no_eval,
                              finetune_epochs=args.finetune_epochs,
-                             finetune_lr=args.finetune_lr)
+                             finetune_lr=args.finetune_lr, dead_units=args.dead_units)
     except ExportError as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2
     print(format_export_summary(summary))
+    return 0
+
+
+def _add_shrink_parser(sub) -> None:
+    shrink = sub.add_parser(
+        "shrink", help="remove a structurally pruned run's zero filters/channels physically",
+        description="Remove the whole zero filters and input channels of RUN_DIR/model.pt "
+                    "(a run pruned with `structure: filter` or `channel`) and everything "
+                    "coupled to them (BatchNorm, consumers, residual partners), print "
+                    "shapes, parameters and MACs before/after, check the outputs on a test "
+                    "batch and write a smaller dense model (safetensors; "
+                    "admmprune.load_shrunk reads it).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  admmprune shrink runs/a --out lenet5-small.safetensors")
+    shrink.add_argument("run_dir", type=Path, help="run directory")
+    shrink.add_argument("--out", type=Path, help="file to write [default: "
+                        "RUN_DIR/model-shrunk.safetensors]")
+    shrink.add_argument("--weights", type=Path, help="state dict to shrink instead of "
+                        "RUN_DIR/model.pt")
+    shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")
+
+
+def _cmd_shrink(args: argparse.Namespace) -> int:
+    from .shrink import ShrinkError, format_shrink_summary, shrink_run
+
+    try:
+        summary = shrink_run(args.run_dir, out=args.out, weights=args.weights,
+                             data_dir=args.data_dir)
+    except ShrinkError as err:
+        print(f"admmprune shrink: error: {err}", file=sys.stderr)
+        return 2
+    print(format_shrink_summary(summary))
     return 0
 
 
@@ -482,6 +521,7 @@ COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compar
             "make-detection-set": _cmd_make_detection_set,
             "draw": _cmd_draw,
             "export": _cmd_export,
+            "shrink": _cmd_shrink,
             "keys": _cmd_keys}
 
 

@@ -43,6 +43,17 @@ METHODS: dict[str, tuple[str, dict]] = {
               "20%, conv2 8%, fc1 0.9%, fc2 7%: 71.2x); runs once per seed at that ratio",
               {"projection": "layerwise", "score": "magnitude",
                "layer_percents": [80.0, 92.0, 99.1, 93.0]}),
+    # structured: whole output filters (and their biases), ranked by the recipe's group_score
+    "filter": ("global filter ADMM: whole filters ranked across all layers",
+               {"structure": "filter", "projection": "global", "score": "magnitude"}),
+    "filter-layerwise": ("filter ADMM, every layer removes the same ratio as whole filters",
+                         {"structure": "filter", "projection": "layerwise",
+                          "score": "magnitude"}),
+    "filter-oneshot": ("one-shot global filter pruning + retraining for the same epoch budget",
+                       {"structure": "filter", "pruning": "oneshot", "projection": "global",
+                        "score": "magnitude"}),
+    "channel": ("global channel ADMM: whole input channels ranked across all layers",
+                {"structure": "channel", "projection": "global", "score": "magnitude"}),
 }
 
 
@@ -73,13 +84,15 @@ def method_config(base: Config, method: str, all_percent: float) -> Config:
     extra retraining, so every method trains for the same number of epochs."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    config = replace(base, **METHODS[method][1], all_percent=float(all_percent))
+    # methods that name no structure are unstructured, whatever the base recipe says
+    config = replace(base, **{"structure": "unstructured", **METHODS[method][1]},
+                     all_percent=float(all_percent))
     # per-stage lists make no sense for a single-ratio sweep point
     for key in ("k_step", "epochs", "rho", "rho_growth", "rho_max"):
         value = getattr(config, key)
         if isinstance(value, list):
             setattr(config, key, value[-1])
-    if method == "magnitude":
+    if config.pruning == "oneshot":
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
 

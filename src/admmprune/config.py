@@ -86,9 +86,15 @@ class Config:
     learning_rate: float = _key(1e-3, "learning rate of dense training and of the W-steps")
     optimizer: str = _key("adam", "optimizer of every phase", ("adam", "sgd"))
     momentum: float = _key(0.9, "SGD momentum")
+    label_smoothing: float = _key(0.0, "classification: label smoothing of the training "
+                                       "cross-entropy (every phase), in [0, 1)")
+    distill_weight: float = _key(0.0, "classification: weight w in [0, 1) of distillation "
+                                      "from the dense model in W-steps and retraining: "
+                                      "(1-w)·task loss + w·T²·KL; 0: off")
+    distill_temperature: float = _key(4.0, "distillation temperature T (> 0)")
     # ADMM
-    pruning: str = _key("admm", "admm, or oneshot: global magnitude pruning at once (baseline)",
-                        ("admm", "oneshot"))
+    pruning: str = _key("admm", "admm, or oneshot: prune at once by the Z-step's projection "
+                        "(baseline; unstructured: global magnitude)", ("admm", "oneshot"))
     all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
                                            "a list runs progressive stages")
     k_step: int | list = _key(6, "ADMM iterations (per stage)")
@@ -103,6 +109,13 @@ class Config:
                            ("global", "layerwise"))
     layer_percents: list | None = _key(None, "layerwise only: one removal percent per layer")
     score: str = _key("magnitude", "Z-step ranking", ("magnitude", "rms", "lamp"))
+    structure: str = _key("unstructured", "what the Z-step keeps: weights, output filters (+ "
+                          "biases), input channels, N of every M weights",
+                          ("unstructured", "filter", "channel", "nm"))
+    group_score: str = _key("l2", "filter/channel ranking across layers: l2 (norm/sqrt(size)), "
+                            "l1 (mean abs), lamp", ("l2", "l1", "lamp"))
+    nm_n: int = _key(2, "structure nm: weights kept in every group of nm_m")
+    nm_m: int = _key(4, "structure nm: group size along the input dimension")
     include: list = _key([], "module-name patterns to prune (default: every Conv/Linear)")
     exclude: list = _key([], "module-name patterns never pruned")
     z_init: str = _key("projection", "initial Z", ("projection", "weights"))
@@ -196,11 +209,38 @@ class Config:
             value = getattr(self, key)
             _check(_is_number(value) and 0 <= value < 1, key, f"must be in [0, 1), got "
                    f"{value!r}")
+        self._check_structure()
         _check(_is_number(self.p_lambda) and self.p_lambda >= 0, "p_lambda",
                f"must be >= 0, got {self.p_lambda!r}")
+        for key in ("label_smoothing", "distill_weight"):
+            value = getattr(self, key)
+            _check(_is_number(value) and 0 <= value < 1, key,
+                   f"must be in [0, 1), got {value!r}")
+        _check(_is_number(self.distill_temperature) and self.distill_temperature > 0,
+               "distill_temperature", f"must be > 0, got {self.distill_temperature!r}")
         _check(isinstance(self.model_args, dict), "model_args", "must be a mapping")
         return self
 
+
+    def _check_structure(self) -> None:
+        _check(self.structure == "unstructured" or self.score == "magnitude", "score",
+               f"{self.score!r} ranks single weights; structure {self.structure!r} ranks "
+               "groups by group_score: leave score at magnitude")
+        _check(_is_int(self.nm_n) and _is_int(self.nm_m) and 1 <= self.nm_n < self.nm_m,
+               "nm_n", f"and nm_m must be integers with 1 <= nm_n < nm_m, got {self.nm_n!r} "
+               f"and {self.nm_m!r}")
+        if self.structure != "nm":
+            return
+        _check(self.layer_percents is None, "layer_percents",
+               "cannot be used with structure nm: N:M fixes every layer's ratio")
+        # layers whose input width is not a multiple of nm_m remove a little less (the
+        # pruner checks the exact figure); the tolerance is the pruner's
+        implied = 100.0 * (self.nm_m - self.nm_n) / self.nm_m
+        for s in range(self.stages):
+            percent = self.stage_value("all_percent", s)
+            _check(abs(percent - implied) <= 0.5, "all_percent",
+                   f"must be {implied:g} with structure nm {self.nm_n}:{self.nm_m} (N:M "
+                   f"removes that share), got {percent!r}; set all_percent: {implied:g}")
 
     def _check_registered(self) -> None:
         # Imported here: the registries import torch, the rest of this module does not.
@@ -241,7 +281,7 @@ def _unknown_key(key: str) -> ConfigError:
 
 _FLOAT_KEYS = {"flip", "hsv", "scale_jitter", "learning_rate", "retraining_learning_rate",
                "rho", "rho_growth", "rho_max", "p_lambda", "all_percent", "momentum",
-               "layer_percents"}
+               "layer_percents", "label_smoothing", "distill_weight", "distill_temperature"}
 
 
 def _coerce(key: str, value: Any) -> Any:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, runtime
+from . import distill, distributed, runtime
 from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
 from .models import create_model, weights_loader
@@ -32,7 +32,7 @@ from .pruner import ADMMPruner
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
 from .selection import describe_selection, format_selection, prunable_parameters
-from .tasks import create_task
+from .tasks import Task, create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
@@ -80,6 +80,17 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
                           f"{config.model!r}: {err}") from None
 
 
+def _build_task(config: Config) -> Task:
+    """The configured task; label smoothing and distillation need class logits."""
+    task = create_task(config.task)
+    if (config.label_smoothing or config.distill_weight) and \
+            not getattr(task, "distillable", False):
+        raise ConfigError(f"label_smoothing and distill_weight apply to classification only; "
+                          f"task {config.task!r} does not output class logits: set both to 0")
+    return create_task(config.task, label_smoothing=config.label_smoothing) \
+        if config.label_smoothing else task
+
+
 def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner:
     return ADMMPruner(
         model,
@@ -96,6 +107,10 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner
         exclude=config.exclude,
         z_init=config.z_init,
         allow_regrowth=config.allow_regrowth,
+        structure=config.structure,
+        group_score=config.group_score,
+        nm_n=config.nm_n,
+        nm_m=config.nm_m,
     )
 
 
@@ -135,7 +150,7 @@ class Run:
                               f"multiple of {self.world} (e.g. "
                               f"{-(-config.batch_size // self.world) * self.world})")
         self.device = resolve_device(config.device)
-        self.task = create_task(config.task)
+        self.task = _build_task(config)
         self.progress = Progress()
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
@@ -163,6 +178,9 @@ class Run:
             self.train_batches.shard(self.rank, self.world)
         _seed_everything(config.seed)
         self.model = build_model(config, self.data.num_classes).to(self.device)
+        # Distillation's teacher: copied now, before pruner hooks and DDP touch the model;
+        # it holds the dense weights once the dense phase is done (dense.pt on resume).
+        self._teacher = distill.frozen_copy(self.model) if config.distill_weight else None
         if self.rank > 0:
             # random layers (dropout) draw their own masks for each rank's part of a batch;
             # rank 0 keeps the one-process stream (DDP gives all ranks rank 0's weights)
@@ -198,6 +216,8 @@ class Run:
             stage = min(self.progress.stage, self.config.stages - 1)
             self.pruner = build_pruner(self.model, self.config, stage)
             self.pruner.load_state_dict(state["pruner"])
+        if self._teacher is not None and self.progress.dense_done:
+            self._load_teacher()
         if self.main:
             # The records logged after this checkpoint describe work that is redone now,
             # also when it is the previous checkpoint (the last one was damaged): its
@@ -217,6 +237,25 @@ class Run:
             self.progress.done = False  # epochs added to a finished retraining
         # no rank writes a new checkpoint before every rank has read this one
         distributed.barrier()
+
+    def _load_teacher(self) -> None:
+        """The teacher of a resumed run: the dense model its run directory saved."""
+        path = self.run_dir / "dense.pt"
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+            self._teacher.load_state_dict(state)
+        except Exception as err:  # noqa: BLE001 - missing, damaged or foreign: one answer
+            raise RunError(f"distill_weight needs the run's dense model as its teacher, but "
+                           f"{path} cannot be loaded ({err}); start a new run (another "
+                           "--run-dir)") from None
+
+    def _distillation(self) -> distill.Distillation | None:
+        """The teacher's soft loss for every epoch after the dense phase (dense training
+        learns from the labels alone)."""
+        if self._teacher is None or not self.progress.dense_done:
+            return None
+        return distill.Distillation(self._teacher, self.config.distill_weight,
+                                    self.config.distill_temperature)
 
     def save(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Checkpoint the run (collective: every rank calls it, rank 0 writes)."""
@@ -291,6 +330,7 @@ class Run:
             device=self.device, penalty=penalty, after_step=after,
             max_steps=cfg.steps_per_epoch, desc=desc, progress=cfg.progress and self.main,
             amp=cfg.amp, accumulate=cfg.accumulate, loss_weight=weight,
+            distill=self._distillation(),
             lr_at=lambda f: lr * lr_factor(schedule, (done + f) / total),
         )
         self.progress.data_epoch += 1
@@ -346,6 +386,8 @@ class Run:
         self._result("dense")
         prog.dense_done = True
         self._save_weights("dense.pt", self.model.state_dict())
+        if self._teacher is not None:
+            self._teacher.load_state_dict(self.model.state_dict())
         self._timed("dense", time.perf_counter() - start)
         self.save()
 
@@ -456,6 +498,7 @@ class Run:
             "metric": self.task.metric,
             "metric_labels": {k: self.task.label(k) for k in self.task.metrics},
             "all_percent": self.config.final_percent(),
+            "structure": self.config.structure,
             **prog.results,
             **(self.pruner.summary() if self.pruner else {}),
             "layers": layers,

@@ -8,11 +8,20 @@ the ones that come first are kept, where "first" means the order of the tensors 
 the list and then row-major (flattened) order inside each tensor. This makes every
 projection deterministic and exact: the number of survivors is always the requested
 one, even when all scores are equal.
+
+Structured sets (``STRUCTURES``, selected by the pruner's ``structure``) keep whole groups
+instead of single weights: ``filter`` (output filters: dim 0 of a Conv weight, rows of a
+Linear weight), ``channel`` (input channels: dim 1 of a Conv weight, columns of a Linear
+weight) and ``nm`` (N of every M consecutive weights along the input dimension). Their
+group tie rule is the same: equal group scores keep the group that comes first (tensor
+order, then group index).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,6 +37,17 @@ __all__ = [
     "lamp_scores",
     "compute_scores",
     "SCORE_FUNCTIONS",
+    "GROUP_SCORES",
+    "StructureOptions",
+    "STRUCTURES",
+    "unstructured_masks",
+    "filter_masks",
+    "channel_masks",
+    "nm_masks",
+    "group_masks",
+    "group_scores",
+    "nm_survivors",
+    "nm_removed_percent",
 ]
 
 
@@ -201,3 +221,291 @@ def compute_scores(weights: Sequence[torch.Tensor], score: str = "magnitude") ->
         raise ProjectionError(
             f"unknown score {score!r}; choose one of {sorted(SCORE_FUNCTIONS)}"
         ) from None
+
+
+# -- structured projections ---------------------------------------------------------------------
+#
+# Every entry of STRUCTURES has one signature:
+#
+#     fn(values, keep, percents, allowed, options) -> masks
+#
+# ``keep``: survivors over all tensors jointly (global projection, used when ``percents`` is
+# None); ``percents``: one removal percent for every tensor, or one per tensor (layer-wise
+# projection); ``allowed``: boolean masks of entries that may survive (the previous hard
+# prune when regrowth is off) or None; ``options``: the structure's own settings. A new
+# structure is one such function and one registry line.
+
+
+@dataclass(frozen=True)
+class StructureOptions:
+    """Settings of the structured projections (each structure reads its own)."""
+
+    score: str = "magnitude"  # unstructured: element score (SCORE_FUNCTIONS)
+    raw_scores: bool = False  # unstructured: the values are already the scores
+    group_score: str = "l2"  # filter/channel: group score (GROUP_SCORES)
+    nm_n: int = 2  # nm: keep N ...
+    nm_m: int = 4  # ... of every M consecutive weights
+    # filter/channel: tensors whose groups are all kept (the output layer's filters are
+    # the model's outputs, e.g. its classes: removing one would remove a class)
+    fixed: tuple[bool, ...] = ()
+
+
+def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
+                       percents: float | Sequence[float] | None,
+                       allowed: Sequence[torch.Tensor] | None,
+                       options: StructureOptions) -> list[torch.Tensor]:
+    """Single weights ranked by ``options.score``: global top-``keep`` or per-layer ratios.
+
+    Entries outside ``allowed`` score -1, below any real score: never chosen again unless
+    the budget exceeds the others.
+    """
+    scores = list(values) if options.raw_scores else compute_scores(values, options.score)
+    if allowed is not None:
+        scores = [torch.where(m, s, -1.0) for s, m in zip(scores, allowed, strict=True)]
+    if percents is not None:
+        return layerwise_topk_masks(scores, percents)
+    return global_topk_masks(scores, keep)
+
+
+def _rows(w: torch.Tensor, axis: int) -> torch.Tensor:
+    """The groups of ``w`` as rows: axis 0 = output filters, axis 1 = input channels."""
+    if w.dim() < 2:
+        raise ProjectionError(f"structured pruning needs tensors with at least 2 dimensions, "
+                              f"got shape {tuple(w.shape)}")
+    return w.reshape(w.shape[0], -1) if axis == 0 else w.transpose(0, 1).reshape(w.shape[1], -1)
+
+
+def _expand(keep_groups: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+    """A (groups,) boolean vector as a mask of ``like``'s shape."""
+    shape = [1] * like.dim()
+    shape[axis] = like.shape[axis]
+    return keep_groups.view(shape).expand(like.shape).contiguous()
+
+
+def _l2_group(rows: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(rows.float(), dim=1).double() / math.sqrt(rows.shape[1])
+
+
+def _l1_group(rows: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(rows.float(), ord=1, dim=1).double() / rows.shape[1]
+
+
+def _lamp_group(rows: torch.Tensor) -> torch.Tensor:
+    squared = torch.linalg.vector_norm(rows.float(), dim=1).double().pow(2)
+    count = squared.numel()
+    # ascending order with equal norms in DEscending index order, so that among equal norms
+    # the first group has the smallest suffix and the highest score (the tie rule)
+    order = count - 1 - torch.argsort(squared.flip(0), stable=True)
+    sorted_sq = squared[order]
+    suffix = sorted_sq.flip(0).cumsum(0).flip(0)
+    # `suffix == 0` so NaN norms stay NaN and are reported
+    sorted_scores = torch.where(suffix == 0, torch.zeros_like(suffix), sorted_sq / suffix)
+    scores = torch.empty_like(squared)
+    scores[order] = sorted_scores
+    return scores
+
+
+# Group scores, computed inside one layer, comparable across layers: l2 = ‖g‖₂/√size (the
+# RMS of the group), l1 = mean |g|, lamp = ‖g‖² / Σ{‖h‖² : ‖h‖ >= ‖g‖} over the layer's
+# groups (its best group scores 1).
+GROUP_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "l2": _l2_group,
+    "l1": _l1_group,
+    "lamp": _lamp_group,
+}
+
+
+def group_scores(weights: Sequence[torch.Tensor], axis: int = 0, score: str = "l2"
+                 ) -> list[torch.Tensor]:
+    """Float64 score of every group (filter: ``axis=0``, input channel: ``axis=1``)."""
+    if score not in GROUP_SCORES:
+        raise ProjectionError(f"unknown group score {score!r}; choose one of "
+                              f"{sorted(GROUP_SCORES)}")
+    out = []
+    for w in weights:
+        scores = GROUP_SCORES[score](_rows(w.detach(), axis))
+        if not bool(torch.isfinite(scores).all()):
+            raise ProjectionError(_NOT_FINITE)
+        out.append(scores)
+    return out
+
+
+def _select_groups(scores: Sequence[torch.Tensor], sizes: Sequence[int], keep: int
+                   ) -> list[torch.Tensor]:
+    """Groups kept under the budget rule (see ``group_masks``); one bool vector per layer."""
+    kept = [torch.zeros(s.numel(), dtype=torch.bool) for s in scores]
+    for k, s in zip(kept, scores, strict=True):
+        if s.numel():
+            k[int(torch.argmax(s))] = True  # every layer keeps its best group (first on ties)
+    need = keep - sum(sz for sz, s in zip(sizes, scores, strict=True) if s.numel())
+    if need <= 0:
+        return kept
+    flat = torch.cat([s.cpu() for s in scores])
+    size = torch.cat([torch.full((s.numel(),), sz, dtype=torch.int64)
+                      for s, sz in zip(scores, sizes, strict=True)])
+    taken = torch.cat(kept)
+    # descending score, equal scores in (tensor, group) order: stable sort of -score
+    order = torch.argsort(-flat, stable=True)
+    order = order[~taken[order]]
+    reached = torch.cumsum(size[order], 0)
+    # the shortest prefix of the ranking whose weights reach the budget
+    last = int(torch.searchsorted(reached, torch.tensor([need]))[0])
+    taken[order[: last + 1]] = True
+    return list(torch.split(taken, [s.numel() for s in scores]))
+
+
+def group_masks(values: Sequence[torch.Tensor], keep: int | None,
+                percents: float | Sequence[float] | None,
+                allowed: Sequence[torch.Tensor] | None, options: StructureOptions,
+                axis: int = 0) -> list[torch.Tensor]:
+    """Keep whole groups (``axis`` 0: output filters, 1: input channels).
+
+    Budget rule (global, ``keep`` weights): groups are ranked by ``options.group_score``
+    across all tensors (equal scores: tensor order, then group index). Every tensor first
+    keeps its best group; then groups are taken down the ranking until the kept WEIGHTS
+    (a group costs its size) reach ``keep``. Hence ``kept >= keep`` (never more removed than
+    requested) and ``kept - keep < size of the last group taken`` (at most the largest
+    group size minus 1), unless the best groups alone already exceed ``keep``. Exactly
+    ``keep`` is impossible in general (a knapsack); the ranking prefix keeps the rule
+    monotone: a kept group never scores below a removed one, except a layer's best group.
+
+    Layer-wise (``percents``): tensor l keeps its ceil(keep_l / group size) best groups,
+    keep_l = n_l - round(p_l n_l / 100), and at least one group even when keep_l is 0.
+
+    Groups with no allowed entry score -1 (never chosen again while others remain); the
+    returned masks are also intersected with ``allowed``.
+    """
+    if not values:
+        raise ProjectionError("no tensors to project")
+    scores = group_scores(values, axis, options.group_score)
+    if allowed is not None:
+        scores = [torch.where(_rows(a, axis).any(1).to(s.device), s, -1.0)
+                  for s, a in zip(scores, allowed, strict=True)]
+    sizes = [v.numel() // v.shape[axis] for v in values]
+    fixed = list(options.fixed) or [False] * len(values)
+    if len(fixed) != len(values):
+        raise ProjectionError(f"got {len(fixed)} fixed flags for {len(values)} tensors")
+    # fixed tensors rank first: all their groups are kept and count against the budget
+    scores = [torch.full_like(s, math.inf) if f else s
+              for s, f in zip(scores, fixed, strict=True)]
+    if percents is None:
+        total = sum(v.numel() for v in values)
+        if keep is None or not 0 <= keep <= total:
+            raise ProjectionError(f"cannot keep {keep} of {total} entries")
+        chosen = _select_groups(scores, sizes, keep)
+    else:
+        if isinstance(percents, (int, float)):
+            percents = [float(percents)] * len(values)
+        if len(percents) != len(values):
+            raise ProjectionError(f"got {len(percents)} per-layer ratios for {len(values)} "
+                                  "prunable tensors")
+        for p in percents:
+            check_percent(p)
+        # a layer whose ratio leaves no weight still keeps its best group
+        chosen = [torch.ones(s.numel(), dtype=torch.bool) if f else
+                  _select_groups([s], [sz], v.numel() - round(p * v.numel() / 100.0))[0]
+                  for s, sz, v, p, f in zip(scores, sizes, values, percents, fixed,
+                                            strict=True)]
+    masks = [_expand(c.to(v.device), v, axis) for c, v in zip(chosen, values, strict=True)]
+    if allowed is not None:
+        masks = [m & a.to(m.device, torch.bool) for m, a in zip(masks, allowed, strict=True)]
+    return masks
+
+
+def filter_masks(values: Sequence[torch.Tensor], keep: int | None,
+                 percents: float | Sequence[float] | None,
+                 allowed: Sequence[torch.Tensor] | None,
+                 options: StructureOptions) -> list[torch.Tensor]:
+    """Whole output filters (dim 0) survive; budget rule in ``group_masks``."""
+    return group_masks(values, keep, percents, allowed, options, axis=0)
+
+
+def channel_masks(values: Sequence[torch.Tensor], keep: int | None,
+                  percents: float | Sequence[float] | None,
+                  allowed: Sequence[torch.Tensor] | None,
+                  options: StructureOptions) -> list[torch.Tensor]:
+    """Whole input channels (dim 1: Conv input channels, Linear columns) survive."""
+    return group_masks(values, keep, percents, allowed, options, axis=1)
+
+
+def _check_nm(n: int, m: int) -> None:
+    if not (isinstance(n, int) and isinstance(m, int) and not isinstance(n, bool)
+            and not isinstance(m, bool) and 1 <= n < m):
+        raise ProjectionError(f"N:M sparsity needs integers 1 <= N < M, got N={n!r}, M={m!r}")
+
+
+def _nm_rows(w: torch.Tensor) -> torch.Tensor:
+    """(out, in, *kernel) as rows along ``in``: (out·kernel, in), ``in`` innermost as in a
+    channels_last implicit GEMM; a Linear (out, in) is itself."""
+    if w.dim() < 2:
+        raise ProjectionError(f"N:M pruning needs tensors with at least 2 dimensions, got "
+                              f"shape {tuple(w.shape)}")
+    return w.movedim(1, -1).reshape(-1, w.shape[1])
+
+
+def nm_survivors(shape: Sequence[int], n: int = 2, m: int = 4) -> int:
+    """Weights an N:M projection keeps in a tensor of this shape (remainder groups of r < M
+    keep min(N, r))."""
+    _check_nm(n, m)
+    width = shape[1]
+    rows = math.prod(shape) // width if width else 0
+    return rows * ((width // m) * n + min(n, width % m))
+
+
+def nm_removed_percent(shapes: Sequence[Sequence[int]], n: int = 2, m: int = 4) -> float:
+    """The removal percent an N:M projection implies for these tensors."""
+    total = sum(math.prod(s) for s in shapes)
+    if total <= 0:
+        raise ProjectionError("there are no prunable weights (N = 0)")
+    return 100.0 * (total - sum(nm_survivors(s, n, m) for s in shapes)) / total
+
+
+def _top_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Mask of the n largest along the last dim; equal scores keep the first."""
+    order = torch.argsort(-scores, dim=-1, stable=True)[..., :n]
+    return torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, order, True)
+
+
+def nm_masks(values: Sequence[torch.Tensor], keep: int | None,
+             percents: float | Sequence[float] | None,
+             allowed: Sequence[torch.Tensor] | None,
+             options: StructureOptions) -> list[torch.Tensor]:
+    """N:M: in every group of M consecutive weights along the input dimension keep the N of
+    largest |w| (equal magnitudes: the first). Conv (out, in, kh, kw): groups run along
+    ``in`` for every (out, kh, kw), the layout of a channels_last implicit GEMM (NVIDIA's
+    ASP does the same). When ``in`` is not a multiple of M, the last group of r < M weights
+    keeps min(N, r). The ratio is fixed by N, M and the shapes (``nm_removed_percent``), so
+    ``keep`` and ``percents`` are ignored."""
+    n, m = options.nm_n, options.nm_m
+    _check_nm(n, m)
+    masks = []
+    for i, v in enumerate(values):
+        rows = _nm_rows(v.detach()).abs()
+        if not bool(torch.isfinite(rows).all()):
+            raise ProjectionError(_NOT_FINITE)
+        if allowed is not None:
+            rows = torch.where(_nm_rows(allowed[i].to(rows.device, torch.bool)), rows, -1.0)
+        width = rows.shape[1]
+        full = width // m * m
+        parts = []
+        if full:
+            parts.append(_top_n(rows[:, :full].reshape(rows.shape[0], -1, m), n)
+                         .reshape(rows.shape[0], full))
+        if width > full:
+            parts.append(_top_n(rows[:, full:], min(n, width - full)))
+        mask_rows = torch.cat(parts, dim=1)
+        moved = [v.shape[0], *v.shape[2:], v.shape[1]]
+        mask = mask_rows.reshape(moved).movedim(-1, 1).contiguous()
+        if allowed is not None:
+            mask &= allowed[i].to(mask.device, torch.bool)
+        masks.append(mask)
+    return masks
+
+
+# name -> projection; the pruner's ``structure`` chooses one
+STRUCTURES: dict[str, Callable[..., list[torch.Tensor]]] = {
+    "unstructured": unstructured_masks,
+    "filter": filter_masks,
+    "channel": channel_masks,
+    "nm": nm_masks,
+}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -20,18 +21,23 @@ from torch import nn
 from . import admm
 from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report
 from .projection import (
+    GROUP_SCORES,
+    STRUCTURES,
     ProjectionError,
+    StructureOptions,
     check_percent,
     compute_scores,
-    global_topk_masks,
-    layerwise_topk_masks,
+    nm_removed_percent,
+    nm_survivors,
     survivor_count,
 )
-from .selection import prunable_parameters
+from .selection import PRUNABLE_TYPES, prunable_parameters
 
 __all__ = ["ADMMPruner", "PrunerError"]
 
 PROJECTIONS = ("global", "layerwise")
+# all_percent may differ from the ratio N:M implies by this many percentage points (rounding)
+NM_PERCENT_TOLERANCE = 0.5
 SUPPORTS = ("weights", "z")
 Z_INITS = ("projection", "weights")
 
@@ -53,7 +59,16 @@ class ADMMPruner:
         p_lambda: L2 regularisation (p_lambda/2)·Σ‖W‖² of the prunable weights.
         projection: ``"global"`` (one budget over all layers) or ``"layerwise"``
             (every layer removes ``layer_percents``, default all_percent each).
-        score: ranking criterion of the Z-step: ``magnitude``, ``rms`` or ``lamp``.
+        score: ranking criterion of the Z-step: ``magnitude``, ``rms`` or ``lamp``
+            (unstructured only).
+        structure: what the Z-step keeps (``admmprune.projection.STRUCTURES``):
+            ``unstructured`` (single weights), ``filter`` (whole output filters; their
+            biases are zeroed and kept zero with them after the hard prune), ``channel``
+            (whole input channels) or ``nm`` (N of every M weights along the input
+            dimension; all_percent must then match the ratio N:M implies, within 0.5).
+        group_score: filter/channel ranking, comparable across layers: ``l2``
+            (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups).
+        nm_n, nm_m: N and M of ``structure="nm"``.
         include, exclude: ``fnmatch`` patterns on module names or full parameter names
             (default: every Conv/Linear weight; frozen and parametrized weights are
             skipped unless named exactly, a shared Parameter counts once; see
@@ -80,6 +95,10 @@ class ADMMPruner:
         exclude: Sequence[str] | None = None,
         z_init: str = "projection",
         allow_regrowth: bool = False,
+        structure: str = "unstructured",
+        group_score: str = "l2",
+        nm_n: int = 2,
+        nm_m: int = 4,
     ) -> None:
         # `not (x >= 1)` and friends also refuse NaN, which fails every comparison
         if not (_is_number(rho) and rho > 0 and math.isfinite(rho)):
@@ -98,6 +117,20 @@ class ADMMPruner:
             raise PrunerError(f"z_init must be one of {Z_INITS}, got {z_init!r}")
         # fails early on an unknown score name
         _checked(compute_scores, [torch.zeros(1)], score)
+        if structure not in STRUCTURES:
+            raise PrunerError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
+        if group_score not in GROUP_SCORES:
+            raise PrunerError(f"group_score must be one of {tuple(GROUP_SCORES)}, got "
+                              f"{group_score!r}")
+        if structure != "unstructured" and score != "magnitude":
+            raise PrunerError(f"score={score!r} ranks single weights (structure "
+                              f"'unstructured'); structure {structure!r} ranks "
+                              "groups by group_score (or N:M by magnitude): drop score")
+        if structure == "nm":
+            _checked(nm_survivors, (1, 1), nm_n, nm_m)
+            if layer_percents is not None:
+                raise PrunerError("layer_percents cannot be used with structure 'nm': "
+                                  "N:M fixes every layer's ratio")
 
         named = prunable_parameters(model, include, exclude)
         self.model = model
@@ -112,6 +145,15 @@ class ADMMPruner:
         self.score = score
         self.z_init = z_init
         self.allow_regrowth = bool(allow_regrowth)
+        self.structure = structure
+        # The last prunable layer's outputs are the model's (its classes): whole-filter
+        # pruning keeps them all; other output layers (detection heads) need `exclude`.
+        fixed = tuple(i == len(self.params) - 1 for i in range(len(self.params))) \
+            if structure == "filter" else ()
+        self.options = StructureOptions(score=score, group_score=group_score, nm_n=nm_n,
+                                        nm_m=nm_m, fixed=fixed)
+        self._biases = _own_biases(model, self.names, self.params) \
+            if structure == "filter" else []
         self.layer_percents = None if layer_percents is None else [float(p) for p in
                                                                    layer_percents]
         if self.layer_percents is not None:
@@ -137,6 +179,8 @@ class ADMMPruner:
     def set_target(self, all_percent: float) -> None:
         """Change the global removal ratio (a progressive stage) without touching Z/U."""
         keep = _checked(survivor_count, self.total, all_percent)
+        if self.structure == "nm":
+            keep = self._nm_keep(all_percent)
         if self.masks is not None and not self.allow_regrowth:
             kept_now = sum(int(m.count_nonzero()) for m in self.masks)
             if keep > kept_now:
@@ -256,10 +300,10 @@ class ADMMPruner:
             masks = self._project(weights)
         # the new enforcer installs completely or not at all; only then is the old one
         # dropped, so an error leaves the previous state intact
-        enforcer = MaskEnforcer(self.params, masks)
+        enforcer = self._new_enforcer(masks)
         if self._enforcer is not None:
             self._enforcer.remove()
-        self.masks = enforcer.masks
+        self.masks = enforcer.masks[:len(self.params)]
         self._enforcer = enforcer
         self.pruned = True
         return self.sparsity()
@@ -296,6 +340,7 @@ class ADMMPruner:
             "u": [u.clone() for u in self.u],
             "masks": None if self.masks is None else [m.clone() for m in self.masks],
             "pruned": self.pruned,
+            "structure": self.structure,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -315,9 +360,14 @@ class ADMMPruner:
         rho = state["rho"]
         if not (_is_number(rho) and 0 < rho < math.inf):
             raise PrunerError(f"pruner state holds rho={rho!r}; it must be a positive number")
+        # states saved before structures existed are unstructured
+        saved_structure = state.get("structure", "unstructured")
+        if saved_structure != self.structure:
+            raise PrunerError(f"pruner state was saved with structure {saved_structure!r}, "
+                              f"this pruner uses {self.structure!r}")
         masks = None if state["masks"] is None else [m.to(device) for m in state["masks"]]
         # built first: if the masks cannot be enforced, nothing has changed yet
-        enforcer = None if masks is None else MaskEnforcer(self.params, masks)
+        enforcer = None if masks is None else self._new_enforcer(masks)
         self.remove_hooks()
         self.masks = None
         self.set_target(state["all_percent"])
@@ -329,7 +379,7 @@ class ADMMPruner:
         self.u = [u.to(device, copy=True) for u in state["u"]]
         self._anchor_for = None
         if enforcer is not None:
-            self.masks = enforcer.masks
+            self.masks = enforcer.masks[:len(self.params)]
             self._enforcer = enforcer
         self.pruned = bool(state["pruned"])
 
@@ -364,15 +414,51 @@ class ADMMPruner:
     def _project(self, values: Sequence[torch.Tensor], raw_scores: bool = False
                  ) -> list[torch.Tensor]:
         """Masks of the projection of ``values`` onto the current sparsity set."""
-        scores = list(values) if raw_scores else compute_scores(values, self.score)
-        if self.masks is not None and not self.allow_regrowth:
-            # Removed entries score -1, below any real score: never chosen again.
-            scores = [torch.where(m, s, -1.0) for s, m in zip(scores, self.masks, strict=True)]
+        # Removed entries may never come back: the projection scores them below all others.
+        allowed = self.masks if self.masks is not None and not self.allow_regrowth else None
+        percents = None
         if self.projection == "layerwise":
             percents = self.layer_percents if self.layer_percents is not None else \
                 self.all_percent
-            return _checked(layerwise_topk_masks, scores, percents)
-        return _checked(global_topk_masks, scores, self.keep)
+        options = replace(self.options, raw_scores=raw_scores)
+        return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
+                        options)
+
+    def _nm_keep(self, all_percent: float) -> int:
+        """The survivors N:M implies; ``all_percent`` must agree with them."""
+        n, m = self.options.nm_n, self.options.nm_m
+        shapes = [tuple(p.shape) for p in self.params]
+        implied = _checked(nm_removed_percent, shapes, n, m)
+        if abs(float(all_percent) - implied) > NM_PERCENT_TOLERANCE:
+            raise PrunerError(f"structure nm {n}:{m} removes {implied:.4g}% of these "
+                              f"weights; set all_percent to {implied:.4g} (got {all_percent})")
+        return sum(nm_survivors(s, n, m) for s in shapes)
+
+    def _new_enforcer(self, masks: Sequence[torch.Tensor]) -> MaskEnforcer:
+        """Enforcer of the weight masks, plus, for filters, the biases of removed filters."""
+        params, all_masks = list(self.params), list(masks)
+        for index, bias in self._biases:
+            params.append(bias)
+            all_masks.append(masks[index].reshape(masks[index].shape[0], -1).any(1)
+                             .to(bias.device))
+        return MaskEnforcer(params, all_masks)
+
+
+def _own_biases(model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor]
+                ) -> list[tuple[int, nn.Parameter]]:
+    """(index of the weight, bias) for every pruned Conv/Linear ``weight`` whose module has a
+    bias with one entry per output filter (transposed convolutions have none: their dim 0
+    is the input)."""
+    found = []
+    for index, (name, weight) in enumerate(zip(names, params, strict=True)):
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        bias = getattr(module, "bias", None)
+        if (attr == "weight" and isinstance(module, PRUNABLE_TYPES)
+                and not getattr(module, "transposed", False)
+                and isinstance(bias, nn.Parameter) and bias.shape == weight.shape[:1]):
+            found.append((index, bias))
+    return found
 
 
 def _is_number(value: object) -> bool:

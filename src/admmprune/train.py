@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .distill import Distillation
 from .tasks import Task, create_task
 
 __all__ = ["NonFiniteLossError", "train_epoch", "evaluate", "make_optimizer", "lr_factor",
@@ -103,6 +104,7 @@ def train_epoch(
     amp: str = "off",
     accumulate: int = 1,
     loss_weight: Callable[[int, int], float] | None = None,
+    distill: Distillation | None = None,
 ) -> dict:
     """One pass over ``batches`` (at most ``max_steps`` mini-batches); returns the mean task
     loss, the task's training metrics (classification: ``accuracy``), steps, seconds,
@@ -121,6 +123,10 @@ def train_epoch(
     accumulating), and ``loss_weight(step, local_examples)`` scales the task loss of batch
     ``step`` so that the average over ranks is the mean over the global batch also when
     the ranks' parts differ in size (the last batch of an epoch).
+
+    ``distill`` mixes in the soft loss of a frozen teacher (:mod:`admmprune.distill`): the
+    loss minimised is ``(1 - w) · task loss + w · soft loss``; the mean soft loss is
+    returned as ``distill_loss`` (``loss`` stays the task loss).
     """
     task = task or _default_task()
     model.train()
@@ -130,7 +136,7 @@ def train_epoch(
     autocast = autocast_for(amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     start = time.perf_counter()
-    loss_sum = 0.0
+    loss_sum = soft_sum = 0.0
     sums: dict[str, float] = {}
     seen = steps = 0
     bar = tqdm(batches, total=total, desc=desc, disable=not progress, leave=False,
@@ -150,9 +156,13 @@ def train_epoch(
             with (autocast or nullcontext)():
                 output = model(x)
                 task_loss = task.loss(output, y)
+                objective = task_loss
+                if distill is not None:
+                    objective, soft = distill.loss(x, task_loss, output)
+                    soft_sum += float(soft) * _count(y, x)
             # The task loss is averaged over the accumulated mini-batches; the penalty, a
             # function of the weights alone, counts once per optimizer step.
-            loss = task_loss / accumulate if accumulate > 1 else task_loss
+            loss = objective / accumulate if accumulate > 1 else objective
             weight = 1.0 if loss_weight is None else loss_weight(steps, _count(y, x))
             if weight != 1.0:
                 loss = loss * weight
@@ -192,6 +202,7 @@ def train_epoch(
     return {
         "loss": loss_sum / max(seen, 1),
         **{k: v / max(seen, 1) for k, v in sums.items()},
+        **({"distill_loss": soft_sum / max(seen, 1)} if distill is not None else {}),
         "steps": steps,
         "seconds": seconds,
         "examples": seen,

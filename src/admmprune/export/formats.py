@@ -88,6 +88,12 @@ def _sparse_names(model: nn.Module, state: Mapping[str, torch.Tensor],
             if name in state and state[name].is_floating_point()}
 
 
+def _bitwise_nonzero(flat: torch.Tensor) -> torch.Tensor:
+    """Entries whose bits are not all zero: -0.0 and NaN included."""
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
+    return flat.view(ints) != 0
+
+
 def _raw_bytes(tensor: torch.Tensor) -> bytes:
     if tensor.numel() == 0:
         return b""
@@ -133,14 +139,28 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     for name, tensor in state.items():
         entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape),
                                  "dtype": _dtype_name(tensor)}
+        flat = tensor.contiguous().view(-1)
+        item_bits = 8 * flat.element_size()
         if name not in supports:
-            entry["layout"] = "raw"
-            entry["segments"] = [add(_raw_bytes(tensor))]
+            # Not pruned, stored exactly; sparse when that is smaller (the biases of dead
+            # units, see admmprune.liveness). Bitwise non-zero, so -0.0 is kept.
+            spec = None
+            if tensor.is_floating_point() and tensor.numel() and bool((flat == 0).any()):
+                positions = torch.nonzero(_bitwise_nonzero(flat)).view(-1).numpy()
+                spec, _ = encoding.choose_positions(positions, tuple(tensor.shape),
+                                                    item_bits, allow_dense=True)
+            if spec is None or spec["encoding"] == "dense":
+                entry["layout"] = "raw"
+                entry["segments"] = [add(_raw_bytes(tensor))]
+            else:
+                entry.update(layout="sparse", nnz=len(positions), positions=spec,
+                             values={"encoding": "raw"})
+                entry["segments"] = [add(s) for s in encoding.encode_positions(
+                    positions, tuple(tensor.shape), spec)]
+                entry["segments"].append(add(_raw_bytes(flat[torch.from_numpy(positions)])))
             entries.append(entry)
             continue
-        flat = tensor.contiguous().view(-1)
         positions = torch.nonzero(supports[name].reshape(-1)).view(-1).numpy()
-        item_bits = 8 * flat.element_size()
         quantized = bits < 32 and tensor.is_floating_point()
         # quantized tensors are never stored dense: a pruned entry would need its own code
         spec, _ = encoding.choose_positions(positions, tuple(tensor.shape),

@@ -12,9 +12,10 @@ from torch import nn
 from .formats import ExportError, load, save_compressed, save_dense, save_onnx
 from .size import format_size_report, size_report
 
-__all__ = ["FORMATS", "default_path", "export_run", "format_export_summary"]
+__all__ = ["DEAD_UNITS", "FORMATS", "default_path", "export_run", "format_export_summary"]
 
 FORMATS = ("compressed", "dense", "onnx")
+DEAD_UNITS = ("auto", "drop", "keep")
 
 
 def default_path(run_dir: Path, fmt: str, bits: int = 32) -> Path:
@@ -95,7 +96,8 @@ def _finetune(model: nn.Module, config, data, device, *, bits: int, epochs: int,
 def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
                out: str | Path | None = None, weights: str | Path | None = None,
                data_dir: str | None = None, evaluate: bool = True,
-               finetune_epochs: int = 0, finetune_lr: float = 1e-4) -> dict:
+               finetune_epochs: int = 0, finetune_lr: float = 1e-4,
+               dead_units: str = "auto") -> dict:
     """Export RUN_DIR/model.pt (or ``weights``); returns a summary dict: path, bytes, the
     model.pt bytes, the size report (compressed), metrics before/after (quantized).
 
@@ -104,7 +106,13 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     :mod:`.finetune`) and write the fine-tuned codebooks; the summary then also holds the
     test metrics after fine-tuning (``finetuned``, measured on the written file) and the
     training loss after quantization and after fine-tuning (``finetune``). Fine-tuning runs
-    on the recipe's device; everything else on the CPU."""
+    on the recipe's device; everything else on the CPU.
+
+    ``dead_units``: ``drop`` zeroes the bias and incoming weights of units that no surviving
+    weight reads (:mod:`admmprune.liveness`; the outputs stay the same, checked on test
+    examples) before writing, ``keep`` stores the state dict as it is, ``auto`` drops them
+    for quantized compressed files, whose values change anyway, and keeps them otherwise
+    (a float32 file is then the state dict bit for bit)."""
     from ..data import DatasetError
     from ..pipeline import build_model, load_data, load_run_config, load_weights, resolve_device
 
@@ -119,13 +127,19 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     if finetune_epochs and (fmt != "compressed" or bits == 32):
         raise ExportError("fine-tuning trains the centroids of quantized values: it needs "
                           "--format compressed with --bits 8, 6, 5 or 4")
+    if dead_units not in DEAD_UNITS:
+        raise ExportError(f"dead_units must be one of {', '.join(DEAD_UNITS)}, got "
+                          f"{dead_units!r}")
+    drop_dead = dead_units == "drop" or (dead_units == "auto" and fmt == "compressed"
+                                          and bits < 32)
     run_dir = Path(run_dir)
     config = load_run_config(run_dir, {"data_dir": data_dir} if data_dir else {})
     device = resolve_device(config.device) if finetune_epochs else torch.device("cpu")
     weights = Path(weights) if weights else run_dir / "model.pt"
     summary: dict = {"format": fmt, "bits": bits, "weights": str(weights)}
     data, num_classes = None, None
-    needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate)
+    needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate) \
+        or drop_dead
     if needs_data or finetune_epochs or config.model_args.get("num_classes") is None:
         splits = ("train", "test") if finetune_epochs else ("test",)
         try:
@@ -135,6 +149,10 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
             if fmt == "onnx":
                 raise ExportError(f"the ONNX export traces the model on a test example, and "
                                   f"the test data cannot be read: {err}") from None
+            if dead_units == "drop":
+                raise ExportError(f"dropping dead units checks the outputs on test "
+                                  f"examples, and the test data cannot be read: {err} (or "
+                                  "export with --dead-units keep)") from None
             if finetune_epochs:
                 raise ExportError(f"fine-tuning the centroids trains on the run's training "
                                   f"data, which cannot be read: {err} (or export without "
@@ -143,6 +161,8 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     model = build_model(config, num_classes)
     load_weights(model, weights, device, config.model)
     model.eval()
+    if drop_dead and data is not None and data.test is not None:
+        summary["dead_units"] = _drop_dead_units(model, data, strict=dead_units == "drop")
     args = _model_args(config, num_classes)
     path = Path(out) if out else default_path(run_dir, fmt, bits)
     if fmt == "compressed" and finetune_epochs:
@@ -189,6 +209,19 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     return summary
 
 
+def _drop_dead_units(model: nn.Module, data, strict: bool) -> dict:
+    """The dead-unit report; without ``strict`` a failed analysis only keeps every unit."""
+    from ..liveness import DeadUnitReport, LivenessError, drop_dead_units
+
+    x, _ = next(iter(data.test))
+    try:
+        return drop_dead_units(model, x[:16].float()).as_dict()
+    except LivenessError as err:
+        if strict:
+            raise ExportError(f"{err} (or export with --dead-units keep)") from None
+        return DeadUnitReport(reason=f"kept every unit: {err}").as_dict()
+
+
 def _check_written(model: nn.Module, written: nn.Module, names) -> None:
     """The file holds exactly the fine-tuned weights (a guard on the lossless re-encoding)."""
     want, got = model.state_dict(), written.state_dict()
@@ -214,6 +247,16 @@ def format_export_summary(summary: dict) -> str:
         ratio = summary["reference_bytes"] / summary["bytes"]
         lines.append(f"{summary['bytes']:,} bytes against {summary['reference_bytes']:,} for "
                      f"{Path(summary['weights']).name} ({ratio:.2f}x)")
+    dead = summary.get("dead_units")
+    if dead is not None:
+        if dead["applied"]:
+            per_layer = ", ".join(f"{k} {v}" for k, v in dead["units"].items())
+            lines.append(f"dead units dropped (nothing reads them): {dead['total_units']} "
+                         f"({per_layer}); {dead['biases_zeroed']} biases and "
+                         f"{dead['weights_zeroed']} weights zeroed; outputs unchanged "
+                         f"(max |difference| {dead['max_abs_diff']:.3g})")
+        elif dead["reason"]:
+            lines.append(dead["reason"])
     if summary.get("onnx_max_abs_diff") is not None:
         lines.append(f"onnxruntime matches PyTorch: max |difference| "
                      f"{summary['onnx_max_abs_diff']:.3g}")

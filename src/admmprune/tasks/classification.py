@@ -28,9 +28,18 @@ class Classification(Task):
     metric = "accuracy"
     metrics = ("accuracy", "top5")
     labels = {"accuracy": "top-1 accuracy", "top5": "top-5 accuracy", "loss": "loss"}
+    # outputs are class logits: a teacher's softened logits can be distilled into them
+    distillable = True
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        # training loss only: evaluate() reports the plain cross-entropy, comparable
+        # across runs whatever their smoothing
+        self.label_smoothing = float(label_smoothing)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(output.float(), target)
+        return F.cross_entropy(output.float(), target, label_smoothing=self.label_smoothing)
 
     def train_sums(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         return {"accuracy": float((output.argmax(1) == target).sum())}

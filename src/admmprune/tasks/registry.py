@@ -29,6 +29,8 @@ class Task(ABC):
     metric: str = ""
     metrics: tuple[str, ...] = ()
     labels: dict[str, str] = {}
+    # the model's output is class logits: distillation from a teacher applies
+    distillable: bool = False
 
     def bind(self, model: nn.Module) -> None:  # noqa: B027 - optional hook, not abstract
         """Learn what the loss needs from the model (detection: anchors and strides of its

@@ -1,0 +1,153 @@
+"""Dead units (admmprune.liveness) and what the compressed export does with them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import admmprune
+from admmprune import liveness
+from admmprune.cli import main
+from admmprune.export import load_state_dict, read_manifest, save_compressed
+from admmprune.liveness import dead_units, drop_dead_units
+
+
+def lenet_with_dead_units() -> tuple[nn.Module, set[int], int]:
+    """LeNet-5 whose fc2 reads no fc1 unit in DEAD, and whose fc1 reads nothing of conv2's
+    channel 3 except through those dead units (so channel 3 dies on the second pass)."""
+    torch.manual_seed(0)
+    model = admmprune.create_model("lenet5").eval()
+    dead = {0, 5, 17, 499}
+    with torch.no_grad():
+        for unit in dead:
+            model.fc2.weight[:, unit] = 0
+        # conv2 channel 3 -> fc1 columns 48..63 (4x4 map each): read only by dead units
+        live = [u for u in range(500) if u not in dead]
+        model.fc1.weight[live, 48:64] = 0
+    return model, dead, 3
+
+
+def test_dead_units_are_the_units_nothing_reads():
+    model, dead, channel = lenet_with_dead_units()
+    found = dead_units(model, torch.randn(2, 1, 28, 28))
+    assert set(torch.nonzero(found["fc1"]).view(-1).tolist()) == dead
+    assert not found["fc2"].any()  # the output layer is never dead
+    assert not found["conv2"].any()  # still read by the dead fc1 units, before zeroing
+
+
+def test_dropping_repeats_until_nothing_is_dead_and_keeps_the_output_exactly():
+    model, dead, channel = lenet_with_dead_units()
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+    report = drop_dead_units(model, x)
+    assert report.applied and report.max_abs_diff == 0.0
+    assert report.units == {"fc1": len(dead), "conv2": 1}
+    assert report.biases_zeroed == len(dead) + 1
+    for unit in dead:
+        assert not model.fc1.weight[unit].any() and model.fc1.bias[unit] == 0
+    assert not model.conv2.weight[channel].any() and model.conv2.bias[channel] == 0
+    with torch.no_grad():
+        assert torch.equal(model(x), before)
+
+
+class Residual(nn.Module):
+    """a(x) + b(x) read by c; d reads the concatenation of a(x) and x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)
+        self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.c = nn.Conv2d(4, 2, 1)
+        self.d = nn.Conv2d(7, 2, 1)
+
+    def forward(self, x):
+        s = torch.relu(self.bn(self.a(x) + self.b(x)))
+        return self.c(s) + self.d(torch.cat([self.a(x), x], 1))
+
+
+def test_residual_partners_die_together_and_every_reader_must_be_zero():
+    torch.manual_seed(0)
+    model = Residual().eval()
+    with torch.no_grad():
+        model.c.weight[:, 1] = 0  # channel 1 of a+b: c does not read it, but d reads a's
+        model.c.weight[:, 3] = 0  # channel 3: neither c nor d reads it -> dead in a and b
+        model.d.weight[:, 3] = 0
+    x = torch.randn(2, 3, 8, 8)
+    found = dead_units(model, x)
+    assert torch.nonzero(found["a"]).view(-1).tolist() == [3]
+    # b's channel 1 is really dead too, but b is coupled to a, which d reads: kept (safe)
+    assert torch.nonzero(found["b"]).view(-1).tolist() == [3]
+    assert not found["c"].any() and not found["d"].any()
+    with torch.no_grad():
+        before = model(x)
+    report = drop_dead_units(model, x)
+    assert report.applied
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=0, rtol=0)
+
+
+def test_a_wrong_analysis_is_caught_and_undone(monkeypatch):
+    model, _, _ = lenet_with_dead_units()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def everything_dead(model, example_inputs, graph=None):
+        return {"fc1": torch.ones(500, dtype=torch.bool)}
+
+    monkeypatch.setattr(liveness, "dead_units", everything_dead)
+    report = drop_dead_units(model, torch.randn(4, 1, 28, 28))
+    assert not report.applied and "changed the output" in report.reason
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_biases_with_zeros_are_stored_sparse_and_exactly(tmp_path):
+    model, _, _ = lenet_with_dead_units()
+    with torch.no_grad():
+        model.fc1.bias[:400] = 0
+        model.fc1.bias[400] = -0.0
+    path = save_compressed(model, tmp_path / "m.apz", model_name="lenet5")
+    entry = {e["name"]: e for e in read_manifest(path)["tensors"]}["fc1.bias"]
+    assert entry["layout"] == "sparse"
+    back = load_state_dict(path)["fc1.bias"]
+    want = model.fc1.bias.detach()
+    assert torch.equal(back.view(torch.int32), want.view(torch.int32))  # -0.0 kept too
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"model": "lenet5", "dataset": "synthetic", "train_subset": 64, "test_subset": 64,
+         "device": "cpu", "progress": False}))
+    model, _, _ = lenet_with_dead_units()
+    torch.save(model.state_dict(), run / "model.pt")
+    return run
+
+
+def test_export_drops_dead_units_for_quantized_files_only_by_default(run_dir, capsys):
+    assert main(["export", str(run_dir), "--bits", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "dead units dropped" in out and "fc1 4" in out
+    quantized = load_state_dict(run_dir / "model-4bit.apz")
+    assert (quantized["fc1.bias"][[0, 5, 17, 499]] == 0).all()
+
+    assert main(["export", str(run_dir)]) == 0  # float32: the state dict as it is
+    assert "dead units" not in capsys.readouterr().out
+    kept = load_state_dict(run_dir / "model.apz")
+    original = torch.load(run_dir / "model.pt", weights_only=True)
+    assert all(torch.equal(kept[k], original[k]) for k in original)
+
+    out_file = run_dir / "dropped.apz"
+    assert main(["export", str(run_dir), "--dead-units", "drop", "--out", str(out_file)]) == 0
+    assert "dead units dropped" in capsys.readouterr().out
+    assert out_file.stat().st_size < (run_dir / "model.apz").stat().st_size
+    dropped = admmprune.load(out_file).eval()
+    reference = admmprune.create_model("lenet5").eval()
+    reference.load_state_dict(original)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(dropped(x), reference(x))
