@@ -151,3 +151,58 @@ def test_export_drops_dead_units_for_quantized_files_only_by_default(run_dir, ca
     x = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(dropped(x), reference(x))
+
+
+# -- live weights in the global filter projection ---------------------------------------------
+
+def test_filter_readers_map_columns_to_the_filters_they_read():
+    from admmprune.liveness import filter_readers
+
+    model = admmprune.create_model("lenet5")
+    names = [n for n, _ in admmprune.prunable_parameters(model)]
+    readers = filter_readers(model, names, torch.randn(2, 1, 28, 28))
+    assert readers[0] == ()  # conv1 reads the image
+    (i, cols, filters), = readers[1]
+    assert i == 0 and torch.equal(cols, torch.arange(20)) and torch.equal(filters, cols)
+    (i, cols, filters), = readers[2]  # fc1 reads conv2's 50 maps of 4x4 through flatten
+    assert i == 1 and torch.equal(filters[cols.argsort()], torch.arange(800) // 16)
+    (i, cols, filters), = readers[3]
+    assert i == 2 and torch.equal(cols, filters)
+
+
+def test_channels_that_meet_a_sum_are_not_mapped():
+    from admmprune.liveness import filter_readers
+
+    model = Residual()
+    names = [n for n, _ in admmprune.prunable_parameters(model)]
+    readers = filter_readers(model, names, torch.randn(2, 3, 8, 8))
+    assert all(entries == () for entries in readers)
+
+
+@pytest.mark.parametrize("percent", [80.0, 95.0])
+def test_global_filter_budget_counts_live_weights_and_zeroes_dead_columns(percent):
+    from admmprune.pruner import ADMMPruner
+
+    torch.manual_seed(0)
+    model = admmprune.create_model("mlp", depth=3, width=64)
+    example = torch.randn(2, 1, 28, 28)
+    pruner = ADMMPruner(model, all_percent=percent, structure="filter",
+                        group_score="lamp", example_inputs=example)
+    pruner.hard_prune()
+    kept = sum(int(m.sum()) for m in pruner.masks)
+    assert kept >= pruner.keep
+    # every column that reads a removed filter is removed too
+    for producer, reader in zip(pruner.masks, pruner.masks[1:], strict=False):
+        removed = ~producer.any(1)
+        assert not reader[:, removed].any()
+    # the same budget without tracing keeps dead columns, so fewer filters survive
+    torch.manual_seed(0)
+    plain = ADMMPruner(admmprune.create_model("mlp", depth=3, width=64), all_percent=percent,
+                       structure="filter", group_score="lamp")
+    plain.hard_prune()
+    filters = [int(m.any(1).sum()) for m in pruner.masks]
+    plain_filters = [int(m.any(1).sum()) for m in plain.masks]
+    assert sum(filters) > sum(plain_filters)
+    # and one budget step less would not reach the target: the budget is the smallest
+    live = sum(int(m.sum()) for m in pruner.masks)
+    assert live - pruner.keep < max(m.shape[1] for m in pruner.masks)

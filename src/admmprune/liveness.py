@@ -24,6 +24,9 @@ from torch import nn
 
 __all__ = ["LivenessError", "DeadUnitReport", "dead_units", "drop_dead_units"]
 
+# Unary ops (autograd node names) through which a filter's channel passes alone
+_UNARY = ("Relu", "Pool", "Gelu", "Silu", "Sigmoid", "Tanh", "Hardtanh", "Elu", "TBackward",
+          "Permute", "View", "Reshape", "Flatten", "Clone", "Squeeze")
 # Torch-Pruning op types through which a channel keeps its identity (or a known index map)
 _PASS_THROUGH = ("CONV", "LINEAR", "BN", "ELEMENTWISE", "RESHAPE", "CONCAT", "SPLIT")
 
@@ -182,22 +185,76 @@ def drop_dead_units(model: nn.Module, example_inputs: torch.Tensor, *,
         model.train(was_training)
 
 
-def _flat_outputs(output) -> list[torch.Tensor]:
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, (list, tuple)):
-        return [t for item in output for t in _flat_outputs(item)]
-    return []
-
-
 def _max_abs_diff(a, b) -> float:
-    pairs = zip(_flat_outputs(a), _flat_outputs(b), strict=True)
+    from .shrink import _tensors
+
+    pairs = zip(_tensors(a), _tensors(b), strict=True)
     return max((float((x.float() - y.float()).abs().max()) for x, y in pairs
                 if x.numel()), default=0.0)
 
 
 def _max_abs(a) -> float:
-    return max((float(x.float().abs().max()) for x in _flat_outputs(a) if x.numel()),
+    from .shrink import _tensors
+
+    return max((float(x.float().abs().max()) for x in _tensors(a) if x.numel()),
                default=0.0)
+
+
+def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Tensor
+                   ) -> tuple[tuple[tuple[int, torch.Tensor, torch.Tensor], ...], ...]:
+    """For each prunable weight ``names[j]``: the input columns (dim 1) it reads from the
+    output filters of other prunable weights, as ``(i, columns, filters)``: column
+    ``columns[k]`` of weight j reads filter ``filters[k]`` of weight i. A column read from
+    several filters (a residual sum) appears under each; a column that reads anything
+    else (the model's input, an op not understood here) appears under none, and is live
+    whatever is pruned. Only plain chains are mapped (activations, pooling, batch norm,
+    flatten); channels that meet a sum, a concatenation or another op are left out, so
+    their readers count as live. Used by the filter projection to count live weights."""
+    was_training = model.training
+    model.eval()  # dropout is traced as a multiplication in training mode
+    try:
+        graph = _graph(model, example_inputs)
+    finally:
+        model.train(was_training)
+    index = {}
+    for j, name in enumerate(names):
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        if attr == "weight" and _is_readable(module) and not getattr(module, "transposed",
+                                                                     False):
+            index[module] = j
+    readers: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in names]
+    for module, i in index.items():
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        units = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                        idxs=list(range(units)))
+        found = []
+        for item in group.items:
+            target = item.dep.target
+            kind = getattr(target.type, "name", str(target.type))
+            if kind not in ("CONV", "LINEAR", "BN", "RESHAPE") and not (
+                    kind == "ELEMENTWISE" and any(op in target.name for op in _UNARY)):
+                # sums, concatenations and unknown ops may mix in other sources (an
+                # identity shortcut from the input): these channels count as read
+                found = None
+                break
+            if target.module is not module and graph.is_out_channel_pruning_fn(
+                    item.dep.handler) and isinstance(target.module, (nn.Linear, nn.Conv1d,
+                                                                     nn.Conv2d, nn.Conv3d)):
+                found = None  # another layer writes the same channels (a residual sum)
+                break
+            reader = target.module
+            if graph.is_in_channel_pruning_fn(item.dep.handler) and reader in index:
+                if getattr(reader, "groups", 1) != 1:
+                    found = None
+                    break
+                found.append((index[reader],
+                              torch.as_tensor([int(c) for c in item.idxs], dtype=torch.long),
+                              torch.as_tensor([int(r) for r in item.root_idxs],
+                                              dtype=torch.long)))
+        for j, columns, filters in found or ():
+            readers[j].append((i, columns, filters))
+    return tuple(tuple(r) for r in readers)

@@ -91,7 +91,8 @@ def _build_task(config: Config) -> Task:
         if config.label_smoothing else task
 
 
-def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner:
+def build_pruner(model: nn.Module, config: Config, stage: int = 0,
+                 example_inputs: torch.Tensor | None = None) -> ADMMPruner:
     return ADMMPruner(
         model,
         all_percent=config.stage_value("all_percent", stage),
@@ -111,6 +112,7 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0) -> ADMMPruner
         group_score=config.group_score,
         nm_n=config.nm_n,
         nm_m=config.nm_m,
+        example_inputs=example_inputs if config.structure == "filter" else None,
     )
 
 
@@ -214,7 +216,7 @@ class Run:
         restore_rng(state, self.rank, self.world)
         if state.get("pruner") is not None:
             stage = min(self.progress.stage, self.config.stages - 1)
-            self.pruner = build_pruner(self.model, self.config, stage)
+            self.pruner = build_pruner(self.model, self.config, stage, self._example())
             self.pruner.load_state_dict(state["pruner"])
         if self._teacher is not None and self.progress.dense_done:
             self._load_teacher()
@@ -237,6 +239,13 @@ class Run:
             self.progress.done = False  # epochs added to a finished retraining
         # no rank writes a new checkpoint before every rank has read this one
         distributed.barrier()
+
+    def _example(self) -> torch.Tensor | None:
+        """Two test inputs (traced by the filter projection), or None without them."""
+        if self.config.structure != "filter" or self.test_batches is None:
+            return None
+        x, _ = next(iter(self.test_batches))
+        return x[:2].to(self.device)
 
     def _load_teacher(self) -> None:
         """The teacher of a resumed run: the dense model its run directory saved."""
@@ -396,7 +405,7 @@ class Run:
         if prog.admm_done:
             return
         if self.pruner is None:
-            self.pruner = build_pruner(self.model, cfg, 0)
+            self.pruner = build_pruner(self.model, cfg, 0, self._example())
             prog.results["prunable_weights"] = self.pruner.total
         while prog.stage < cfg.stages:
             self._admm_stage(prog.stage)

@@ -248,6 +248,10 @@ class StructureOptions:
     # filter/channel: tensors whose groups are all kept (the output layer's filters are
     # the model's outputs, e.g. its classes: removing one would remove a class)
     fixed: tuple[bool, ...] = ()
+    # filter, global: which input columns of each tensor read which filters of another
+    # (admmprune.liveness.filter_readers); when given, the budget counts live weights only
+    # (a column whose filters are all removed is dead and zeroed too)
+    readers: tuple = ()
 
 
 def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
@@ -392,6 +396,8 @@ def group_masks(values: Sequence[torch.Tensor], keep: int | None,
         total = sum(v.numel() for v in values)
         if keep is None or not 0 <= keep <= total:
             raise ProjectionError(f"cannot keep {keep} of {total} entries")
+        if axis == 0 and options.readers:
+            return _live_filter_masks(values, scores, sizes, keep, allowed, options.readers)
         chosen = _select_groups(scores, sizes, keep)
     else:
         if isinstance(percents, (int, float)):
@@ -407,6 +413,69 @@ def group_masks(values: Sequence[torch.Tensor], keep: int | None,
                   for s, sz, v, p, f in zip(scores, sizes, values, percents, fixed,
                                             strict=True)]
     masks = [_expand(c.to(v.device), v, axis) for c, v in zip(chosen, values, strict=True)]
+    if allowed is not None:
+        masks = [m & a.to(m.device, torch.bool) for m, a in zip(masks, allowed, strict=True)]
+    return masks
+
+
+def _live_columns(chosen: Sequence[torch.Tensor], readers, values: Sequence[torch.Tensor]
+                  ) -> list[torch.Tensor | None]:
+    """Per tensor, its input columns still fed by a kept filter (None: all of them)."""
+    live: list[torch.Tensor | None] = []
+    for j, entries in enumerate(readers):
+        if not entries:
+            live.append(None)
+            continue
+        columns = values[j].shape[1]
+        mapped = torch.zeros(columns, dtype=torch.bool)
+        feeding = torch.zeros(columns, dtype=torch.long)
+        for i, cols, filters in entries:
+            mapped[cols] = True
+            feeding.index_add_(0, cols, chosen[i][filters].long())
+        live.append(~mapped | (feeding > 0))
+    return live
+
+
+def _live_count(chosen, live, values) -> int:
+    total = 0
+    for c, col, v in zip(chosen, live, values, strict=True):
+        per_filter = v.numel() // v.shape[0]
+        if col is not None:
+            per_filter = per_filter // v.shape[1] * int(col.sum())
+        total += int(c.sum()) * per_filter
+    return total
+
+
+def _live_filter_masks(values, scores, sizes, keep: int, allowed, readers
+                       ) -> list[torch.Tensor]:
+    """Global filter masks whose LIVE weights reach ``keep``: the smallest budget K' >= keep
+    for the ranking rule of ``group_masks`` such that, once the columns of removed filters
+    are dropped from their readers, at least ``keep`` weights remain (live weights grow
+    with K', so a bisection finds it). Dead columns are removed from the masks."""
+    if len(readers) != len(values):
+        raise ProjectionError(f"got readers for {len(readers)} tensors, not {len(values)}")
+
+    def live_at(budget: int):
+        chosen = _select_groups(scores, sizes, budget)
+        live = _live_columns(chosen, readers, values)
+        return chosen, live, _live_count(chosen, live, values)
+
+    low, high = keep, sum(v.numel() for v in values)
+    best = live_at(high)
+    while low < high:
+        middle = (low + high) // 2
+        attempt = live_at(middle)
+        if attempt[2] >= keep:
+            high, best = middle, attempt
+        else:
+            low = middle + 1
+    chosen, live, _ = best
+    masks = []
+    for c, col, v in zip(chosen, live, values, strict=True):
+        mask = _expand(c.to(v.device), v, 0)
+        if col is not None:
+            mask = mask & _expand(col.to(v.device), v, 1)
+        masks.append(mask)
     if allowed is not None:
         masks = [m & a.to(m.device, torch.bool) for m, a in zip(masks, allowed, strict=True)]
     return masks

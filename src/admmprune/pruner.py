@@ -69,6 +69,10 @@ class ADMMPruner:
         group_score: filter/channel ranking, comparable across layers: ``l2``
             (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups).
         nm_n, nm_m: N and M of ``structure="nm"``.
+        example_inputs: a batch the model accepts. With global ``filter`` structure it
+            lets the pruner trace which columns read which filters, so the budget counts
+            live weights: a removed filter's readers lose those columns too (and they are
+            zeroed). Without it every kept filter counts whole, dead columns included.
         include, exclude: ``fnmatch`` patterns on module names or full parameter names
             (default: every Conv/Linear weight; frozen and parametrized weights are
             skipped unless named exactly, a shared Parameter counts once; see
@@ -99,6 +103,7 @@ class ADMMPruner:
         group_score: str = "l2",
         nm_n: int = 2,
         nm_m: int = 4,
+        example_inputs: torch.Tensor | None = None,
     ) -> None:
         # `not (x >= 1)` and friends also refuse NaN, which fails every comparison
         if not (_is_number(rho) and rho > 0 and math.isfinite(rho)):
@@ -150,8 +155,15 @@ class ADMMPruner:
         # pruning keeps them all; other output layers (detection heads) need `exclude`.
         fixed = tuple(i == len(self.params) - 1 for i in range(len(self.params))) \
             if structure == "filter" else ()
+        # Global filter pruning counts live weights when it can trace the model: a removed
+        # filter also empties the columns that read it (see liveness.filter_readers).
+        readers = ()
+        if structure == "filter" and projection == "global" and example_inputs is not None:
+            from .liveness import filter_readers
+
+            readers = filter_readers(model, self.names, example_inputs)
         self.options = StructureOptions(score=score, group_score=group_score, nm_n=nm_n,
-                                        nm_m=nm_m, fixed=fixed)
+                                        nm_m=nm_m, fixed=fixed, readers=readers)
         self._biases = _own_biases(model, self.names, self.params) \
             if structure == "filter" else []
         self.layer_percents = None if layer_percents is None else [float(p) for p in
