@@ -481,6 +481,8 @@ def test_oneshot_filter_pipeline_respects_the_structure(tmp_path):
         assert bool((weight[dead] == 0).all()) and bool((module.bias[dead] == 0).all())
     assert sum(int((~a).sum()) for a in alive.values()) > 0
     assert summary["kept"] >= survivor_count(summary["total"], 80.0)
+    # the pipeline traced the model: columns that read removed fc1 neurons are gone too
+    assert not model.fc2.weight.detach()[:, ~alive["fc1"]].any()
 
 
 def test_compare_has_the_structured_methods():

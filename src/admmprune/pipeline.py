@@ -241,10 +241,12 @@ class Run:
         distributed.barrier()
 
     def _example(self) -> torch.Tensor | None:
-        """Two test inputs (traced by the filter projection), or None without them."""
-        if self.config.structure != "filter" or self.test_batches is None:
+        """Two inputs traced by the filter projection (test images, else training images:
+        every rank must trace the same way, or their masks would differ)."""
+        batches = self.test_batches if self.test_batches is not None else self.train_batches
+        if self.config.structure != "filter" or batches is None:
             return None
-        x, _ = next(iter(self.test_batches))
+        x, _ = next(iter(batches))
         return x[:2].to(self.device)
 
     def _load_teacher(self) -> None:
