@@ -70,3 +70,18 @@ def digit_set(tmp_path_factory) -> Path:
                  "--train-images", "24", "--val-images", "8", "--canvas", "64",
                  "--seed", "3"]) == 0
     return out
+
+
+def make_run_dir(parent: Path, state: dict, test_subset: int = 64) -> Path:
+    """A finished-looking LeNet-5 run directory on synthetic data: config.yaml + model.pt
+    holding ``state`` (what export, shrink and report read)."""
+    import yaml
+
+    run = parent / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"model": "lenet5", "dataset": "synthetic", "train_subset": 64,
+         "test_subset": test_subset, "device": "cpu", "progress": False}))
+    torch.save(state, run / "model.pt")
+    return run
+

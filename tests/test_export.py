@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import make_run_dir
 from torch import nn
 
 import admmprune
@@ -329,13 +330,7 @@ def test_onnx_output_matches_pytorch(tmp_path):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(
-        {"model": "lenet5", "dataset": "synthetic", "train_subset": 64, "test_subset": 256,
-         "device": "cpu", "progress": False}))
-    torch.save(pruned_lenet(99.0).state_dict(), run / "model.pt")
-    return run
+    return make_run_dir(tmp_path, pruned_lenet(99.0).state_dict(), test_subset=256)
 
 
 def test_export_command_writes_next_to_the_run_and_reports_sizes(run_dir, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
+from conftest import make_run_dir
 from torch import nn
 
 import admmprune
@@ -118,14 +118,7 @@ def test_biases_with_zeros_are_stored_sparse_and_exactly(tmp_path):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(
-        {"model": "lenet5", "dataset": "synthetic", "train_subset": 64, "test_subset": 64,
-         "device": "cpu", "progress": False}))
-    model, _, _ = lenet_with_dead_units()
-    torch.save(model.state_dict(), run / "model.pt")
-    return run
+    return make_run_dir(tmp_path, lenet_with_dead_units()[0].state_dict())
 
 
 def test_export_drops_dead_units_for_quantized_files_only_by_default(run_dir, capsys):

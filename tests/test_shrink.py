@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import yaml
+from conftest import make_run_dir
 from torch import nn
 
 import admmprune
@@ -295,16 +295,10 @@ def test_save_and_load_round_trip(tmp_path):
 
 @pytest.fixture
 def run_dir(tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump(
-        {"model": "lenet5", "dataset": "synthetic", "train_subset": 64, "test_subset": 64,
-         "device": "cpu", "progress": False}))
     torch.manual_seed(5)
     model = admmprune.create_model("lenet5")
     masked(model, filter_masks(model, {"conv1": 10, "conv2": 25, "fc1": 400}))
-    torch.save(model.state_dict(), run / "model.pt")
-    return run
+    return make_run_dir(tmp_path, model.state_dict())
 
 
 def test_shrink_command_prints_the_report_and_writes_a_loadable_file(run_dir, capsys):
