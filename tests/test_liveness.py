@@ -54,19 +54,22 @@ def test_dropping_repeats_until_nothing_is_dead_and_keeps_the_output_exactly():
 
 
 class Residual(nn.Module):
-    """a(x) + b(x) read by c; d reads the concatenation of a(x) and x."""
+    """a(x) + b(x) read by c; d reads the concatenation of a(x) and e(x). (A concatenation
+    with the model's input itself has no known layout in the traced graph: every channel
+    meeting it stays alive.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Conv2d(3, 4, 3, padding=1)
         self.b = nn.Conv2d(3, 4, 3, padding=1)
+        self.e = nn.Conv2d(3, 3, 1)
         self.bn = nn.BatchNorm2d(4)
         self.c = nn.Conv2d(4, 2, 1)
         self.d = nn.Conv2d(7, 2, 1)
 
     def forward(self, x):
         s = torch.relu(self.bn(self.a(x) + self.b(x)))
-        return self.c(s) + self.d(torch.cat([self.a(x), x], 1))
+        return self.c(s) + self.d(torch.cat([self.a(x), self.e(x)], 1))
 
 
 def test_residual_partners_die_together_and_every_reader_must_be_zero():
@@ -94,10 +97,10 @@ def test_a_wrong_analysis_is_caught_and_undone(monkeypatch):
     model, _, _ = lenet_with_dead_units()
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def everything_dead(model, example_inputs, graph=None):
+    def everything_dead(model, graph, blocked):
         return {"fc1": torch.ones(500, dtype=torch.bool)}
 
-    monkeypatch.setattr(liveness, "dead_units", everything_dead)
+    monkeypatch.setattr(liveness, "_dead_units", everything_dead)
     report = drop_dead_units(model, torch.randn(4, 1, 28, 28))
     assert not report.applied and "changed the output" in report.reason
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -199,3 +202,15 @@ def test_global_filter_budget_counts_live_weights_and_zeroes_dead_columns(percen
     # and one budget step less would not reach the target: the budget is the smallest
     live = sum(int(m.sum()) for m in pruner.masks)
     assert live - pruner.keep < max(m.shape[1] for m in pruner.masks)
+
+
+def test_a_channel_mixed_into_its_neighbours_is_not_dead():
+    # LocalResponseNorm divides every channel by its neighbours' energy: a channel the next
+    # layer does not read still changes the channels it does read
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.LocalResponseNorm(3, alpha=1.0),
+                          nn.Conv2d(6, 2, 1)).eval()
+    with torch.no_grad():
+        model[3].weight[:, 2] = 0
+    found = dead_units(model, torch.randn(2, 3, 8, 8))
+    assert not found["0"].any()

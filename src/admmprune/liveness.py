@@ -58,13 +58,17 @@ class DeadUnitReport:
 
 
 def _graph(model: nn.Module, example_inputs: torch.Tensor):
+    """The dependency graph and its blocked nodes (channel-mixing modules, concatenations
+    of unknown layout), as ``admmprune.shrink`` builds them."""
     try:
-        import torch_pruning as tp
+        import torch_pruning  # noqa: F401
     except ImportError:
         raise LivenessError("finding dead units needs torch-pruning: pip install "
                             "torch-pruning (a dependency of admmprune)") from None
+    from .shrink import _build_graph
+
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        return _build_graph(model, example_inputs)
     except Exception as err:  # tracing arbitrary models can fail in many ways
         raise LivenessError(f"could not trace the model's channel dependencies: {err}") \
             from None
@@ -88,12 +92,16 @@ def _is_readable(module: nn.Module) -> bool:
         and module.in_channels % module.groups == 0)
 
 
-def dead_units(model: nn.Module, example_inputs: torch.Tensor,
-               graph=None) -> dict[str, torch.Tensor]:
+def dead_units(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
     """{module name: boolean tensor over its output units, True where dead} for every
     Conv/Linear whose outputs are read only by Conv/Linear layers whose reading weights
-    are all zero. Units of layers that feed the model's output are never dead."""
-    graph = graph if graph is not None else _graph(model, example_inputs)
+    are all zero. Units of layers that feed the model's output are never dead, nor units
+    that pass through a module mixing channels (LocalResponseNorm: a unit nobody reads
+    still changes its neighbours)."""
+    return _dead_units(model, *_graph(model, example_inputs))
+
+
+def _dead_units(model: nn.Module, graph, blocked) -> dict[str, torch.Tensor]:
     names = {module: name for name, module in model.named_modules()}
     result = {}
     for module, name in names.items():
@@ -111,7 +119,7 @@ def dead_units(model: nn.Module, example_inputs: torch.Tensor,
             target = item.dep.target
             kind = getattr(target.type, "name", str(target.type))
             roots = torch.as_tensor([int(r) for r in item.root_idxs], dtype=torch.long)
-            if kind not in _PASS_THROUGH:
+            if kind not in _PASS_THROUGH or target in blocked:
                 dead[roots] = False
                 continue
             reader = target.module
@@ -149,7 +157,7 @@ def drop_dead_units(model: nn.Module, example_inputs: torch.Tensor, *,
         modules = dict(model.named_modules())
         while True:
             changed = False
-            for name, dead in dead_units(model, example_inputs, graph).items():
+            for name, dead in _dead_units(model, *graph).items():
                 module = modules[name]
                 with torch.no_grad():
                     rows = module.weight[dead]
@@ -167,7 +175,7 @@ def drop_dead_units(model: nn.Module, example_inputs: torch.Tensor, *,
             if not changed:
                 break
         report.units = {name: int(dead.sum()) for name, dead in
-                        dead_units(model, example_inputs, graph).items() if bool(dead.any())}
+                        _dead_units(model, *graph).items() if bool(dead.any())}
         with torch.no_grad():
             after = model(example_inputs)
         diff = _max_abs_diff(before, after)
@@ -213,7 +221,7 @@ def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Ten
     was_training = model.training
     model.eval()  # dropout is traced as a multiplication in training mode
     try:
-        graph = _graph(model, example_inputs)
+        graph, blocked = _graph(model, example_inputs)
     finally:
         model.train(was_training)
     index = {}
@@ -235,7 +243,7 @@ def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Ten
         for item in group.items:
             target = item.dep.target
             kind = getattr(target.type, "name", str(target.type))
-            if kind not in ("CONV", "LINEAR", "BN", "RESHAPE") and not (
+            if target in blocked or kind not in ("CONV", "LINEAR", "BN", "RESHAPE") and not (
                     kind == "ELEMENTWISE" and any(op in target.name for op in _UNARY)):
                 # sums, concatenations and unknown ops may mix in other sources (an
                 # identity shortcut from the input): these channels count as read
