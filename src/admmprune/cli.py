@@ -186,9 +186,46 @@ def build_parser() -> argparse.ArgumentParser:
                         "ROOT/val_labels.txt]")
     _add_export_parser(sub)
     _add_shrink_parser(sub)
+    _add_tradeoff_parser(sub)
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
     return parser
+
+
+def _add_tradeoff_parser(sub) -> None:
+    from .records import PUBLISHED
+
+    tradeoff = sub.add_parser(
+        "tradeoff", help="plot finished runs' accuracy against compression, with published "
+        "results",
+        description="Read the summaries of finished classification runs, pool the seeds of "
+                    "each recipe name at each compression (mean; the bar spans the worst and "
+                    "best seed), print the points and draw them on a log compression axis, "
+                    "next to the published pruning results of the same network.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  admmprune tradeoff runs/lenet5-* runs/lenet5-250x-* --published "
+               "lenet5 --out lenet5_tradeoff.png")
+    tradeoff.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                          help="finished run directories")
+    tradeoff.add_argument("--out", type=Path, required=True, help="picture to write (.png, "
+                          ".pdf, .svg)")
+    tradeoff.add_argument("--published", choices=sorted(PUBLISHED), help="mark the published "
+                          "results for this network (and refuse runs of another model)")
+    tradeoff.add_argument("--title", default="", help="plot title")
+
+
+def _cmd_tradeoff(args: argparse.Namespace) -> int:
+    from .records import PUBLISHED, format_tradeoff, plot_tradeoff, tradeoff_points
+
+    try:
+        points = tradeoff_points(args.run_dirs, model=args.published)
+    except ValueError as err:
+        print(f"admmprune tradeoff: error: {err}", file=sys.stderr)
+        return 2
+    published = PUBLISHED.get(args.published, ())
+    print(format_tradeoff(points, published))
+    print(f"wrote {plot_tradeoff(points, args.out, published, args.title)}")
+    return 0
 
 
 @contextmanager
@@ -522,6 +559,7 @@ COMMANDS = {"prune": _cmd_prune, "train": _cmd_train, "eval": _cmd_eval, "compar
             "draw": _cmd_draw,
             "export": _cmd_export,
             "shrink": _cmd_shrink,
+            "tradeoff": _cmd_tradeoff,
             "keys": _cmd_keys}
 
 

@@ -1,0 +1,147 @@
+"""Accuracy against compression: finished runs next to published pruning results.
+
+``admmprune tradeoff RUN_DIR... --published lenet5 --out plot.png`` groups the runs by recipe
+name and compression (seeds of one recipe become one point: mean, with the worst and best seed
+as the bar) and marks the published figures of the literature on the same axes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .report import format_table, read_summary, save_figure
+
+__all__ = ["PublishedPoint", "PUBLISHED", "TradeoffPoint", "tradeoff_points",
+           "format_tradeoff", "plot_tradeoff"]
+
+
+@dataclass(frozen=True)
+class PublishedPoint:
+    method: str
+    reference: str
+    compression: float  # weights before / weights after
+    accuracy: float  # test top-1, percent
+    note: str = ""
+
+
+# Unstructured pruning of the classic MNIST networks, as the papers report them (test error
+# converted to accuracy). Compression counts the pruned layers' weights, as ours does.
+PUBLISHED: dict[str, tuple[PublishedPoint, ...]] = {
+    "lenet5": (
+        PublishedPoint("Han 2015", "Han et al., NIPS 2015", 12.0, 99.23),
+        PublishedPoint("DNS", "Guo et al., NIPS 2016", 108.0, 99.09),
+        PublishedPoint("ADMM", "Zhang et al., ECCV 2018", 71.2, 99.2),
+        PublishedPoint("progressive ADMM", "Ye et al., arXiv:1903.09769", 246.0, 99.0,
+                       "the abstract claims (almost) no loss from a 99.2% baseline"),
+        PublishedPoint("Sparse VD", "Molchanov et al., ICML 2017", 280.0, 99.25),
+    ),
+    "lenet300": (
+        PublishedPoint("Han 2015", "Han et al., NIPS 2015", 12.0, 98.41),
+        PublishedPoint("DNS", "Guo et al., NIPS 2016", 55.6, 98.01),
+        PublishedPoint("Sparse VD", "Molchanov et al., ICML 2017", 68.0, 98.08),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    label: str
+    compression: float
+    accuracies: tuple[float, ...]  # test top-1 of each run, percent
+    dense: tuple[float, ...]
+    seeds: tuple[int, ...]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.accuracies) / len(self.accuracies)
+
+
+def _run_info(run_dir: Path) -> tuple[str, int, str]:
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: is {run_dir} a run directory?")
+    config = yaml.safe_load(config_path.read_text()) or {}
+    name, seed = str(config.get("name", run_dir.name)), int(config.get("seed", 0))
+    for tag in (f"-s{seed}", f"-seed{seed}"):  # runs named per seed pool with their siblings
+        name = name.removesuffix(tag)
+    return name, seed, str(config.get("model", ""))
+
+
+def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None
+                    ) -> list[TradeoffPoint]:
+    """One point per (recipe name, compression); several seeds of one recipe are pooled.
+    A name ending in the run's seed (``-s3``, ``-seed3``) is pooled under the name without it.
+
+    ``model``: refuse runs of another model (published points of one network only)."""
+    groups: dict[tuple[str, float], list[tuple[float, float, int]]] = {}
+    for run_dir in map(Path, run_dirs):
+        summary = read_summary(run_dir)
+        if summary.get("metric", "accuracy") != "accuracy":
+            raise ValueError(f"{run_dir} is a {summary.get('task')} run: the trade-off plot "
+                             "is for classification accuracy")
+        name, seed, run_model = _run_info(run_dir)
+        if model is not None and run_model != model:
+            raise ValueError(f"{run_dir} prunes {run_model!r}, but the published points are "
+                             f"for {model!r}: plot it with --published {run_model} or none")
+        key = (name, round(float(summary["compression"]), 1))
+        groups.setdefault(key, []).append((100 * summary["pruned_accuracy"],
+                                           100 * summary["dense_accuracy"], seed))
+    return [TradeoffPoint(name, compression, tuple(a for a, _, _ in runs),
+                          tuple(d for _, d, _ in runs), tuple(s for _, _, s in runs))
+            for (name, compression), runs in sorted(groups.items(), key=lambda kv: kv[0][::-1])]
+
+
+def format_tradeoff(points: Sequence[TradeoffPoint],
+                    published: Sequence[PublishedPoint] = ()) -> str:
+    rows = [(p.label, f"{p.compression:.1f}x", ",".join(map(str, p.seeds)), f"{p.mean:.2f}",
+             f"{min(p.accuracies):.2f}", f"{max(p.accuracies):.2f}") for p in points]
+    rows += [(f"{q.method} ({q.reference})", f"{q.compression:g}x", "", f"{q.accuracy:.2f}",
+              "", "") for q in published]
+    return format_table(["run / published", "compression", "seeds", "top-1 %", "worst",
+                         "best"], rows)
+
+
+def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
+                  published: Sequence[PublishedPoint] = (), title: str = "") -> Path:
+    """Accuracy (mean over seeds, bar from worst to best seed) against compression, log x,
+    with the published points as labelled stars and the dense models' mean as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label in dict.fromkeys(p.label for p in points):
+        mine = sorted((p for p in points if p.label == label), key=lambda p: p.compression)
+        ys = [p.mean for p in mine]
+        low = [p.mean - min(p.accuracies) for p in mine]
+        high = [max(p.accuracies) - p.mean for p in mine]
+        ax.errorbar([p.compression for p in mine], ys, yerr=[low, high], marker="o",
+                    capsize=3, label=f"admmprune: {label}")
+    for q in published:
+        ax.plot(q.compression, q.accuracy, marker="*", markersize=12, linestyle="none",
+                color="black")
+        ax.annotate(q.method, (q.compression, q.accuracy), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    dense = [d for p in points for d in p.dense]
+    if dense:
+        ax.axhline(sum(dense) / len(dense), color="gray", linestyle="--",
+                   label="dense (mean of the runs' own)")
+    ax.set_xscale("log")
+    ratio = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}x")
+    ax.xaxis.set_major_formatter(ratio)
+    ax.xaxis.set_minor_formatter(ratio)
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel("compression: prunable weights / kept weights (log)")
+    ax.set_ylabel("test top-1 accuracy (%)")
+    ax.set_title(title or "accuracy against compression (stars: published)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="lower left")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out)

@@ -1,0 +1,61 @@
+"""The accuracy-against-compression plot: pooling seeds, published points, refusals."""
+
+import json
+
+import pytest
+import yaml
+
+from admmprune.cli import main
+from admmprune.records import PUBLISHED, plot_tradeoff, tradeoff_points
+
+
+def _run(parent, name, seed, compression, accuracy, model="lenet5", dense=0.9935):
+    run_dir = parent / f"{name}-{seed}-{compression}"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": name, "seed": seed,
+                                                          "model": model}))
+    (run_dir / "summary.json").write_text(json.dumps({
+        "metric": "accuracy", "task": "classification", "compression": compression,
+        "pruned_accuracy": accuracy, "dense_accuracy": dense}))
+    return run_dir
+
+
+def test_seeds_pool_per_name_and_compression(tmp_path):
+    runs = [_run(tmp_path, "rec-s0", 0, 250.0, 0.9910),
+            _run(tmp_path, "rec-s1", 1, 250.0, 0.9890),
+            _run(tmp_path, "rec", 2, 250.0, 0.9903),
+            _run(tmp_path, "rec", 0, 71.42857, 0.9930),
+            _run(tmp_path, "other", 0, 250.0, 0.9800)]
+    points = tradeoff_points(runs, model="lenet5")
+    by_key = {(p.label, p.compression): p for p in points}
+    assert set(by_key) == {("rec", 250.0), ("rec", 71.4), ("other", 250.0)}
+    pooled = by_key[("rec", 250.0)]
+    assert sorted(pooled.seeds) == [0, 1, 2]
+    assert pooled.mean == pytest.approx((99.10 + 98.90 + 99.03) / 3)
+    assert min(pooled.accuracies) == pytest.approx(98.90)
+    assert [p.compression for p in points] == sorted(p.compression for p in points)
+
+
+def test_refuses_another_model_and_unfinished_runs(tmp_path):
+    run = _run(tmp_path, "mlp", 0, 50.0, 0.98, model="lenet300")
+    with pytest.raises(ValueError, match="--published lenet300"):
+        tradeoff_points([run], model="lenet5")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    with pytest.raises(FileNotFoundError, match="not finished"):
+        tradeoff_points([unfinished])
+
+
+def test_plot_and_cli(tmp_path, capsys):
+    runs = [_run(tmp_path, "rec", s, 250.0, 0.990 + s / 1000) for s in range(3)]
+    out = plot_tradeoff(tradeoff_points(runs), tmp_path / "a.png", PUBLISHED["lenet5"])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["tradeoff", *map(str, runs), "--published", "lenet5",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    text = capsys.readouterr().out
+    assert "Sparse VD" in text and "0,1,2" in text and "99.10" in text
+    assert (tmp_path / "b.png").stat().st_size > 1000
+    wrong = _run(tmp_path, "l300", 0, 68.0, 0.98, model="lenet300")
+    assert main(["tradeoff", str(wrong), "--published", "lenet5",
+                 "--out", str(tmp_path / "c.png")]) == 2
+    assert not (tmp_path / "c.png").exists()
