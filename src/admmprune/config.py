@@ -129,6 +129,9 @@ class Config:
     # retraining
     retraining_epochs: int = _key(6, "masked retraining epochs after the last stage")
     retraining_learning_rate: float | None = _key(None, "default: learning_rate")
+    retraining_augment_shift: int | None = _key(
+        None, "random translation of the final retraining's images (default: augment_shift); "
+              "0 fits a small pruned network to the centred images it will be tested on")
     retraining_lr_schedule: str = _key("step", "step: x0.1 for the last third; cosine; constant",
                                        ("step", "cosine", "constant"))
 
@@ -182,6 +185,9 @@ class Config:
             rho_max = self.stage_value("rho_max", s)
             _check(_is_number(rho_max) and rho_max >= rho, "rho_max",
                    f"must be >= rho ({rho}), got {rho_max!r}")
+        _check(self.retraining_augment_shift is None or _is_int(self.retraining_augment_shift)
+               and self.retraining_augment_shift >= 0, "retraining_augment_shift",
+               f"must be an integer >= 0 or null, got {self.retraining_augment_shift!r}")
         for key in ("dense_epochs", "retraining_epochs", "stage_retraining_epochs",
                     "augment_shift"):
             value = getattr(self, key)

@@ -27,6 +27,7 @@ from torch import nn
 from . import distill, distributed, runtime
 from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
+from .data.augment import replace_shift, takes_shift
 from .models import create_model, weights_loader
 from .pruner import ADMMPruner
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
@@ -178,6 +179,10 @@ class Run:
                 raise ConfigError(f"dataset {config.dataset!r} cannot be split across "
                                   "processes (its batches have no shard()); run one process")
             self.train_batches.shard(self.rank, self.world)
+        if config.retraining_augment_shift is not None and self.train_batches is not None \
+                and not takes_shift(self.train_batches):
+            raise ConfigError(f"retraining_augment_shift: dataset {config.dataset!r} has no "
+                              "random shift to change; remove the key")
         _seed_everything(config.seed)
         self.model = build_model(config, self.data.num_classes).to(self.device)
         # Distillation's teacher: copied now, before pruner hooks and DDP touch the model;
@@ -491,6 +496,8 @@ class Run:
             raise RunError(f"{self.run_dir} has not finished its ADMM stage; run "
                            "`admmprune prune --stage admm` (or resume it) first")
         if not prog.done:
+            if cfg.retraining_augment_shift is not None:
+                replace_shift(self.train_batches, cfg.retraining_augment_shift, cfg.seed)
             self._retrain("retrain", cfg.retraining_epochs, "retrain_epoch")
             self._result("pruned")
             prog.done = True

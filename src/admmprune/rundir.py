@@ -38,7 +38,8 @@ RESUME_SAFE_KEYS = {"threads", "device", "progress", "workers", "data_dir", "val
                     "download", "output_dir", "retraining_epochs"}
 # Retraining keys that may still change while retraining has not started (--stage retrain
 # after --stage admm: the user chooses how to retrain once ADMM is done).
-RETRAIN_KEYS = {"retraining_epochs", "retraining_learning_rate", "retraining_lr_schedule"}
+RETRAIN_KEYS = {"retraining_epochs", "retraining_learning_rate", "retraining_lr_schedule",
+                "retraining_augment_shift"}
 
 
 class RunError(RuntimeError):

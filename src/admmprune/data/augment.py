@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["random_shift", "RandomShift"]
+__all__ = ["random_shift", "RandomShift", "takes_shift", "replace_shift"]
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator
@@ -44,3 +44,21 @@ class RandomShift:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return random_shift(images, self.max_shift, self.generator)
+
+
+def takes_shift(batches) -> bool:
+    """Whether ``replace_shift`` can change these training batches' augmentation."""
+    transform = getattr(batches, "transform", "missing")
+    return transform is None or isinstance(transform, RandomShift)
+
+
+def replace_shift(batches, max_shift: int, seed: int) -> None:
+    """Give in-memory training batches (``TensorBatches``) a new ``RandomShift`` (0: none)
+    from the next epoch on; offsets still follow (seed, epoch), so resuming stays exact.
+
+    Raises ValueError for batches that do not augment through a ``transform`` of this kind
+    (streaming datasets, other augmentations)."""
+    if not takes_shift(batches):
+        raise ValueError(f"{type(batches).__name__} does not take a random shift (only the "
+                         "in-memory datasets such as mnist and fashion-mnist do)")
+    batches.transform = RandomShift(max_shift, seed) if max_shift > 0 else None
