@@ -34,6 +34,9 @@ def test_seeds_pool_per_name_and_compression(tmp_path):
     assert pooled.mean == pytest.approx((99.10 + 98.90 + 99.03) / 3)
     assert min(pooled.accuracies) == pytest.approx(98.90)
     assert [p.compression for p in points] == sorted(p.compression for p in points)
+    renamed = tradeoff_points(runs, renames={"rec": "mine", "other": "mine"})
+    assert {(p.label, p.compression, len(p.seeds)) for p in renamed} == {
+        ("mine", 250.0, 4), ("mine", 71.4, 1)}
 
 
 def test_refuses_another_model_and_unfinished_runs(tmp_path):
@@ -55,6 +58,12 @@ def test_plot_and_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Sparse VD" in text and "0,1,2" in text and "99.10" in text
     assert (tmp_path / "b.png").stat().st_size > 1000
+    assert main(["tradeoff", *map(str, runs), "--rename", "rec=the record recipe",
+                 "--out", str(tmp_path / "b.png")]) == 0
+    assert "the record recipe" in capsys.readouterr().out
+    assert main(["tradeoff", str(runs[0]), "--rename", "rec", "--out",
+                 str(tmp_path / "d.png")]) == 2
+    assert "NAME=LABEL" in capsys.readouterr().err
     wrong = _run(tmp_path, "l300", 0, 68.0, 0.98, model="lenet300")
     assert main(["tradeoff", str(wrong), "--published", "lenet5",
                  "--out", str(tmp_path / "c.png")]) == 2

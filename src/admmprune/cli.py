@@ -212,13 +212,24 @@ def _add_tradeoff_parser(sub) -> None:
     tradeoff.add_argument("--published", choices=sorted(PUBLISHED), help="mark the published "
                           "results for this network (and refuse runs of another model)")
     tradeoff.add_argument("--title", default="", help="plot title")
+    tradeoff.add_argument("--rename", action="append", default=[], metavar="NAME=LABEL",
+                          help="show the runs named NAME (after the seed suffix is removed) "
+                          "as LABEL; repeatable")
+
+
+def _name_label(item: str) -> tuple[str, str]:
+    name, sep, label = item.partition("=")
+    if not sep or not name or not label:
+        raise ValueError(f"--rename {item!r}: expected NAME=LABEL")
+    return name, label
 
 
 def _cmd_tradeoff(args: argparse.Namespace) -> int:
     from .records import PUBLISHED, format_tradeoff, plot_tradeoff, tradeoff_points
 
     try:
-        points = tradeoff_points(args.run_dirs, model=args.published)
+        renames = dict(_name_label(item) for item in args.rename)
+        points = tradeoff_points(args.run_dirs, model=args.published, renames=renames)
     except ValueError as err:
         print(f"admmprune tradeoff: error: {err}", file=sys.stderr)
         return 2

@@ -71,12 +71,14 @@ def _run_info(run_dir: Path) -> tuple[str, int, str]:
     return name, seed, str(config.get("model", ""))
 
 
-def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None
-                    ) -> list[TradeoffPoint]:
+def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
+                    renames: dict[str, str] | None = None) -> list[TradeoffPoint]:
     """One point per (recipe name, compression); several seeds of one recipe are pooled.
-    A name ending in the run's seed (``-s3``, ``-seed3``) is pooled under the name without it.
+    A name ending in the run's seed (``-s3``, ``-seed3``) is pooled under the name without it;
+    ``renames`` maps such names to the labels shown (several names may share a label).
 
     ``model``: refuse runs of another model (published points of one network only)."""
+    renames = renames or {}
     groups: dict[tuple[str, float], list[tuple[float, float, int]]] = {}
     for run_dir in map(Path, run_dirs):
         summary = read_summary(run_dir)
@@ -84,6 +86,7 @@ def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None
             raise ValueError(f"{run_dir} is a {summary.get('task')} run: the trade-off plot "
                              "is for classification accuracy")
         name, seed, run_model = _run_info(run_dir)
+        name = renames.get(name, name)
         if model is not None and run_model != model:
             raise ValueError(f"{run_dir} prunes {run_model!r}, but the published points are "
                              f"for {model!r}: plot it with --published {run_model} or none")
