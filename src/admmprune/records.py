@@ -11,9 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from .report import format_table, read_summary, save_figure
+from .rundir import load_run_config
 
 __all__ = ["PublishedPoint", "PUBLISHED", "TradeoffPoint", "tradeoff_points",
            "format_tradeoff", "plot_tradeoff"]
@@ -61,14 +60,11 @@ class TradeoffPoint:
 
 
 def _run_info(run_dir: Path) -> tuple[str, int, str]:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: is {run_dir} a run directory?")
-    config = yaml.safe_load(config_path.read_text()) or {}
-    name, seed = str(config.get("name", run_dir.name)), int(config.get("seed", 0))
-    for tag in (f"-s{seed}", f"-seed{seed}"):  # runs named per seed pool with their siblings
+    config = load_run_config(run_dir)
+    name = config.name
+    for tag in (f"-s{config.seed}", f"-seed{config.seed}"):  # runs named per seed pool together
         name = name.removesuffix(tag)
-    return name, seed, str(config.get("model", ""))
+    return name, config.seed, config.model
 
 
 def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
