@@ -132,6 +132,9 @@ class Config:
     retraining_augment_shift: int | None = _key(
         None, "random translation of the final retraining's images (default: augment_shift); "
               "0 fits a small pruned network to the centred images it will be tested on")
+    retraining_average_epochs: int = _key(
+        0, "keep the mean of the weights after each of the last N retraining epochs "
+           "(stochastic weight averaging; masks hold); 0 keeps the last epoch's weights")
     retraining_lr_schedule: str = _key("step", "step: x0.1 for the last third; cosine; constant",
                                        ("step", "cosine", "constant"))
 
@@ -189,10 +192,14 @@ class Config:
                and self.retraining_augment_shift >= 0, "retraining_augment_shift",
                f"must be an integer >= 0 or null, got {self.retraining_augment_shift!r}")
         for key in ("dense_epochs", "retraining_epochs", "stage_retraining_epochs",
-                    "augment_shift"):
+                    "augment_shift", "retraining_average_epochs"):
             value = getattr(self, key)
             _check(isinstance(value, int) and value >= 0, key, f"must be an integer >= 0, "
                    f"got {value!r}")
+        _check(self.retraining_average_epochs <= self.retraining_epochs,
+               "retraining_average_epochs", f"averages the last epochs of the retraining: at "
+               f"most retraining_epochs ({self.retraining_epochs}), got "
+               f"{self.retraining_average_epochs}")
         for key in ("batch_size", "accumulate", "steps_per_epoch", "train_subset",
                     "test_subset", "threads", "image_size", "resize"):
             value = getattr(self, key)

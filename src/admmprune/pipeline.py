@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import distill, distributed, runtime
+from .averaging import RetrainingAverage
 from .config import Config, ConfigError
 from .data import DataSplits, create_dataset
 from .data.augment import replace_shift, takes_shift
@@ -158,6 +159,7 @@ class Run:
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
         self._ddp: nn.Module | None = None
+        self._average: RetrainingAverage | None = None  # retraining_average_epochs' mean
         self.checkpoints = Checkpoints(self.dir, self.device, self.rank, self.world)
         if resume:
             if not self.dir.has_checkpoint():
@@ -240,6 +242,16 @@ class Run:
                 # data order and global batches are the same; only per-rank random streams
                 # (dropout) differ, so the result is not bitwise the uninterrupted one
                 self.log({"phase": "resume", "world_size": [saved_world, self.world]})
+        if self.config.retraining_average_epochs and "retraining_epochs" in changes \
+                and (progress.retrain_epoch > 0 or progress.done):
+            raise RunError(f"retraining_average_epochs averages the last "
+                           f"{self.config.retraining_average_epochs} retraining epochs, so "
+                           "retraining_epochs cannot change once retraining has started; "
+                           "start a new run (another --run-dir) or keep retraining_epochs "
+                           f"{changes['retraining_epochs'][0]}")
+        if state.get("average") is not None:
+            self._average = self._new_average()
+            self._average.load_state_dict(state["average"])
         if self.progress.done and self.config.retraining_epochs > self.progress.retrain_epoch:
             self.progress.done = False  # epochs added to a finished retraining
         # no rank writes a new checkpoint before every rank has read this one
@@ -275,8 +287,13 @@ class Run:
 
     def save(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Checkpoint the run (collective: every rank calls it, rank 0 writes)."""
+        average = None if self._average is None else self._average.state_dict()
         self.checkpoints.save(model=self.model, pruner=self.pruner, optimizer=optimizer,
-                              progress=self.progress, config=self.config)
+                              progress=self.progress, config=self.config, average=average)
+
+    def _new_average(self) -> RetrainingAverage:
+        return RetrainingAverage(self.model, self.config.retraining_average_epochs,
+                                 self.config.retraining_epochs)
 
     def log(self, record: dict) -> None:
         if self.main:
@@ -483,6 +500,9 @@ class Run:
             stats = self._epoch(optimizer, f"{phase} {epoch + 1}/{total}", lr,
                                 cfg.retraining_lr_schedule, enforce=True,
                                 phase_progress=(epoch, total))
+            if phase == "retrain" and self._average is not None \
+                    and self._average.covers(epoch):
+                self._average.update(self.model)
             stage = {"stage": prog.stage + 1} if phase == "stage_retrain" else {}
             self.log({"phase": phase, **stage, "epoch": epoch + 1, **self._train_record(stats),
                       **self._test_record(), "seconds": stats["seconds"]})
@@ -498,7 +518,14 @@ class Run:
         if not prog.done:
             if cfg.retraining_augment_shift is not None:
                 replace_shift(self.train_batches, cfg.retraining_augment_shift, cfg.seed)
+            if cfg.retraining_average_epochs and self._average is None:
+                self._average = self._new_average()
             self._retrain("retrain", cfg.retraining_epochs, "retrain_epoch")
+            if self._average is not None:
+                self._average.apply(self.model, self.train_batches, self.device)
+                self._metrics = None  # the weights change
+                self.log({"phase": "average", "epochs": self._average.count,
+                          **self._test_record()})
             self._result("pruned")
             prog.done = True
             self._save_weights("model.pt", self.model.state_dict())

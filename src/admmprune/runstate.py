@@ -80,7 +80,7 @@ class Checkpoints:
         self.main = rank == 0
 
     def save(self, *, model: nn.Module, pruner, optimizer: torch.optim.Optimizer | None,
-             progress: Progress, config: Config) -> None:
+             progress: Progress, config: Config, average: dict | None = None) -> None:
         """Collective: every rank calls it (their RNG states are gathered), rank 0 writes."""
         rng = distributed.all_gather_objects(rng_state())
         if not self.main:
@@ -89,6 +89,7 @@ class Checkpoints:
             "model": model.state_dict(),
             "pruner": None if pruner is None else pruner.state_dict(),
             "optimizer": None if optimizer is None else optimizer.state_dict(),
+            "average": average,
             "progress": dataclasses.asdict(progress),
             "config": config.to_dict(),
             "rng": rng[0],
