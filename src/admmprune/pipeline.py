@@ -242,13 +242,6 @@ class Run:
                 # data order and global batches are the same; only per-rank random streams
                 # (dropout) differ, so the result is not bitwise the uninterrupted one
                 self.log({"phase": "resume", "world_size": [saved_world, self.world]})
-        if self.config.retraining_average_epochs and "retraining_epochs" in changes \
-                and (progress.retrain_epoch > 0 or progress.done):
-            raise RunError(f"retraining_average_epochs averages the last "
-                           f"{self.config.retraining_average_epochs} retraining epochs, so "
-                           "retraining_epochs cannot change once retraining has started; "
-                           "start a new run (another --run-dir) or keep retraining_epochs "
-                           f"{changes['retraining_epochs'][0]}")
         if state.get("average") is not None:
             self._average = self._new_average()
             self._average.load_state_dict(state["average"])

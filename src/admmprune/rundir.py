@@ -244,6 +244,13 @@ def resume_changes(saved: dict, new: dict, retraining_started: bool, retrain_epo
     if "retraining_epochs" in changes and changes["retraining_epochs"][1] < retrain_epochs_done:
         raise RunError(f"retraining_epochs {changes['retraining_epochs'][1]} is fewer than the "
                        f"{retrain_epochs_done} retraining epochs already done")
+    if "retraining_epochs" in changes and retraining_started \
+            and new.get("retraining_average_epochs"):
+        raise RunError(f"retraining_average_epochs averages the last "
+                       f"{new['retraining_average_epochs']} retraining epochs, so "
+                       "retraining_epochs cannot change once retraining has started; start a "
+                       "new run (another --run-dir) or keep retraining_epochs "
+                       f"{changes['retraining_epochs'][0]}")
     return changes
 
 
