@@ -6,7 +6,15 @@ import pytest
 import yaml
 
 from admmprune.cli import main
-from admmprune.records import PUBLISHED, plot_tradeoff, tradeoff_points
+from admmprune.records import (
+    PUBLISHED,
+    plot_tradeoff,
+    pool_results,
+    read_results,
+    run_results,
+    tradeoff_points,
+    write_results,
+)
 
 
 def _run(parent, name, seed, compression, accuracy, model="lenet5", dense=0.9935):
@@ -68,3 +76,49 @@ def test_plot_and_cli(tmp_path, capsys):
     assert main(["tradeoff", str(wrong), "--published", "lenet5",
                  "--out", str(tmp_path / "c.png")]) == 2
     assert not (tmp_path / "c.png").exists()
+
+
+def test_results_csv_round_trip_and_plot_without_run_dirs(tmp_path, capsys):
+    runs = [_run(tmp_path, "rec-s0", 0, 250.0, 0.9910),
+            _run(tmp_path, "rec-s1", 1, 250.0, 0.9890)]
+    kept = write_results(run_results(runs), tmp_path / "kept" / "results.csv")
+    assert read_results(kept) == run_results(runs)
+    # the run directories are gone; the CSV and a new run still make the same pooled point
+    for run in runs:
+        for f in run.iterdir():
+            f.unlink()
+        run.rmdir()
+    new = _run(tmp_path, "rec-s2", 2, 250.0, 0.9903)
+    csv_out = tmp_path / "all.csv"
+    assert main(["tradeoff", str(new), "--results", str(kept), "--published", "lenet5",
+                 "--out", str(tmp_path / "p.png"), "--save-results", str(csv_out)]) == 0
+    assert "0,1,2" in capsys.readouterr().out
+    (point,) = pool_results(read_results(csv_out))
+    assert sorted(point.seeds) == [0, 1, 2]
+    assert point.mean == pytest.approx((99.10 + 98.90 + 99.03) / 3)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name,seed\nrec,0\n", "header"),
+    ("name,seed,model,compression,accuracy,dense\nrec,zero,lenet5,250,99.1,99.4\n", "line 2"),
+    ("name,seed,model,compression,accuracy,dense\nrec,0,lenet5,250,99.1\n", "line 2"),
+    ("name,seed,model,compression,accuracy,dense\nrec,0,lenet5,250,0.991,99.4\n"
+     "rec,1,lenet5,250,991,99.4\n", "line 3.*percent"),
+    ("name,seed,model,compression,accuracy,dense\nrec,0,lenet5,nan,99.1,99.4\n", "line 2"),
+])
+def test_bad_results_files_are_refused_with_the_line(tmp_path, capsys, text, message):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_results(bad)
+    assert main(["tradeoff", "--results", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "bad.csv" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_tradeoff_needs_something_to_plot(tmp_path, capsys):
+    assert main(["tradeoff", "--out", str(tmp_path / "x.png")]) == 2
+    assert "nothing to plot" in capsys.readouterr().err
+    assert main(["tradeoff", "--results", str(tmp_path / "missing.csv"),
+                 "--out", str(tmp_path / "x.png")]) == 2
+    assert "no such results file" in capsys.readouterr().err

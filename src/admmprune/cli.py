@@ -201,12 +201,21 @@ def _add_tradeoff_parser(sub) -> None:
         description="Read the summaries of finished classification runs, pool the seeds of "
                     "each recipe name at each compression (mean; the bar spans the worst and "
                     "best seed), print the points and draw them on a log compression axis, "
-                    "next to the published pruning results of the same network.",
+                    "next to the published pruning results of the same network. The runs' "
+                    "results can be kept in a CSV file and plotted again from it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  admmprune tradeoff runs/lenet5-* runs/lenet5-250x-* --published "
+        epilog="examples:\n  admmprune tradeoff runs/lenet5-* runs/lenet5-250x-* --published "
+               "lenet5 --out lenet5_tradeoff.png --save-results lenet5_results.csv\n"
+               "  admmprune tradeoff --results lenet5_results.csv runs/new-* --published "
                "lenet5 --out lenet5_tradeoff.png")
-    tradeoff.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+    tradeoff.add_argument("run_dirs", nargs="*", type=Path, metavar="RUN_DIR",
                           help="finished run directories")
+    tradeoff.add_argument("--results", action="append", default=[], type=Path,
+                          metavar="CSV", help="results kept by --save-results (columns "
+                          "name,seed,model,compression,accuracy,dense; accuracies in "
+                          "percent); repeatable")
+    tradeoff.add_argument("--save-results", type=Path, metavar="CSV", help="write every "
+                          "run read (directories and --results) to this CSV file")
     tradeoff.add_argument("--out", type=Path, required=True, help="picture to write (.png, "
                           ".pdf, .svg)")
     tradeoff.add_argument("--published", choices=sorted(PUBLISHED), help="mark the published "
@@ -225,16 +234,30 @@ def _name_label(item: str) -> tuple[str, str]:
 
 
 def _cmd_tradeoff(args: argparse.Namespace) -> int:
-    from .records import PUBLISHED, format_tradeoff, plot_tradeoff, tradeoff_points
+    from .records import (
+        PUBLISHED,
+        format_tradeoff,
+        plot_tradeoff,
+        pool_results,
+        read_results,
+        run_results,
+        write_results,
+    )
 
     try:
+        if not args.run_dirs and not args.results:
+            raise ValueError("nothing to plot: give finished run directories or --results CSV")
         renames = dict(_name_label(item) for item in args.rename)
-        points = tradeoff_points(args.run_dirs, model=args.published, renames=renames)
+        results = [r for path in args.results for r in read_results(path)]
+        results += run_results(args.run_dirs)
+        points = pool_results(results, model=args.published, renames=renames)
     except ValueError as err:
         print(f"admmprune tradeoff: error: {err}", file=sys.stderr)
         return 2
     published = PUBLISHED.get(args.published, ())
     print(format_tradeoff(points, published))
+    if args.save_results is not None:
+        print(f"wrote {write_results(results, args.save_results)}")
     print(f"wrote {plot_tradeoff(points, args.out, published, args.title)}")
     return 0
 

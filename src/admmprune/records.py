@@ -2,19 +2,24 @@
 
 ``admmprune tradeoff RUN_DIR... --published lenet5 --out plot.png`` groups the runs by recipe
 name and compression (seeds of one recipe become one point: mean, with the worst and best seed
-as the bar) and marks the published figures of the literature on the same axes.
+as the bar) and marks the published figures of the literature on the same axes. The runs'
+results can be kept in a CSV file (``--save-results``) and plotted again from it
+(``--results``) once the run directories are gone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import csv
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from .report import format_table, read_summary, save_figure
 from .rundir import load_run_config
 
-__all__ = ["PublishedPoint", "PUBLISHED", "TradeoffPoint", "tradeoff_points",
+__all__ = ["PublishedPoint", "PUBLISHED", "RunResult", "run_results", "read_results",
+           "write_results", "TradeoffPoint", "pool_results", "tradeoff_points",
            "format_tradeoff", "plot_tradeoff"]
 
 
@@ -59,6 +64,17 @@ class TradeoffPoint:
         return sum(self.accuracies) / len(self.accuracies)
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """One finished run, as the plot needs it (accuracies in percent)."""
+    name: str  # recipe name without the seed suffix
+    seed: int
+    model: str
+    compression: float
+    accuracy: float
+    dense: float
+
+
 def _run_info(run_dir: Path) -> tuple[str, int, str]:
     config = load_run_config(run_dir)
     name = config.name
@@ -67,31 +83,90 @@ def _run_info(run_dir: Path) -> tuple[str, int, str]:
     return name, config.seed, config.model
 
 
-def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
-                    renames: dict[str, str] | None = None) -> list[TradeoffPoint]:
-    """One point per (recipe name, compression); several seeds of one recipe are pooled.
-    A name ending in the run's seed (``-s3``, ``-seed3``) is pooled under the name without it;
-    ``renames`` maps such names to the labels shown (several names may share a label).
-
-    ``model``: refuse runs of another model (published points of one network only)."""
-    renames = renames or {}
-    groups: dict[tuple[str, float], list[tuple[float, float, int]]] = {}
+def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
+    """The results of finished classification runs, read from their directories."""
+    results = []
     for run_dir in map(Path, run_dirs):
         summary = read_summary(run_dir)
         if summary.get("metric", "accuracy") != "accuracy":
             raise ValueError(f"{run_dir} is a {summary.get('task')} run: the trade-off plot "
                              "is for classification accuracy")
-        name, seed, run_model = _run_info(run_dir)
-        name = renames.get(name, name)
-        if model is not None and run_model != model:
-            raise ValueError(f"{run_dir} prunes {run_model!r}, but the published points are "
-                             f"for {model!r}: plot it with --published {run_model} or none")
-        key = (name, round(float(summary["compression"]), 1))
-        groups.setdefault(key, []).append((100 * summary["pruned_accuracy"],
-                                           100 * summary["dense_accuracy"], seed))
-    return [TradeoffPoint(name, compression, tuple(a for a, _, _ in runs),
-                          tuple(d for _, d, _ in runs), tuple(s for _, _, s in runs))
+        name, seed, model = _run_info(run_dir)
+        results.append(RunResult(name, seed, model, float(summary["compression"]),
+                                 100 * summary["pruned_accuracy"],
+                                 100 * summary["dense_accuracy"]))
+    return results
+
+
+_COLUMNS = tuple(f.name for f in fields(RunResult))
+
+
+def write_results(results: Sequence[RunResult], path: str | Path) -> Path:
+    """Keep results as CSV, one run per row, so the plot outlives the run directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(_COLUMNS)
+        writer.writerows(astuple(r) for r in results)
+    return path
+
+
+def read_results(path: str | Path) -> list[RunResult]:
+    """Results written by :func:`write_results` (or by hand, with the same columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such results file")
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or tuple(c.strip() for c in rows[0]) != _COLUMNS:
+        raise ValueError(f"{path}: the first line must be the header {','.join(_COLUMNS)}")
+    results = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        try:
+            name, seed, model, compression, accuracy, dense = (cell.strip() for cell in row)
+            result = RunResult(name, int(seed), model, float(compression), float(accuracy),
+                               float(dense))
+        except ValueError as err:
+            raise ValueError(f"{path}, line {line}: expected {len(_COLUMNS)} columns "
+                             f"{','.join(_COLUMNS)} with numbers where numbers go ({err})"
+                             ) from None
+        numbers = (result.compression, result.accuracy, result.dense)
+        if not name or not all(math.isfinite(x) for x in numbers) or result.compression < 1 \
+                or not all(0 <= x <= 100 for x in numbers[1:]):
+            raise ValueError(f"{path}, line {line}: needs a name, compression >= 1 and "
+                             "accuracies in percent (0-100)")
+        results.append(result)
+    return results
+
+
+def pool_results(results: Iterable[RunResult], model: str | None = None,
+                 renames: dict[str, str] | None = None) -> list[TradeoffPoint]:
+    """One point per (name, compression); several seeds of one recipe are pooled.
+    ``renames`` maps names to the labels shown (several names may share a label).
+
+    ``model``: refuse runs of another model (published points of one network only)."""
+    renames = renames or {}
+    groups: dict[tuple[str, float], list[RunResult]] = {}
+    for result in results:
+        if model is not None and result.model != model:
+            raise ValueError(f"run {result.name!r} (seed {result.seed}) prunes "
+                             f"{result.model!r}, but the published points are for {model!r}: "
+                             f"plot it with --published {result.model} or none")
+        key = (renames.get(result.name, result.name), round(result.compression, 1))
+        groups.setdefault(key, []).append(result)
+    return [TradeoffPoint(name, compression, tuple(r.accuracy for r in runs),
+                          tuple(r.dense for r in runs), tuple(r.seed for r in runs))
             for (name, compression), runs in sorted(groups.items(), key=lambda kv: kv[0][::-1])]
+
+
+def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
+                    renames: dict[str, str] | None = None) -> list[TradeoffPoint]:
+    """:func:`pool_results` of run directories. A name ending in the run's seed (``-s3``,
+    ``-seed3``) is pooled under the name without it."""
+    return pool_results(run_results(run_dirs), model, renames)
 
 
 def format_tradeoff(points: Sequence[TradeoffPoint],
