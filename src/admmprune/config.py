@@ -126,6 +126,9 @@ class Config:
                                    ("weights", "z"))
     stage_retraining_epochs: int = _key(0, "masked retraining epochs between stages")
     allow_regrowth: bool = _key(False, "let a later stage revive weights removed earlier")
+    live_weights: bool = _key(False, "unstructured, global: the budget counts live weights "
+                              "only; a kept weight whose unit nothing kept reads is dropped "
+                              "and the next-ranked weight takes its place")
     # retraining
     retraining_epochs: int = _key(6, "masked retraining epochs after the last stage")
     retraining_learning_rate: float | None = _key(None, "default: learning_rate")
@@ -236,6 +239,10 @@ class Config:
 
 
     def _check_structure(self) -> None:
+        _check(not self.live_weights or self.structure == "unstructured"
+               and self.projection == "global", "live_weights",
+               "needs structure unstructured and projection global (global filter pruning "
+               "counts live weights by itself)")
         _check(self.structure == "unstructured" or self.score == "magnitude", "score",
                f"{self.score!r} ranks single weights; structure {self.structure!r} ranks "
                "groups by group_score: leave score at magnitude")

@@ -208,7 +208,8 @@ def _max_abs(a) -> float:
                default=0.0)
 
 
-def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Tensor
+def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Tensor,
+                   strict: bool = False
                    ) -> tuple[tuple[tuple[int, torch.Tensor, torch.Tensor], ...], ...]:
     """For each prunable weight ``names[j]``: the input columns (dim 1) it reads from the
     output filters of other prunable weights, as ``(i, columns, filters)``: column
@@ -217,7 +218,10 @@ def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Ten
     else (the model's input, an op not understood here) appears under none, and is live
     whatever is pruned. Only plain chains are mapped (activations, pooling, batch norm,
     flatten); channels that meet a sum, a concatenation or another op are left out, so
-    their readers count as live. Used by the filter projection to count live weights."""
+    their readers count as live. Used by the filter projection to count live weights.
+    ``strict``: a layer's filters are mapped only when every Conv/Linear reading them is
+    among ``names``, so that a filter none of the mapped columns reads is truly unread
+    (the unstructured live projection relies on it)."""
     was_training = model.training
     model.eval()  # dropout is traced as a multiplication in training mode
     try:
@@ -255,6 +259,11 @@ def filter_readers(model: nn.Module, names: list[str], example_inputs: torch.Ten
                 found = None  # another layer writes the same channels (a residual sum)
                 break
             reader = target.module
+            if strict and graph.is_in_channel_pruning_fn(item.dep.handler) \
+                    and isinstance(reader, (nn.Linear, nn.modules.conv._ConvNd)) \
+                    and reader not in index:
+                found = None  # read by a layer outside the prunable set: always read
+                break
             if graph.is_in_channel_pruning_fn(item.dep.handler) and reader in index:
                 if getattr(reader, "groups", 1) != 1:
                     found = None

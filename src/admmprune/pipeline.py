@@ -114,7 +114,9 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0,
         group_score=config.group_score,
         nm_n=config.nm_n,
         nm_m=config.nm_m,
-        example_inputs=example_inputs if config.structure == "filter" else None,
+        example_inputs=example_inputs if config.structure == "filter" or config.live_weights
+        else None,
+        live_weights=config.live_weights,
     )
 
 
@@ -251,10 +253,11 @@ class Run:
         distributed.barrier()
 
     def _example(self) -> torch.Tensor | None:
-        """Two inputs traced by the filter projection (test images, else training images:
-        every rank must trace the same way, or their masks would differ)."""
+        """Two inputs traced by the filter and live-weight projections (test images, else
+        training images: every rank must trace the same way, or their masks would differ)."""
         batches = self.test_batches if self.test_batches is not None else self.train_batches
-        if self.config.structure != "filter" or batches is None:
+        if not (self.config.structure == "filter" or self.config.live_weights) \
+                or batches is None:
             return None
         x, _ = next(iter(batches))
         return x[:2].to(self.device)

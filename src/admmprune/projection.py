@@ -248,9 +248,10 @@ class StructureOptions:
     # filter/channel: tensors whose groups are all kept (the output layer's filters are
     # the model's outputs, e.g. its classes: removing one would remove a class)
     fixed: tuple[bool, ...] = ()
-    # filter, global: which input columns of each tensor read which filters of another
-    # (admmprune.liveness.filter_readers); when given, the budget counts live weights only
-    # (a column whose filters are all removed is dead and zeroed too)
+    # global filter or unstructured: which input columns of each tensor read which filters
+    # of another (admmprune.liveness.filter_readers); when given, the budget counts live
+    # weights only (filter: a column whose filters are all removed is dead and zeroed too;
+    # unstructured: a weight whose unit no kept weight reads is dead, see live_projection)
     readers: tuple = ()
 
 
@@ -261,13 +262,18 @@ def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
     """Single weights ranked by ``options.score``: global top-``keep`` or per-layer ratios.
 
     Entries outside ``allowed`` score -1, below any real score: never chosen again unless
-    the budget exceeds the others.
+    the budget exceeds the others. With ``options.readers`` (global only) the budget
+    counts live weights only (``admmprune.live_projection``).
     """
     scores = list(values) if options.raw_scores else compute_scores(values, options.score)
     if allowed is not None:
         scores = [torch.where(m, s, -1.0) for s, m in zip(scores, allowed, strict=True)]
     if percents is not None:
         return layerwise_topk_masks(scores, percents)
+    if options.readers:
+        from .live_projection import live_topk_masks  # it builds on this module
+
+        return live_topk_masks(scores, keep, options.readers, allowed)
     return global_topk_masks(scores, keep)
 
 

@@ -73,6 +73,10 @@ class ADMMPruner:
             lets the pruner trace which columns read which filters, so the budget counts
             live weights: a removed filter's readers lose those columns too (and they are
             zeroed). Without it every kept filter counts whole, dead columns included.
+        live_weights: global ``unstructured`` only, needs ``example_inputs``: the budget
+            counts live weights only. A kept weight whose unit no kept weight reads cannot
+            change the output; it is dropped and the next-ranked live weight takes its
+            place (``admmprune.live_projection``).
         include, exclude: ``fnmatch`` patterns on module names or full parameter names
             (default: every Conv/Linear weight; frozen and parametrized weights are
             skipped unless named exactly, a shared Parameter counts once; see
@@ -104,6 +108,7 @@ class ADMMPruner:
         nm_n: int = 2,
         nm_m: int = 4,
         example_inputs: torch.Tensor | None = None,
+        live_weights: bool = False,
     ) -> None:
         # `not (x >= 1)` and friends also refuse NaN, which fails every comparison
         if not (_is_number(rho) and rho > 0 and math.isfinite(rho)):
@@ -158,6 +163,17 @@ class ADMMPruner:
         # Global filter pruning counts live weights when it can trace the model: a removed
         # filter also empties the columns that read it (see liveness.filter_readers).
         readers = ()
+        if live_weights:
+            if structure != "unstructured" or projection != "global" or example_inputs is None:
+                raise PrunerError("live_weights needs structure 'unstructured', projection "
+                                  "'global' and example_inputs (a batch the model accepts); "
+                                  "global filter pruning counts live weights by itself")
+            from .liveness import LivenessError, filter_readers
+
+            try:
+                readers = filter_readers(model, self.names, example_inputs, strict=True)
+            except LivenessError as err:
+                raise PrunerError(f"live_weights: {err}; or set live_weights false") from None
         if structure == "filter" and projection == "global" and example_inputs is not None:
             from .liveness import filter_readers
 
