@@ -168,10 +168,11 @@ def test_live_weights_refuses_what_it_cannot_do():
     with pytest.raises(PrunerError, match="unstructured"):
         ADMMPruner(model, all_percent=90.0, live_weights=True, structure="filter",
                    example_inputs=torch.randn(2, 1, 28, 28))
-    with pytest.raises(ConfigError, match="live_weights needs structure unstructured"):
-        load_config(None, {"live_weights": True, "structure": "filter"})
-    with pytest.raises(ConfigError, match="live_weights needs"):
+    with pytest.raises(ConfigError, match="set live_weights false"):
+        load_config(None, {"live_weights": True, "structure": "channel"})
+    with pytest.raises(ConfigError, match="set live_weights false"):
         load_config(None, {"live_weights": True, "projection": "layerwise"})
+    assert load_config(None, {"live_weights": True, "structure": "filter"}).live_weights
     assert load_config(None, {"live_weights": True}).live_weights is True
 
 

@@ -84,7 +84,8 @@ def test_run_dir_that_is_a_file_or_under_a_file(tmp_path, capsys):
     (["--model", "mlp", "--model-args", "{depth: -1}"], "depth"),
     (["--rho-growth", ".nan"], "rho_growth"),
     (["--rho-max", ".inf", "--rho", ".inf"], "rho"),
-    (["--layer-percents", "[50, 50]", "--projection", "layerwise"], "layer_percents"),
+    (["--layer-percents", "[50, 50]", "--projection", "layerwise", "--live-weights", "false"],
+     "layer_percents"),
     (["--exclude", "[fc9]"], "fc9"),
 ])
 def test_bad_input_is_refused_before_any_training(tmp_path, capsys, monkeypatch, args,

@@ -239,10 +239,11 @@ class Config:
 
 
     def _check_structure(self) -> None:
-        _check(not self.live_weights or self.structure == "unstructured"
-               and self.projection == "global", "live_weights",
-               "needs structure unstructured and projection global (global filter pruning "
-               "counts live weights by itself)")
+        _check(not self.live_weights or self.projection == "global"
+               and self.structure in ("unstructured", "filter"), "live_weights",
+               f"counts live weights of the global unstructured and filter projections, not "
+               f"of projection {self.projection!r} with structure {self.structure!r}: set "
+               "live_weights false (--live-weights false)")
         _check(self.structure == "unstructured" or self.score == "magnitude", "score",
                f"{self.score!r} ranks single weights; structure {self.structure!r} ranks "
                "groups by group_score: leave score at magnitude")

@@ -116,7 +116,8 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0,
         nm_m=config.nm_m,
         example_inputs=example_inputs if config.structure == "filter" or config.live_weights
         else None,
-        live_weights=config.live_weights,
+        # global filter pruning counts live weights whenever it can trace the model
+        live_weights=config.live_weights and config.structure == "unstructured",
     )
 
 
