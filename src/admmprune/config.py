@@ -128,7 +128,8 @@ class Config:
     allow_regrowth: bool = _key(False, "let a later stage revive weights removed earlier")
     live_weights: bool = _key(False, "unstructured, global: the budget counts live weights "
                               "only; a kept weight whose unit nothing kept reads is dropped "
-                              "and the next-ranked weight takes its place")
+                              "and the next-ranked weight takes its place (global filter "
+                              "pruning always does)")
     # retraining
     retraining_epochs: int = _key(6, "masked retraining epochs after the last stage")
     retraining_learning_rate: float | None = _key(None, "default: learning_rate")

@@ -97,25 +97,25 @@ def live_topk_masks(scores: Sequence[torch.Tensor], keep: int, readers: Readers,
     if not 0 <= keep <= total:
         raise ProjectionError(f"cannot keep {keep} of {total} entries")
 
-    def live_at(budget: int):
-        return live_masks(global_topk_masks(scores, budget), readers)
-
     def permitted(masks):
         if allowed is None:
             return masks
         return [m & a.to(m.device, torch.bool) for m, a in zip(masks, allowed, strict=True)]
+
+    def live_at(budget: int):
+        # a forbidden entry must not keep the unit it reads alive: fence before counting
+        return live_masks(permitted(global_topk_masks(scores, budget)), readers)
 
     low, high = keep, total
     best = live_at(low)
     while low < high:
         middle = (low + high + 1) // 2
         attempt = live_at(middle)
-        if _count(permitted(attempt[0])) <= keep:
+        if _count(attempt[0]) <= keep:
             low, best = middle, attempt
         else:
             high = middle - 1
     live, dead = best
-    live = permitted(live)
     short = keep - _count(live)
     if short <= 0:
         return live

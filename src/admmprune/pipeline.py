@@ -114,11 +114,15 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0,
         group_score=config.group_score,
         nm_n=config.nm_n,
         nm_m=config.nm_m,
-        example_inputs=example_inputs if config.structure == "filter" or config.live_weights
-        else None,
+        example_inputs=example_inputs if _traces_model(config) else None,
         # global filter pruning counts live weights whenever it can trace the model
         live_weights=config.live_weights and config.structure == "unstructured",
     )
+
+
+def _traces_model(config: Config) -> bool:
+    """Whether the pruner traces the model on example inputs (to count live weights)."""
+    return config.structure == "filter" or config.live_weights
 
 
 def _check_selection(model: nn.Module, config: Config) -> None:
@@ -257,8 +261,7 @@ class Run:
         """Two inputs traced by the filter and live-weight projections (test images, else
         training images: every rank must trace the same way, or their masks would differ)."""
         batches = self.test_batches if self.test_batches is not None else self.train_batches
-        if not (self.config.structure == "filter" or self.config.live_weights) \
-                or batches is None:
+        if not _traces_model(self.config) or batches is None:
             return None
         x, _ = next(iter(batches))
         return x[:2].to(self.device)
