@@ -141,6 +141,13 @@ class Config:
            "(stochastic weight averaging; masks hold); 0 keeps the last epoch's weights")
     retraining_lr_schedule: str = _key("step", "step: x0.1 for the last third; cosine; constant",
                                        ("step", "cosine", "constant"))
+    retraining_regrow: float = _key(
+        0.0, "share of each layer's kept weights swapped in the final retraining: smallest "
+             "out, largest gradient in (RigL), decaying to 0; 0 fixes the mask")
+    retraining_regrow_every: int = _key(100, "optimizer steps between mask updates of "
+                                             "retraining_regrow")
+    retraining_regrow_until: float = _key(0.75, "share of the final retraining after which "
+                                                "the mask stays fixed, in (0, 1]")
 
     # -- helpers ---------------------------------------------------------------------------
     @property
@@ -204,10 +211,24 @@ class Config:
                "retraining_average_epochs", f"averages the last epochs of the retraining: at "
                f"most retraining_epochs ({self.retraining_epochs}), got "
                f"{self.retraining_average_epochs}")
+        _check(_is_number(self.retraining_regrow) and 0 <= self.retraining_regrow <= 1,
+               "retraining_regrow", f"must be in [0, 1], got {self.retraining_regrow!r}")
+        _check(_is_number(self.retraining_regrow_until)
+               and 0 < self.retraining_regrow_until <= 1, "retraining_regrow_until",
+               f"must be in (0, 1], got {self.retraining_regrow_until!r}")
+        fixed_from = 1 - self.retraining_average_epochs / max(1, self.retraining_epochs)
+        _check(not self.retraining_regrow or self.retraining_regrow_until <= fixed_from,
+               "retraining_regrow_until", f"the mask must be fixed before the "
+               f"{self.retraining_average_epochs} averaged epochs begin: at most "
+               f"{fixed_from:.4g}, got {self.retraining_regrow_until!r}")
+        _check(not self.retraining_regrow or self.structure == "unstructured",
+               "retraining_regrow", f"swaps single weights; structure {self.structure!r} "
+               "keeps groups (set retraining_regrow: 0)")
         for key in ("batch_size", "accumulate", "steps_per_epoch", "train_subset",
-                    "test_subset", "threads", "image_size", "resize"):
+                    "test_subset", "threads", "image_size", "resize",
+                    "retraining_regrow_every"):
             value = getattr(self, key)
-            required = key in ("batch_size", "accumulate")
+            required = key in ("batch_size", "accumulate", "retraining_regrow_every")
             _check(value is None and not required or _is_int(value) and value >= 1,
                    key, f"must be an integer >= 1, got {value!r}")
         _check(_is_int(self.workers) and self.workers >= 0, "workers",

@@ -55,21 +55,31 @@ class MaskEnforcer:
         # cached complements: enforce() runs after every optimizer step
         self._removed = [~m for m in checked]
         self._handles: list = []
+        self.capture = False
+        self.captured: list[torch.Tensor | None] = [None] * len(params)
         try:
-            for p, removed in zip(params, self._removed, strict=True):
+            for i, p in enumerate(params):
                 if p.requires_grad:
-                    self._handles.append(p.register_hook(self._make_hook(removed)))
+                    self._handles.append(p.register_hook(self._make_hook(i)))
         except BaseException:
             self.remove()
             raise
         _zero(self.params, self._removed)
 
-    @staticmethod
-    def _make_hook(removed: torch.Tensor):
+    def _make_hook(self, index: int):
+        removed = self._removed[index]
+
         def hook(grad: torch.Tensor) -> torch.Tensor:
+            if self.capture:
+                before = self.captured[index]
+                self.captured[index] = grad.detach().clone() if before is None \
+                    else before + grad.detach()
             return grad.masked_fill(removed, 0)
 
         return hook
+
+    def clear_captured(self) -> None:
+        self.captured = [None] * len(self.params)
 
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         _zero(self.params, self._removed)

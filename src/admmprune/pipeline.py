@@ -31,6 +31,7 @@ from .data import DataSplits, create_dataset
 from .data.augment import replace_shift, takes_shift
 from .models import create_model, weights_loader
 from .pruner import ADMMPruner
+from .regrow import MaskRefiner
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
 from .selection import describe_selection, format_selection, prunable_parameters
@@ -160,6 +161,10 @@ class Run:
                               f"split evenly across the {self.world} processes; use a "
                               f"multiple of {self.world} (e.g. "
                               f"{-(-config.batch_size // self.world) * self.world})")
+        if self.world > 1 and config.retraining_regrow:
+            raise ConfigError("retraining_regrow grows weights by each process's own "
+                              "gradients, so the masks would differ between processes; run "
+                              "one process or set retraining_regrow: 0")
         self.device = resolve_device(config.device)
         self.task = _build_task(config)
         self.progress = Progress()
@@ -342,13 +347,18 @@ class Run:
         return optimizer
 
     def _epoch(self, optimizer, desc, lr, schedule, *, penalty=None, enforce=False,
-               phase_progress=(0, 1)):
+               phase_progress=(0, 1), refiner: MaskRefiner | None = None):
         """One training epoch; ``phase_progress=(done, total)`` epochs places it in its
         phase so the learning-rate schedule spans the whole phase."""
         done, total = phase_progress
         cfg = self.config
         self._metrics = None  # the weights change
-        after = (lambda: self.pruner.enforce()) if enforce else None
+        after = None
+        if enforce:
+            def after():
+                self.pruner.enforce()
+                if refiner is not None:
+                    refiner.after_step(optimizer)
         # Every epoch's data order follows from (seed, epoch number): a resumed run sees the
         # batches the uninterrupted run would have seen.
         self.train_batches.set_epoch(self.progress.data_epoch)
@@ -495,20 +505,38 @@ class Run:
         done = getattr(prog, counter)
         # A fresh optimizer: no momentum from the ADMM phase leaks into pruned entries.
         optimizer = self._optimizer(lr, resume_state=done > 0)
+        refiner = self._refiner(done, total) if phase == "retrain" else None
         for epoch in range(done, total):
             start = time.perf_counter()
+            swapped = refiner.swapped if refiner is not None else 0
             stats = self._epoch(optimizer, f"{phase} {epoch + 1}/{total}", lr,
                                 cfg.retraining_lr_schedule, enforce=True,
-                                phase_progress=(epoch, total))
+                                phase_progress=(epoch, total), refiner=refiner)
+            regrown = {"regrown": refiner.swapped - swapped} if refiner is not None else {}
             if phase == "retrain" and self._average is not None \
                     and self._average.covers(epoch):
                 self._average.update(self.model)
             stage = {"stage": prog.stage + 1} if phase == "stage_retrain" else {}
-            self.log({"phase": phase, **stage, "epoch": epoch + 1, **self._train_record(stats),
+            self.log({"phase": phase, **stage, "epoch": epoch + 1, **regrown,
+                      **self._train_record(stats),
                       **self._test_record(), "seconds": stats["seconds"]})
             setattr(prog, counter, epoch + 1)
             self._timed("retrain", time.perf_counter() - start)
             self.save(optimizer)
+        if refiner is not None:
+            refiner.close()
+
+    def _refiner(self, done: int, total: int) -> MaskRefiner | None:
+        """retraining_regrow's mask updates, placed ``done`` of ``total`` epochs in."""
+        cfg = self.config
+        if not cfg.retraining_regrow:
+            return None
+        batches = len(self.train_batches)
+        if cfg.steps_per_epoch:
+            batches = min(batches, cfg.steps_per_epoch)
+        per_epoch = -(-batches // cfg.accumulate)  # optimizer steps
+        return MaskRefiner(self.pruner, cfg.retraining_regrow, cfg.retraining_regrow_every,
+                           cfg.retraining_regrow_until, per_epoch * total, per_epoch * done)
 
     def retrain(self) -> dict:
         cfg, prog = self.config, self.progress

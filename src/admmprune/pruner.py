@@ -19,7 +19,13 @@ import torch
 from torch import nn
 
 from . import admm
-from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report
+from .masks import (
+    LayerSparsity,
+    MaskEnforcer,
+    global_sparsity,
+    sparsity_report,
+    zero_optimizer_state,
+)
 from .projection import (
     GROUP_SCORES,
     STRUCTURES,
@@ -31,6 +37,7 @@ from .projection import (
     nm_survivors,
     survivor_count,
 )
+from .regrow import drop_and_grow
 from .selection import PRUNABLE_TYPES, prunable_parameters
 
 __all__ = ["ADMMPruner", "PrunerError"]
@@ -342,6 +349,43 @@ class ADMMPruner:
         if self._enforcer is None:
             raise PrunerError("enforce() before hard_prune(): there is no mask yet")
         self._enforcer.enforce(optimizer)
+
+    def capture_gradients(self, on: bool) -> None:
+        """Keep (or stop keeping) the dense gradients of the next backward passes, which
+        :meth:`refine_masks` grows by; switching either way forgets what was kept."""
+        if self._enforcer is None:
+            raise PrunerError("capture_gradients() before hard_prune(): there is no mask yet")
+        self._enforcer.capture = bool(on)
+        self._enforcer.clear_captured()
+
+    @torch.no_grad()
+    def refine_masks(self, fraction: float,
+                     optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Swap ``fraction`` of each layer's kept weights by :func:`regrow.drop_and_grow`,
+        using the gradients kept since :meth:`capture_gradients`; returns the number of
+        entries newly kept. Weights moved in start at 0, and so do their optimizer buffers
+        (``optimizer``), whatever they held when they were last kept."""
+        if self.structure != "unstructured":
+            raise PrunerError(f"mask refinement swaps single weights; structure "
+                              f"{self.structure!r} keeps groups")
+        if self._enforcer is None or self.masks is None:
+            raise PrunerError("refine_masks() before hard_prune(): there is no mask yet")
+        gradients = self._enforcer.captured[:len(self.params)]
+        if any(g is None for g in gradients):
+            raise PrunerError("refine_masks() needs the gradients of a backward pass made "
+                              "after capture_gradients(True)")
+        masks = drop_and_grow([p.detach() for p in self.params], gradients, self.masks,
+                              fraction)
+        grown = [new & ~old for new, old in zip(masks, self.masks, strict=True)]
+        enforcer = self._new_enforcer(masks)
+        self._enforcer.remove()
+        self.masks = enforcer.masks[:len(self.params)]
+        self._enforcer = enforcer
+        for p, g in zip(self.params, grown, strict=True):
+            p.masked_fill_(g, 0)
+        if optimizer is not None:
+            zero_optimizer_state(optimizer, self.params, [~g for g in grown])
+        return sum(int(g.count_nonzero()) for g in grown)
 
     def remove_hooks(self) -> None:
         """Detach the gradient hooks (masks are no longer enforced)."""

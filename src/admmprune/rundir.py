@@ -39,7 +39,8 @@ RESUME_SAFE_KEYS = {"threads", "device", "progress", "workers", "data_dir", "val
 # Retraining keys that may still change while retraining has not started (--stage retrain
 # after --stage admm: the user chooses how to retrain once ADMM is done).
 RETRAIN_KEYS = {"retraining_epochs", "retraining_learning_rate", "retraining_lr_schedule",
-                "retraining_augment_shift", "retraining_average_epochs"}
+                "retraining_augment_shift", "retraining_average_epochs", "retraining_regrow",
+                "retraining_regrow_every", "retraining_regrow_until"}
 
 
 class RunError(RuntimeError):
