@@ -85,3 +85,28 @@ def make_run_dir(parent: Path, state: dict, test_subset: int = 64) -> Path:
     torch.save(state, run / "model.pt")
     return run
 
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """``interrupt_training(n)``: the pipeline's n-th training epoch raises KeyboardInterrupt
+    (a Ctrl-C); ``interrupt_training(None)`` lets every epoch run again."""
+    import admmprune.pipeline as pipeline
+
+    real = pipeline.train_epoch
+
+    def arm(call: int | None) -> None:
+        if call is None:
+            monkeypatch.setattr(pipeline, "train_epoch", real)
+            return
+        calls = []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "train_epoch", interrupted)
+
+    return arm

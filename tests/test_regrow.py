@@ -8,13 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-import admmprune.pipeline as pipeline
 from admmprune.config import ConfigError, load_config
 from admmprune.pipeline import run_pipeline
 from admmprune.pruner import ADMMPruner, PrunerError
 from admmprune.regrow import MaskRefiner, drop_and_grow, swap_fraction
-
-REAL_TRAIN_EPOCH = pipeline.train_epoch
 
 
 def config(**overrides):
@@ -161,7 +158,7 @@ def test_bad_values_are_refused():
     config(retraining_average_epochs=2, retraining_regrow_until=0.5)
 
 
-def test_run_moves_weights_keeps_the_count_and_resumes_bitwise(tmp_path, monkeypatch):
+def test_run_moves_weights_keeps_the_count_and_resumes_bitwise(tmp_path, interrupt_training):
     fixed = run_pipeline(config(retraining_regrow=0.0), run_dir=tmp_path / "fixed")
     moved = run_pipeline(config(), run_dir=tmp_path / "moved")
     assert moved["kept"] == fixed["kept"]
@@ -175,18 +172,10 @@ def test_run_moves_weights_keeps_the_count_and_resumes_bitwise(tmp_path, monkeyp
     for name in layers:  # each layer keeps the count the global ADMM gave it
         assert int(final[name].count_nonzero()) <= int(admm[name].count_nonzero())
 
-    epochs = []
-
-    def interrupted(model, batches, optimizer, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 4:  # the second retraining epoch, after one mask update
-            raise KeyboardInterrupt
-        return REAL_TRAIN_EPOCH(model, batches, optimizer, **kwargs)
-
-    monkeypatch.setattr(pipeline, "train_epoch", interrupted)
+    interrupt_training(4)  # the second retraining epoch, after one mask update
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config(), run_dir=tmp_path / "resumed")
-    monkeypatch.setattr(pipeline, "train_epoch", REAL_TRAIN_EPOCH)
+    interrupt_training(None)
     run_pipeline(config(), run_dir=tmp_path / "resumed", resume=True)
     resumed = torch.load(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(final[k], resumed[k]) for k in final)

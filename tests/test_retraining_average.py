@@ -8,13 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-import admmprune.pipeline as pipeline
 from admmprune.averaging import RetrainingAverage, has_batch_norm
 from admmprune.config import ConfigError, load_config
 from admmprune.pipeline import run_pipeline
 from admmprune.rundir import RunError
-
-REAL_TRAIN_EPOCH = pipeline.train_epoch
 
 
 def config(**overrides):
@@ -111,20 +108,12 @@ def test_run_keeps_the_mean_and_the_masks(tmp_path):
     assert last["pruned_accuracy"] == one["pruned_accuracy"]
 
 
-def test_interrupted_inside_the_window_resumes_bitwise(tmp_path, monkeypatch):
+def test_interrupted_inside_the_window_resumes_bitwise(tmp_path, interrupt_training):
     run_pipeline(config(), run_dir=tmp_path / "straight")
-    epochs = []
-
-    def interrupted(model, batches, optimizer, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 5:  # the third retraining epoch: one epoch already averaged
-            raise KeyboardInterrupt
-        return REAL_TRAIN_EPOCH(model, batches, optimizer, **kwargs)
-
-    monkeypatch.setattr(pipeline, "train_epoch", interrupted)
+    interrupt_training(5)  # the third retraining epoch: one epoch already averaged
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(config(), run_dir=tmp_path / "resumed")
-    monkeypatch.setattr(pipeline, "train_epoch", REAL_TRAIN_EPOCH)
+    interrupt_training(None)
     run_pipeline(config(), run_dir=tmp_path / "resumed", resume=True)
     a = torch.load(tmp_path / "straight" / "model.pt")
     b = torch.load(tmp_path / "resumed" / "model.pt")
