@@ -12,6 +12,7 @@ from admmprune.config import ConfigError, load_config
 from admmprune.pipeline import run_pipeline
 from admmprune.pruner import ADMMPruner, PrunerError
 from admmprune.regrow import MaskRefiner, drop_and_grow, swap_fraction
+from admmprune.rundir import RunError, resume_changes
 
 
 def config(**overrides):
@@ -186,3 +187,13 @@ def test_chosen_after_the_admm_stage(tmp_path):
     summary = run_pipeline(config(), run_dir=tmp_path / "run", stage="retrain")
     assert summary["complete"]
     assert _records(tmp_path / "run", "retrain")[0]["regrown"] > 0
+
+
+def test_a_run_saved_before_the_key_existed_records_the_choice():
+    saved = {k: v for k, v in config().to_dict().items() if not k.startswith("retraining_regrow")}
+    new = config(retraining_regrow=0.2).to_dict()
+    changes = resume_changes(saved, new, retraining_started=False, retrain_epochs_done=0)
+    assert changes == {"retraining_regrow": [0.0, 0.2], "retraining_regrow_until": [0.75, 0.5],
+                       "retraining_regrow_every": [100, 2]}
+    with pytest.raises(RunError, match="retraining_regrow"):
+        resume_changes(saved, new, retraining_started=True, retrain_epochs_done=1)

@@ -233,7 +233,11 @@ def resume_changes(saved: dict, new: dict, retraining_started: bool, retrain_epo
                    ) -> dict:
     """The keys ``new`` changes relative to the config ``saved`` with a run, as
     {key: [old, new]}; raises RunError when a change would alter what the run is."""
-    changes = {k: [saved.get(k), v] for k, v in new.items() if saved.get(k, v) != v}
+    # a key newer than the saved run ran at its default there: choosing another value is a
+    # change like any other (logged, written to config.yaml, refused if it alters the run)
+    defaults = Config().to_dict() if saved else {}
+    before = {k: saved.get(k, defaults.get(k, v)) for k, v in new.items()}
+    changes = {k: [before[k], v] for k, v in new.items() if before[k] != v}
     allowed = RESUME_SAFE_KEYS | (set() if retraining_started else RETRAIN_KEYS)
     refused = sorted(set(changes) - allowed)
     if refused:
