@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # the pruner imports this module
+    from .pruner import ADMMPruner
 
 __all__ = ["drop_and_grow", "swap_fraction", "MaskRefiner"]
 
@@ -61,11 +65,11 @@ def swap_fraction(initial: float, progress: float, until: float) -> float:
 
 class MaskRefiner:
     """Drives :func:`drop_and_grow` from a training loop: call ``after_step(optimizer)``
-    after every optimizer step. ``pruner`` is a hard-pruned :class:`~admmprune.pruner.Pruner`;
+    after every optimizer step. ``pruner`` is a hard-pruned :class:`~admmprune.pruner.ADMMPruner`;
     ``step`` counts optimizer steps of a retraining of ``total_steps`` (a resumed one starts
     at the steps already done)."""
 
-    def __init__(self, pruner, fraction: float, every: int, until: float,
+    def __init__(self, pruner: ADMMPruner, fraction: float, every: int, until: float,
                  total_steps: int, step: int = 0) -> None:
         if every < 1 or total_steps < 1:
             raise ValueError(f"every ({every}) and total_steps ({total_steps}) must be >= 1")
