@@ -86,7 +86,6 @@ def make_run_dir(parent: Path, state: dict, test_subset: int = 64) -> Path:
     return run
 
 
-
 @pytest.fixture
 def interrupt_training(monkeypatch):
     """``interrupt_training(n)``: the pipeline's n-th training epoch raises KeyboardInterrupt

@@ -333,13 +333,7 @@ class ADMMPruner:
             masks = self._project([z.abs() for z in self.z], raw_scores=True)
         else:
             masks = self._project(weights)
-        # the new enforcer installs completely or not at all; only then is the old one
-        # dropped, so an error leaves the previous state intact
-        enforcer = self._new_enforcer(masks)
-        if self._enforcer is not None:
-            self._enforcer.remove()
-        self.masks = enforcer.masks[:len(self.params)]
-        self._enforcer = enforcer
+        self._install(masks)
         self.pruned = True
         return self.sparsity()
 
@@ -363,8 +357,8 @@ class ADMMPruner:
                      optimizer: torch.optim.Optimizer | None = None) -> int:
         """Swap ``fraction`` of each layer's kept weights by :func:`regrow.drop_and_grow`,
         using the gradients kept since :meth:`capture_gradients`; returns the number of
-        entries newly kept. Weights moved in start at 0, and so do their optimizer buffers
-        (``optimizer``), whatever they held when they were last kept."""
+        entries newly kept. Weights moved in start at 0 (they were held there), and so do
+        their optimizer buffers (``optimizer``), whatever they held when last kept."""
         if self.structure != "unstructured":
             raise PrunerError(f"mask refinement swaps single weights; structure "
                               f"{self.structure!r} keeps groups")
@@ -377,12 +371,7 @@ class ADMMPruner:
         masks = drop_and_grow([p.detach() for p in self.params], gradients, self.masks,
                               fraction)
         grown = [new & ~old for new, old in zip(masks, self.masks, strict=True)]
-        enforcer = self._new_enforcer(masks)
-        self._enforcer.remove()
-        self.masks = enforcer.masks[:len(self.params)]
-        self._enforcer = enforcer
-        for p, g in zip(self.params, grown, strict=True):
-            p.masked_fill_(g, 0)
+        self._install(masks)  # grown entries were enforced at 0 until now
         if optimizer is not None:
             zero_optimizer_state(optimizer, self.params, [~g for g in grown])
         return sum(int(g.count_nonzero()) for g in grown)
@@ -505,6 +494,15 @@ class ADMMPruner:
             raise PrunerError(f"structure nm {n}:{m} removes {implied:.4g}% of these "
                               f"weights; set all_percent to {implied:.4g} (got {all_percent})")
         return sum(nm_survivors(s, n, m) for s in shapes)
+
+    def _install(self, masks: Sequence[torch.Tensor]) -> None:
+        """Enforce ``masks`` from now on. The new enforcer installs completely or not at all;
+        only then is the old one dropped, so an error leaves the previous state intact."""
+        enforcer = self._new_enforcer(masks)
+        if self._enforcer is not None:
+            self._enforcer.remove()
+        self.masks = enforcer.masks[:len(self.params)]
+        self._enforcer = enforcer
 
     def _new_enforcer(self, masks: Sequence[torch.Tensor]) -> MaskEnforcer:
         """Enforcer of the weight masks, plus, for filters, the biases of removed filters."""
