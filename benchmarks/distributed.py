@@ -37,11 +37,11 @@ import torch.multiprocessing as mp
 
 import admmprune  # noqa: F401  (CPU defaults before torch does any work)
 from admmprune import distributed
-from admmprune.config import load_config
-from admmprune.pipeline import build_model, build_pruner, load_data
-from admmprune.report import format_table
-from admmprune.runstate import rng_state
-from admmprune.train import make_optimizer, train_epoch
+from admmprune.runs.config import load_config
+from admmprune.runs.pipeline import build_model, build_pruner, load_data
+from admmprune.runs.runstate import rng_state
+from admmprune.runs.train import make_optimizer, train_epoch
+from admmprune.tables import format_table
 
 TARGET_SHARE = 0.05
 

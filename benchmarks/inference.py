@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 import admmprune
+from admmprune.channels.liveness import drop_dead_units
 from admmprune.export import save_compressed, save_dense, save_onnx
-from admmprune.liveness import drop_dead_units
+from admmprune.export.sparse import sparse_layers, sparsify
 from admmprune.projection import compute_scores, global_topk_masks, survivor_count
-from admmprune.report import format_table
-from admmprune.sparse import sparse_layers, sparsify
+from admmprune.tables import format_table
 
 
 def prune(model: nn.Module, percent: float, score: str) -> None:

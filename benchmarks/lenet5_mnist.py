@@ -34,10 +34,16 @@ from typing import Any
 import torch
 
 import admmprune
-from admmprune.config import Config, load_config, parse_value
-from admmprune.pipeline import build_pruner, load_data, new_run_dir, resolve_device, run_pipeline
-from admmprune.report import format_table
-from admmprune.train import evaluate, make_optimizer, train_epoch
+from admmprune.runs.config import Config, load_config, parse_value
+from admmprune.runs.pipeline import (
+    build_pruner,
+    load_data,
+    new_run_dir,
+    resolve_device,
+    run_pipeline,
+)
+from admmprune.runs.train import evaluate, make_optimizer, train_epoch
+from admmprune.tables import format_table
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lenet5.yaml"
 OVERHEAD_TARGET = 1.15

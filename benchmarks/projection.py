@@ -46,7 +46,7 @@ from admmprune.projection import (
     magnitude_scores,
     survivor_count,
 )
-from admmprune.report import format_table
+from admmprune.tables import format_table
 
 # (kind, shape) of AlexNet's prunable tensors: 5 convolutions and 3 linear layers.
 ALEXNET_SHAPES: list[tuple[str, tuple[int, ...]]] = [

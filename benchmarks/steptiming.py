@@ -7,7 +7,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from admmprune.report import format_table
+from admmprune.tables import format_table
 
 W_STEP_TARGET = 1.10
 

@@ -37,8 +37,8 @@ from steptiming import alternate
 from torch import nn
 
 import admmprune
-from admmprune.report import format_table
-from admmprune.shrink import shrink
+from admmprune.channels.shrink import shrink
+from admmprune.tables import format_table
 
 
 def filter_rule() -> tuple[str, object]:
@@ -135,7 +135,7 @@ def bench(label: str, model: nn.Module, shape: tuple[int, ...], repeats: int,
 
 
 def run_model(run_dir: Path) -> tuple[str, nn.Module, tuple[int, ...]]:
-    from admmprune.pipeline import build_model, load_data, load_run_config, load_weights
+    from admmprune.runs.pipeline import build_model, load_data, load_run_config, load_weights
 
     config = load_run_config(run_dir, {})
     data = load_data(config, torch.device("cpu"), splits=("test",))

@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from admmprune.report import format_table
+from admmprune.tables import format_table
 
 # Inherited values would decide the measurement; every configuration states its own.
 CONTROLLED = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",

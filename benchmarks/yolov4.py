@@ -31,7 +31,7 @@ from torch import nn
 
 import admmprune
 from admmprune import ADMMPruner
-from admmprune.report import format_table
+from admmprune.tables import format_table
 from admmprune.tasks import create_task
 
 

@@ -90,7 +90,7 @@ def make_run_dir(parent: Path, state: dict, test_subset: int = 64) -> Path:
 def interrupt_training(monkeypatch):
     """``interrupt_training(n)``: the pipeline's n-th training epoch raises KeyboardInterrupt
     (a Ctrl-C); ``interrupt_training(None)`` lets every epoch run again."""
-    import admmprune.pipeline as pipeline
+    import admmprune.runs.pipeline as pipeline
 
     real = pipeline.train_epoch
 

@@ -285,7 +285,7 @@ def test_entry_that_is_not_weight_and_bias(tmp_path):
 
 
 def test_unreadable_file_raises_value_error_and_the_pipeline_reports_it(tmp_path):
-    from admmprune.pipeline import RunError, load_weights
+    from admmprune.runs.pipeline import RunError, load_weights
 
     path = tmp_path / "garbage.npy"
     path.write_bytes(b"this is not numpy" * 10)

@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import REPO
 
-import admmprune.pipeline as pipeline
+import admmprune.runs.pipeline as pipeline
 from admmprune.cli import main
-from admmprune.config import load_config
-from admmprune.pipeline import run_pipeline
-from admmprune.rundir import (
+from admmprune.runs.config import load_config
+from admmprune.runs.pipeline import run_pipeline
+from admmprune.runs.rundir import (
     CheckpointError,
     RunDirectory,
     load_checked,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import admmprune.pipeline as pipeline
+import admmprune.runs.pipeline as pipeline
 from admmprune.cli import build_parser, main
 from admmprune.models import registry
 

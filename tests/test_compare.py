@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from admmprune.compare import METHODS, markdown_table, method_config, plot_compare, run_compare
-from admmprune.config import ConfigError, load_config
+from admmprune.runs.compare import METHODS, markdown_table, method_config, plot_compare, run_compare
+from admmprune.runs.config import ConfigError, load_config
 
 TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64,
         "dense_epochs": 1, "k_step": 2, "epochs": 1, "retraining_epochs": 1,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from admmprune.config import Config, ConfigError, load_config, parse_value
+from admmprune.runs.config import Config, ConfigError, load_config, parse_value
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 

@@ -132,16 +132,16 @@ def test_eval_reads_the_test_split_only(tmp_path, mnist_dir, monkeypatch):
     assert main(["prune", "recipes/lenet5.yaml", "--data-dir", str(mnist_dir),
                  "--train-subset", "200", "--test-subset", "100", "--run-dir", str(run_dir),
                  *TINY]) == 0
-    import admmprune.pipeline as pipeline
+    import admmprune.runs.build as build
 
     asked = []
-    real = pipeline.create_dataset
+    real = build.create_dataset
 
     def spy(name, options, device, splits):
         asked.append(tuple(splits))
         return real(name, options, device, splits)
 
-    monkeypatch.setattr(pipeline, "create_dataset", spy)
+    monkeypatch.setattr(build, "create_dataset", spy)
     assert main(["eval", str(run_dir)]) == 0
     assert asked == [("test",)]
 

@@ -13,7 +13,6 @@ import torch
 from conftest import real_mnist_dir
 from PIL import Image, ImageDraw
 
-from admmprune.config import Config
 from admmprune.data import create_dataset, load_mnist
 from admmprune.data.coco import CocoDetection, coco_splits, find_coco_split, read_coco
 from admmprune.data.detection import (
@@ -33,6 +32,7 @@ from admmprune.data.digits import (
 from admmprune.data.loader import StreamBatches
 from admmprune.data.mnist import MNIST, DatasetError
 from admmprune.data.voc import VOC_CLASSES, VOCDetection, find_voc_root, read_voc_xml
+from admmprune.runs.config import Config
 
 RED, GREY = (230, 20, 20), (110, 110, 110)
 

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import admmprune.pipeline as pipeline
-from admmprune.config import ConfigError, load_config
-from admmprune.distill import Distillation, combined_loss, distillation_loss, frozen_copy
-from admmprune.pipeline import Run, RunError, run_pipeline
+import admmprune.runs.pipeline as pipeline
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.distill import Distillation, combined_loss, distillation_loss, frozen_copy
+from admmprune.runs.pipeline import Run, RunError, run_pipeline
+from admmprune.runs.train import train_epoch
 from admmprune.tasks import create_task
-from admmprune.train import train_epoch
 
 
 def logits(seed: int, rows: int = 6, classes: int = 5) -> torch.Tensor:

@@ -15,13 +15,13 @@ import torch.multiprocessing as mp
 from conftest import REPO
 from torch.utils.data import Dataset
 
-import admmprune.pipeline as pipeline
-from admmprune.config import ConfigError, load_config
+import admmprune.runs.pipeline as pipeline
 from admmprune.data.augment import RandomShift
 from admmprune.data.loader import StreamBatches
 from admmprune.data.mnist import TensorBatches
 from admmprune.distributed import fingerprint, shard_bounds
-from admmprune.pipeline import run_pipeline
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.pipeline import run_pipeline
 
 # SGD: rounding differences between one and two processes stay at rounding size (Adam's
 # normalisation can blow tiny differences of near-zero gradients up to a learning rate).

@@ -3,7 +3,7 @@ from dataclasses import fields
 
 from conftest import REPO
 
-from admmprune.config import Config
+from admmprune.runs.config import Config
 
 
 def test_readme_documents_every_recipe_key():

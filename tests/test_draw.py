@@ -12,9 +12,9 @@ from conftest import DETECTION_SMALL, REPO
 from PIL import Image
 
 from admmprune.cli import main
-from admmprune.config import load_config
-from admmprune.draw import PREDICTION_COLOUR, draw_detections
+from admmprune.cli.draw import PREDICTION_COLOUR, draw_detections
 from admmprune.models import create_model, weights_loader
+from admmprune.runs.config import load_config
 from admmprune.tasks.detection import detect
 
 SMALL = DETECTION_SMALL

@@ -448,10 +448,10 @@ def test_export_finetunes_keeps_the_pattern_and_the_file_loads(run_dir, capsys):
 
 
 def test_finetuning_lowers_the_training_loss_that_quantization_raised(tmp_path):
-    from admmprune.config import Config
-    from admmprune.export.run import _train_loss, export_run
-    from admmprune.pipeline import load_data
-    from admmprune.train import train_epoch
+    from admmprune.cli.export import _train_loss, export_run
+    from admmprune.runs.config import Config
+    from admmprune.runs.pipeline import load_data
+    from admmprune.runs.train import train_epoch
 
     run = tmp_path / "trained"
     run.mkdir()

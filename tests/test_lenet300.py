@@ -10,8 +10,8 @@ import torch
 from conftest import REPO
 
 from admmprune import create_model, list_models, prunable_parameters
-from admmprune.config import load_config
-from admmprune.pipeline import run_pipeline
+from admmprune.runs.config import load_config
+from admmprune.runs.pipeline import run_pipeline
 
 WEIGHTS = 784 * 300 + 300 * 100 + 100 * 10  # 266,200
 BIASES = 300 + 100 + 10

@@ -6,12 +6,11 @@ import pytest
 import torch
 
 import admmprune
-from admmprune.config import ConfigError, load_config
-from admmprune.live_projection import live_masks, live_topk_masks
-from admmprune.liveness import drop_dead_units, filter_readers
-from admmprune.pipeline import run_pipeline
-from admmprune.projection import global_topk_masks
+from admmprune.channels.liveness import drop_dead_units, filter_readers
+from admmprune.projection import global_topk_masks, live_masks, live_topk_masks
 from admmprune.pruner import ADMMPruner, PrunerError
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.pipeline import run_pipeline
 
 # three Linear layers 2 -> 3 -> 3 -> 2: layer j's columns read layer j-1's units one to one
 CHAIN = ((), ((0, torch.arange(3), torch.arange(3)),),

@@ -1,4 +1,4 @@
-"""Dead units (admmprune.liveness) and what the compressed export does with them."""
+"""Dead units (admmprune.channels.liveness) and what the compressed export does with them."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from conftest import make_run_dir
 from torch import nn
 
 import admmprune
-from admmprune import liveness
+from admmprune.channels import liveness
+from admmprune.channels.liveness import dead_units, drop_dead_units
 from admmprune.cli import main
 from admmprune.export import load_state_dict, read_manifest, save_compressed
-from admmprune.liveness import dead_units, drop_dead_units
 
 
 def lenet_with_dead_units() -> tuple[nn.Module, set[int], int]:
@@ -152,7 +152,7 @@ def test_export_drops_dead_units_for_quantized_files_only_by_default(run_dir, ca
 # -- live weights in the global filter projection ---------------------------------------------
 
 def test_filter_readers_map_columns_to_the_filters_they_read():
-    from admmprune.liveness import filter_readers
+    from admmprune.channels.liveness import filter_readers
 
     model = admmprune.create_model("lenet5")
     names = [n for n, _ in admmprune.prunable_parameters(model)]
@@ -167,7 +167,7 @@ def test_filter_readers_map_columns_to_the_filters_they_read():
 
 
 def test_channels_that_meet_a_sum_are_not_mapped():
-    from admmprune.liveness import filter_readers
+    from admmprune.channels.liveness import filter_readers
 
     model = Residual()
     names = [n for n, _ in admmprune.prunable_parameters(model)]

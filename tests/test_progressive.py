@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-import admmprune.pipeline as pipeline
-from admmprune.config import load_config
-from admmprune.pipeline import run_pipeline
+import admmprune.runs.pipeline as pipeline
+from admmprune.runs.config import load_config
+from admmprune.runs.pipeline import run_pipeline
 
 TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64,
         "model": "mlp", "model_args": {"depth": 2, "width": 32}, "dense_epochs": 1,

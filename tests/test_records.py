@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from admmprune.cli import main
-from admmprune.records import (
+from admmprune.runs.records import (
     PUBLISHED,
     plot_tradeoff,
     pool_results,

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from admmprune.config import ConfigError, load_config
-from admmprune.pipeline import run_pipeline
 from admmprune.pruner import ADMMPruner, PrunerError
 from admmprune.regrow import MaskRefiner, drop_and_grow, swap_fraction
-from admmprune.rundir import RunError, resume_changes
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.pipeline import run_pipeline
+from admmprune.runs.rundir import RunError, resume_changes
 
 
 def config(**overrides):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import admmprune.pipeline as pipeline
-from admmprune.config import load_config
-from admmprune.pipeline import run_pipeline
+import admmprune.runs.pipeline as pipeline
+from admmprune.runs.config import load_config
+from admmprune.runs.pipeline import run_pipeline
 
 REAL_TRAIN_EPOCH = pipeline.train_epoch
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from admmprune.averaging import RetrainingAverage, has_batch_norm
-from admmprune.config import ConfigError, load_config
-from admmprune.pipeline import run_pipeline
-from admmprune.rundir import RunError
+from admmprune.runs.averaging import RetrainingAverage, has_batch_norm
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.pipeline import run_pipeline
+from admmprune.runs.rundir import RunError
 
 
 def config(**overrides):

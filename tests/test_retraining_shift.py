@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import admmprune.pipeline as pipeline
-from admmprune.config import ConfigError, load_config
+import admmprune.runs.pipeline as pipeline
 from admmprune.data.augment import RandomShift, replace_shift, takes_shift
 from admmprune.data.mnist import TensorBatches
-from admmprune.pipeline import run_pipeline
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.pipeline import run_pipeline
 
 REAL_TRAIN_EPOCH = pipeline.train_epoch
 

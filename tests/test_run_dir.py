@@ -90,7 +90,7 @@ def test_run_dir_that_is_a_file_or_under_a_file(tmp_path, capsys):
 ])
 def test_bad_input_is_refused_before_any_training(tmp_path, capsys, monkeypatch, args,
                                                    message):
-    import admmprune.pipeline as pipeline
+    import admmprune.runs.pipeline as pipeline
 
     def no_training(*_, **__):
         raise AssertionError("training started")
@@ -111,7 +111,7 @@ def test_corrupt_config_yaml_in_eval_and_resume(finished, capsys):
 
 
 def test_ctrl_c_during_train_exits_130(tmp_path, capsys, monkeypatch):
-    import admmprune.pipeline as pipeline
+    import admmprune.runs.pipeline as pipeline
 
     def interrupt(*_, **__):
         raise KeyboardInterrupt
@@ -125,7 +125,7 @@ def test_metrics_are_not_logged_twice_after_a_kill_between_log_and_checkpoint(
         tmp_path, monkeypatch):
     """A kill after an iteration's record was written but before its checkpoint: the resumed
     run redoes that iteration and metrics.jsonl holds it once."""
-    import admmprune.pipeline as pipeline
+    import admmprune.runs.pipeline as pipeline
 
     run_dir = tmp_path / "run"
     real_save = pipeline.Run.save

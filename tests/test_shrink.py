@@ -8,8 +8,8 @@ from conftest import make_run_dir
 from torch import nn
 
 import admmprune
+from admmprune.channels.shrink import ShrinkError, load_shrunk, save_shrunk, shrink
 from admmprune.cli import main
-from admmprune.shrink import ShrinkError, load_shrunk, save_shrunk, shrink
 
 TOL = 1e-5
 

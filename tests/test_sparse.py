@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import admmprune
-from admmprune.sparse import SparseLinear, sparse_layers, sparsify
+from admmprune.export.sparse import SparseLinear, sparse_layers, sparsify
 
 
 def pruned_linear(inp: int, out: int, keep: float, seed: int = 0) -> nn.Linear:

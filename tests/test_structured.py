@@ -11,9 +11,12 @@ from hypothesis import strategies as st
 
 import admmprune
 from admmprune import ADMMPruner, PrunerError
-from admmprune.compare import METHODS, admm_epochs, method_config
-from admmprune.config import ConfigError, load_config
-from admmprune.pipeline import run_pipeline
+from admmprune.export.semistructured import (
+    NEEDS_CUDA,
+    SemiStructuredError,
+    check_nm,
+    to_semi_structured,
+)
 from admmprune.projection import (
     STRUCTURES,
     ProjectionError,
@@ -28,12 +31,9 @@ from admmprune.projection import (
     nm_survivors,
     survivor_count,
 )
-from admmprune.semistructured import (
-    NEEDS_CUDA,
-    SemiStructuredError,
-    check_nm,
-    to_semi_structured,
-)
+from admmprune.runs.compare import METHODS, admm_epochs, method_config
+from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.pipeline import run_pipeline
 
 FAST = settings(max_examples=60, deadline=None)
 L2 = StructureOptions(group_score="l2")

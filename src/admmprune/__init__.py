@@ -6,13 +6,13 @@ from .runtime import apply_cpu_defaults
 
 apply_cpu_defaults()
 
+from .channels.shrink import load_shrunk, save_shrunk, shrink  # noqa: E402
 from .export import load  # noqa: E402
+from .export.sparse import sparsify  # noqa: E402
 from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
 from .pruner import ADMMPruner, PrunerError  # noqa: E402
 from .selection import prunable_parameters  # noqa: E402
-from .shrink import load_shrunk, save_shrunk, shrink  # noqa: E402  (shadows the module name)
-from .sparse import sparsify  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Data-parallel training across processes: torchrun / ``torch.distributed`` helpers.
 
 One process per device (``torchrun --nproc_per_node=N -m admmprune prune RECIPE``, or a
-process group the caller set up before :func:`~admmprune.pipeline.run_pipeline`). Every
+process group the caller set up before :func:`~admmprune.runs.pipeline.run_pipeline`). Every
 process holds the whole model, Z, U and the masks; DistributedDataParallel averages the
 gradients of the W-steps, so the weights stay bitwise identical on every rank and the
 Z-step, U-step, rho schedule and hard prune run on every rank without communication

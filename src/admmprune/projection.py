@@ -27,6 +27,10 @@ import numpy as np
 import torch
 
 __all__ = [
+    "live_masks",
+    "nm_rows",
+    "validate_nm",
+    "live_topk_masks",
     "ProjectionError",
     "survivor_count",
     "kth_largest",
@@ -249,7 +253,7 @@ class StructureOptions:
     # the model's outputs, e.g. its classes: removing one would remove a class)
     fixed: tuple[bool, ...] = ()
     # global filter or unstructured: which input columns of each tensor read which filters
-    # of another (admmprune.liveness.filter_readers); when given, the budget counts live
+    # of another (admmprune.channels.liveness.filter_readers); when given, the budget counts live
     # weights only (filter: a column whose filters are all removed is dead and zeroed too;
     # unstructured: a weight whose unit no kept weight reads is dead, see live_projection)
     readers: tuple = ()
@@ -263,7 +267,7 @@ def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
 
     Entries outside ``allowed`` score -1, below any real score: never chosen again unless
     the budget exceeds the others. With ``options.readers`` (global only) the budget
-    counts live weights only (``admmprune.live_projection``).
+    counts live weights only (``live_topk_masks``).
     """
     scores = list(values) if options.raw_scores else compute_scores(values, options.score)
     if allowed is not None:
@@ -271,8 +275,6 @@ def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
     if percents is not None:
         return layerwise_topk_masks(scores, percents)
     if options.readers:
-        from .live_projection import live_topk_masks  # it builds on this module
-
         return live_topk_masks(scores, keep, options.readers, allowed)
     return global_topk_masks(scores, keep)
 
@@ -503,13 +505,14 @@ def channel_masks(values: Sequence[torch.Tensor], keep: int | None,
     return group_masks(values, keep, percents, allowed, options, axis=1)
 
 
-def _check_nm(n: int, m: int) -> None:
+def validate_nm(n: int, m: int) -> None:
+    """Raise ProjectionError unless N and M are integers with 1 <= N < M."""
     if not (isinstance(n, int) and isinstance(m, int) and not isinstance(n, bool)
             and not isinstance(m, bool) and 1 <= n < m):
         raise ProjectionError(f"N:M sparsity needs integers 1 <= N < M, got N={n!r}, M={m!r}")
 
 
-def _nm_rows(w: torch.Tensor) -> torch.Tensor:
+def nm_rows(w: torch.Tensor) -> torch.Tensor:
     """(out, in, *kernel) as rows along ``in``: (out·kernel, in), ``in`` innermost as in a
     channels_last implicit GEMM; a Linear (out, in) is itself."""
     if w.dim() < 2:
@@ -521,7 +524,7 @@ def _nm_rows(w: torch.Tensor) -> torch.Tensor:
 def nm_survivors(shape: Sequence[int], n: int = 2, m: int = 4) -> int:
     """Weights an N:M projection keeps in a tensor of this shape (remainder groups of r < M
     keep min(N, r))."""
-    _check_nm(n, m)
+    validate_nm(n, m)
     width = shape[1]
     rows = math.prod(shape) // width if width else 0
     return rows * ((width // m) * n + min(n, width % m))
@@ -552,14 +555,14 @@ def nm_masks(values: Sequence[torch.Tensor], keep: int | None,
     keeps min(N, r). The ratio is fixed by N, M and the shapes (``nm_removed_percent``), so
     ``keep`` and ``percents`` are ignored."""
     n, m = options.nm_n, options.nm_m
-    _check_nm(n, m)
+    validate_nm(n, m)
     masks = []
     for i, v in enumerate(values):
-        rows = _nm_rows(v.detach()).abs()
+        rows = nm_rows(v.detach()).abs()
         if not bool(torch.isfinite(rows).all()):
             raise ProjectionError(_NOT_FINITE)
         if allowed is not None:
-            rows = torch.where(_nm_rows(allowed[i].to(rows.device, torch.bool)), rows, -1.0)
+            rows = torch.where(nm_rows(allowed[i].to(rows.device, torch.bool)), rows, -1.0)
         width = rows.shape[1]
         full = width // m * m
         parts = []
@@ -584,3 +587,126 @@ STRUCTURES: dict[str, Callable[..., list[torch.Tensor]]] = {
     "channel": channel_masks,
     "nm": nm_masks,
 }
+
+
+# -- live weights ----------------------------------------------------------------------------
+# A global top-K projection whose K counts live weights only.
+#
+# At high ratios plain global top-K keeps weights that cannot change the network's output:
+# a weight of unit u is dead when no kept weight reads u's output (at 266.7x on LeNet-5, 64
+# of the 1,614 kept weights sit in fc1 rows whose fc2 columns are all pruned). They cost
+# budget and buy nothing. ``live_topk_masks`` drops them and gives their places to the
+# next-ranked weights that are live, so the masks hold exactly ``keep`` live weights.
+#
+# Which columns read which units comes from ``admmprune.channels.liveness.filter_readers`` (built
+# with ``strict=True``, so that a unit with any reader not understood there is never called
+# dead). Pure functions: tensors in, boolean masks out.
+
+Readers = Sequence[Sequence[tuple[int, torch.Tensor, torch.Tensor]]]
+
+
+def _columns_used(mask: torch.Tensor) -> torch.Tensor:
+    """Which input columns (dim 1) of a Conv/Linear weight mask hold a kept entry."""
+    return mask.reshape(mask.shape[0], mask.shape[1], -1).any(dim=2).any(dim=0)
+
+
+def _dead_units(masks: Sequence[torch.Tensor], readers: Readers) -> list[torch.Tensor | None]:
+    """Per tensor, its output units that no kept column reads (None: units of a tensor with
+    no mapped readers are never dead; they may feed the model's output)."""
+    read: list[torch.Tensor | None] = [None] * len(masks)
+    for j, entries in enumerate(readers):
+        if not entries:
+            continue
+        used = _columns_used(masks[j])
+        for i, columns, units in entries:
+            if read[i] is None:
+                read[i] = torch.zeros(masks[i].shape[0], dtype=torch.bool, device=used.device)
+            columns, units = columns.to(used.device), units.to(used.device)
+            read[i][units[used[columns]]] = True
+    return [None if r is None else ~r for r in read]
+
+
+def live_masks(masks: Sequence[torch.Tensor], readers: Readers
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """(masks without their dead weights, dead units per tensor). A unit is dead when no
+    kept weight reads it; its weights go, which can leave the units it read unread too,
+    so this repeats until nothing changes."""
+    if len(readers) != len(masks):
+        raise ProjectionError(f"got readers for {len(readers)} tensors, not {len(masks)}")
+    live = [m.clone() for m in masks]
+    while True:
+        dead = _dead_units(live, readers)
+        changed = False
+        for mask, units in zip(live, dead, strict=True):
+            if units is not None and bool(mask[units].any()):
+                mask[units] = False
+                changed = True
+        if not changed:
+            return live, dead
+
+
+def _count(masks: Sequence[torch.Tensor]) -> int:
+    return sum(int(m.count_nonzero()) for m in masks)
+
+
+def _safe_additions(live: Sequence[torch.Tensor], dead: Sequence[torch.Tensor | None]
+                    ) -> list[torch.Tensor]:
+    """Entries that would add exactly one live weight: not kept and in a live unit's row.
+    A unit such an entry starts to read had its weights dropped already, so nothing else
+    comes back to life with it."""
+    out = []
+    for mask, units in zip(live, dead, strict=True):
+        ok = ~mask
+        if units is not None:
+            ok = ok & ~units.view(-1, *([1] * (mask.dim() - 1)))
+        out.append(ok)
+    return out
+
+
+def live_topk_masks(scores: Sequence[torch.Tensor], keep: int, readers: Readers,
+                    allowed: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Masks of at most ``keep`` (and, unless too few entries are live or allowed,
+    exactly ``keep``) live entries, chosen by score.
+
+    The largest budget K' whose top-K' by score holds at most ``keep`` live weights is
+    found by bisection (live weights never decrease as K' grows: a weight more can only
+    give a unit a reader); its dead weights are dropped, and the shortfall is filled with
+    the best-scored entries that add one live weight each. Entries outside ``allowed``
+    are never chosen.
+    """
+    total = sum(s.numel() for s in scores)
+    if not 0 <= keep <= total:
+        raise ProjectionError(f"cannot keep {keep} of {total} entries")
+
+    def permitted(masks):
+        if allowed is None:
+            return masks
+        return [m & a.to(m.device, torch.bool) for m, a in zip(masks, allowed, strict=True)]
+
+    def live_at(budget: int):
+        # a forbidden entry must not keep the unit it reads alive: fence before counting
+        return live_masks(permitted(global_topk_masks(scores, budget)), readers)
+
+    low, high = keep, total
+    best = live_at(low)
+    while low < high:
+        middle = (low + high + 1) // 2
+        attempt = live_at(middle)
+        if _count(attempt[0]) <= keep:
+            low, best = middle, attempt
+        else:
+            high = middle - 1
+    live, dead = best
+    short = keep - _count(live)
+    if short <= 0:
+        return live
+    candidates = permitted(_safe_additions(live, dead))
+    available = _count(candidates)
+    if available == 0:
+        return live
+    # candidates keep their scores; everything else ranks below any of them
+    floor = min(float(s.min()) for s in scores) - 1.0
+    ranked = [torch.where(c, s, torch.full_like(s, floor)) for s, c in
+              zip(scores, candidates, strict=True)]
+    extra = global_topk_masks(ranked, min(short, available))
+    return [m | (e & c) for m, e, c in zip(live, extra, candidates, strict=True)]

@@ -11,7 +11,6 @@ It never wraps the optimizer or the loop; it only reads and writes the weights.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from . import admm
+from .checks import NM_PERCENT_TOLERANCE, is_number, rho_schedule_problem
 from .masks import (
     LayerSparsity,
     MaskEnforcer,
@@ -44,7 +44,6 @@ __all__ = ["ADMMPruner", "PrunerError"]
 
 PROJECTIONS = ("global", "layerwise")
 # all_percent may differ from the ratio N:M implies by this many percentage points (rounding)
-NM_PERCENT_TOLERANCE = 0.5
 SUPPORTS = ("weights", "z")
 Z_INITS = ("projection", "weights")
 
@@ -83,7 +82,7 @@ class ADMMPruner:
         live_weights: global ``unstructured`` only, needs ``example_inputs``: the budget
             counts live weights only. A kept weight whose unit no kept weight reads cannot
             change the output; it is dropped and the next-ranked live weight takes its
-            place (``admmprune.live_projection``).
+            place (``projection.live_topk_masks``).
         include, exclude: ``fnmatch`` patterns on module names or full parameter names
             (default: every Conv/Linear weight; frozen and parametrized weights are
             skipped unless named exactly, a shared Parameter counts once; see
@@ -117,16 +116,10 @@ class ADMMPruner:
         example_inputs: torch.Tensor | None = None,
         live_weights: bool = False,
     ) -> None:
-        # `not (x >= 1)` and friends also refuse NaN, which fails every comparison
-        if not (_is_number(rho) and rho > 0 and math.isfinite(rho)):
-            raise PrunerError(f"rho must be a positive number, got {rho!r}")
-        if not (_is_number(rho_growth) and rho_growth >= 1 and math.isfinite(rho_growth)):
-            raise PrunerError(f"rho_growth must be >= 1 and finite, got {rho_growth!r}")
-        # rho_max=inf is the default: no cap
-        if not (_is_number(rho_max) and rho_max >= rho):
-            raise PrunerError(f"rho_max ({rho_max!r}) must be a number >= rho ({rho}); "
-                              "use math.inf for no cap")
-        if not (_is_number(p_lambda) and p_lambda >= 0 and math.isfinite(p_lambda)):
+        problem = rho_schedule_problem(rho, rho_growth, rho_max)
+        if problem is not None:
+            raise PrunerError(" ".join(problem))
+        if not (is_number(p_lambda) and p_lambda >= 0 and math.isfinite(p_lambda)):
             raise PrunerError(f"p_lambda must be a finite number >= 0, got {p_lambda!r}")
         if projection not in PROJECTIONS:
             raise PrunerError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
@@ -175,14 +168,14 @@ class ADMMPruner:
                 raise PrunerError("live_weights needs structure 'unstructured', projection "
                                   "'global' and example_inputs (a batch the model accepts); "
                                   "global filter pruning counts live weights by itself")
-            from .liveness import LivenessError, filter_readers
+            from .channels.liveness import LivenessError, filter_readers
 
             try:
                 readers = filter_readers(model, self.names, example_inputs, strict=True)
             except LivenessError as err:
                 raise PrunerError(f"live_weights: {err}; or set live_weights false") from None
         if structure == "filter" and projection == "global" and example_inputs is not None:
-            from .liveness import filter_readers
+            from .channels.liveness import filter_readers
 
             readers = filter_readers(model, self.names, example_inputs)
         self.options = StructureOptions(score=score, group_score=group_score, nm_n=nm_n,
@@ -238,8 +231,10 @@ class ADMMPruner:
         self.u = [torch.zeros_like(w) for w in weights]
         self._anchor_for = None
 
-    def start_stage(self, all_percent: float) -> None:
-        """Begin a new progressive stage towards ``all_percent`` from the current result.
+    def start_stage(self, all_percent: float, rho: float | None = None,
+                    rho_growth: float | None = None, rho_max: float | None = None) -> None:
+        """Begin a new progressive stage towards ``all_percent`` from the current result,
+        with the stage's rho schedule when ``rho`` is given (see :meth:`set_rho_schedule`).
 
         After a hard prune the previous mask keeps holding (the W-step cannot revive
         removed weights) unless ``allow_regrowth``; then the mask is dropped.
@@ -248,9 +243,23 @@ class ADMMPruner:
             self._enforcer.remove()
             self._enforcer = None
             self.masks = None
+        if rho is not None:
+            self.set_rho_schedule(rho, self.rho_growth if rho_growth is None else rho_growth,
+                                  self.rho_max if rho_max is None else rho_max)
         self.set_target(all_percent)
         self.pruned = False
         self.reset_admm()
+
+    def set_rho_schedule(self, rho: float, rho_growth: float, rho_max: float) -> None:
+        """Use rho <- min(rho_max, rho·rho_growth) from now on, starting at ``rho``.
+
+        Raises:
+            PrunerError: rho <= 0, rho_growth < 1 or rho_max < rho (or not numbers).
+        """
+        problem = rho_schedule_problem(rho, rho_growth, rho_max)
+        if problem is not None:
+            raise PrunerError(" ".join(problem))
+        self.rho, self.rho_growth, self.rho_max = float(rho), float(rho_growth), float(rho_max)
 
     # -- the three calls of a training loop -----------------------------------------------
     def penalty(self) -> torch.Tensor:
@@ -419,7 +428,7 @@ class ADMMPruner:
             )
         device = self.params[0].device
         rho = state["rho"]
-        if not (_is_number(rho) and 0 < rho < math.inf):
+        if not (is_number(rho) and 0 < rho < math.inf):
             raise PrunerError(f"pruner state holds rho={rho!r}; it must be a positive number")
         # states saved before structures existed are unstructured
         saved_structure = state.get("structure", "unstructured")
@@ -529,10 +538,6 @@ def _own_biases(model: nn.Module, names: Sequence[str], params: Sequence[torch.T
                 and isinstance(bias, nn.Parameter) and bias.shape == weight.shape[:1]):
             found.append((index, bias))
     return found
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _checked(fn, *args):

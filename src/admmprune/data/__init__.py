@@ -10,10 +10,8 @@ from admmprune.data.mnist import (
     MNIST_MD5,
     MNIST_MEAN,
     MNIST_STD,
-    DatasetError,
     IDXSpec,
     MNISTData,
-    TensorBatches,
     default_cache_dir,
     download_mnist,
     find_mnist,
@@ -47,6 +45,7 @@ from admmprune.data.synthetic import make_synthetic  # noqa: E402
 
 __all__ += ["make_synthetic"]
 
+from admmprune.data.errors import DatasetError  # noqa: E402
 from admmprune.data.loader import EpochSampler, StreamBatches  # noqa: E402
 from admmprune.data.registry import (  # noqa: E402
     DataSplits,
@@ -54,6 +53,7 @@ from admmprune.data.registry import (  # noqa: E402
     list_datasets,
     register_dataset,
 )
+from admmprune.data.tensors import TensorBatches  # noqa: E402
 
 __all__ += ["DataSplits", "EpochSampler", "StreamBatches", "create_dataset", "list_datasets",
             "register_dataset"]

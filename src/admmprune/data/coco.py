@@ -33,7 +33,7 @@ from .detection import (
     detection_options,
     detection_splits,
 )
-from .mnist import DatasetError
+from .errors import DatasetError
 from .registry import register_dataset
 
 __all__ = ["CocoDetection", "read_coco", "find_coco_split", "coco_splits"]

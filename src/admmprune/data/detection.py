@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import DatasetError
 from .images import ImageFiles, load_image
-from .mnist import DatasetError
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .mnist import MNIST, DatasetError, load_mnist
+from .errors import DatasetError
+from .mnist import MNIST, load_mnist
 
 __all__ = ["INK_THRESHOLD", "render_canvas", "make_detection_set",
            "add_make_detection_set_arguments", "run_make_detection_set",

@@ -12,9 +12,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import DatasetError
 from .images import IMAGE_EXTENSIONS, ImageFiles, check_seed, make_transform
 from .loader import image_options, stream_splits
-from .mnist import DatasetError
 from .registry import register_dataset
 
 __all__ = [

@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DatasetError
 from .imagefolder import find_class_folders, list_images, scan_class_tree
 from .images import IMAGE_EXTENSIONS, ImageFiles, check_seed, make_transform
 from .loader import image_options, stream_splits
-from .mnist import DatasetError
 from .registry import register_dataset
 
 __all__ = [

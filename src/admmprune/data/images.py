@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .mnist import DatasetError
+from .errors import DatasetError
 
 __all__ = [
     "CAFFE_MEAN_BGR",

@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import shard_bounds
+from .registry import DataSplits
 
-__all__ = ["EpochSampler", "ShardedBatchSampler", "StreamBatches", "stream_splits",
-           "image_options"]
+__all__ = ["batch_count", "epoch_permutation", "EpochSampler", "ShardedBatchSampler",
+           "StreamBatches", "stream_splits", "image_options"]
 
 
 def check_shard(batch_size: int, rank: int, world: int) -> None:
@@ -29,9 +30,26 @@ def check_shard(batch_size: int, rank: int, world: int) -> None:
                          f"{world} processes; use a multiple of {world}")
 
 
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of ``n`` examples in ``epoch``: a permutation drawn from a CPU generator
+    seeded with ``seed + epoch`` alone, so it is the same on every device and after a
+    resume."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+def batch_count(n: int, batch_size: int, drop_last: bool, world: int = 1) -> int:
+    """Global batches of an epoch of ``n`` examples; split across ``world`` ranks, a last
+    batch smaller than the world is dropped (it would leave a rank empty)."""
+    count = n // batch_size if drop_last else -(-n // batch_size)
+    if world > 1 and not drop_last and 0 < n % batch_size < world:
+        count -= 1
+    return count
+
+
 class EpochSampler(Sampler[int]):
     """Indices ``0..n-1``, shuffled by a generator seeded with ``seed + epoch``: the same
-    rule as :class:`~admmprune.data.mnist.TensorBatches`, so both give the same order."""
+    rule as :class:`~admmprune.data.tensors.TensorBatches`, so both give the same order."""
 
     def __init__(self, n: int, shuffle: bool, seed: int = 0) -> None:
         self.n = n
@@ -48,8 +66,7 @@ class EpochSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(epoch_permutation(self.n, self.seed, self.epoch).tolist())
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -64,11 +81,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
 
     def __len__(self) -> int:
-        n, b = len(self.sampler), self.batch_size
-        count = n // b if self.drop_last else -(-n // b)
-        if not self.drop_last and 0 < n % b < self.world:
-            count -= 1  # a last batch smaller than the world would leave a rank empty
-        return count
+        return batch_count(len(self.sampler), self.batch_size, self.drop_last, self.world)
 
     def __iter__(self) -> Iterator[list[int]]:
         order = list(self.sampler)
@@ -124,10 +137,7 @@ class StreamBatches:
                                    self.drop_last)
 
     def __len__(self) -> int:
-        if self.world > 1:
-            return len(self._sharded())
-        n = self.size
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return batch_count(self.size, self.batch_size, self.drop_last, self.world)
 
     def __iter__(self) -> Iterator:
         epoch = self.epoch
@@ -160,8 +170,6 @@ def stream_splits(train: Dataset | None, test: Dataset | None, options, device: 
     """:class:`DataSplits` streaming the given datasets: shuffled training batches, test
     batches in file order; pinned memory when the model is on CUDA. ``collate_fn`` builds a
     batch from items (default: stack)."""
-    from .registry import DataSplits
-
     def batches(dataset: Dataset, shuffle: bool, limit: int | None) -> StreamBatches:
         return StreamBatches(dataset, options.batch_size, shuffle=shuffle, seed=options.seed,
                              workers=options.workers, pin_memory=device.type == "cuda",

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import torch
 
+from .errors import DatasetError
+
 __all__ = ["Batches", "DataSplits", "DatasetEntry", "register_dataset", "create_dataset",
            "list_datasets", "dataset_entry", "SPLITS"]
 
@@ -72,8 +74,6 @@ def register_dataset(name: str, description: str, task: str = "classification"
 
 
 def dataset_entry(name: str) -> DatasetEntry:
-    from .mnist import DatasetError
-
     _load_builtin()
     try:
         return _REGISTRY[name]

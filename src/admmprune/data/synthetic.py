@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .mnist import MNISTData, tensor_splits
+from .mnist import MNISTData
 from .registry import register_dataset
+from .tensors import tensor_splits
 
 __all__ = ["make_synthetic"]
 

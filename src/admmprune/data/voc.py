@@ -34,7 +34,7 @@ from .detection import (
     detection_options,
     detection_splits,
 )
-from .mnist import DatasetError
+from .errors import DatasetError
 from .registry import register_dataset
 
 __all__ = ["VOC_CLASSES", "VOCDetection", "read_voc_xml", "find_voc_root", "voc_split_file",

@@ -59,7 +59,7 @@ def quantize_weights(model: nn.Module, bits: int, include: Sequence[str] = (),
     """Replace the prunable weights' survivors by their k-means centroids in place, with the
     codebooks :func:`~admmprune.export.save_compressed` would write (the same tensors, the same
     :func:`~admmprune.export.encoding.quantize`); returns {parameter name: QuantizedTensor}."""
-    from .formats import BITS, ExportError, _sparse_names
+    from .formats import BITS, ExportError, sparse_names
 
     if bits not in BITS or bits == 32:
         raise ExportError(f"quantization needs bits in {', '.join(map(str, BITS[1:]))}, "
@@ -67,7 +67,7 @@ def quantize_weights(model: nn.Module, bits: int, include: Sequence[str] = (),
     params = dict(model.named_parameters())
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     out: dict[str, QuantizedTensor] = {}
-    for name, support in _sparse_names(model, state, None, include, exclude).items():
+    for name, support in sparse_names(model, state, None, include, exclude).items():
         weight = params.get(name)
         if weight is None or not weight.is_floating_point():
             continue  # a buffer: saved quantized, but there is nothing to train
@@ -113,13 +113,13 @@ def finetune_centroids(model: nn.Module, quantized: dict[str, QuantizedTensor],
     for ``epochs`` passes over ``batches`` with Adam at ``lr``; afterwards the weights of
     ``model`` and each ``QuantizedTensor.centroids`` hold the fine-tuned centroids (the codes
     and positions are unchanged). ``task``, ``device``, ``max_steps`` (per epoch), ``amp`` and
-    ``accumulate`` are :func:`~admmprune.train.train_epoch`'s. Returns its statistics per
+    ``accumulate`` are :func:`~admmprune.runs.train.train_epoch`'s. Returns its statistics per
     epoch.
 
     Each quantized weight keeps its gradient only long enough for the centroids' gradients
     (:func:`centroid_gradient`) to be taken from it; after each optimizer step the centroids
     are written back into the weights."""
-    from ..train import train_epoch
+    from ..runs.train import train_epoch
 
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")

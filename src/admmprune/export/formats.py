@@ -61,7 +61,7 @@ def _survivors(tensor: torch.Tensor) -> torch.Tensor:
     return tensor != 0
 
 
-def _sparse_names(model: nn.Module, state: Mapping[str, torch.Tensor],
+def sparse_names(model: nn.Module, state: Mapping[str, torch.Tensor],
                   masks: Mapping[str, torch.Tensor] | None, include: Sequence[str],
                   exclude: Sequence[str]) -> dict[str, torch.Tensor]:
     """{state-dict name: boolean support} of the tensors stored sparse."""
@@ -125,7 +125,7 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
         raise ExportError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
     record = _model_record(model_name, model_args)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    supports = _sparse_names(model, state, masks, include, exclude)
+    supports = sparse_names(model, state, masks, include, exclude)
     segments: list[bytes] = []
     offset = 0
     entries = []
@@ -143,7 +143,7 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
         item_bits = 8 * flat.element_size()
         if name not in supports:
             # Not pruned, stored exactly; sparse when that is smaller (the biases of dead
-            # units, see admmprune.liveness). Bitwise non-zero, so -0.0 is kept.
+            # units, see admmprune.channels.liveness). Bitwise non-zero, so -0.0 is kept.
             spec = None
             if tensor.is_floating_point() and tensor.numel() and bool((flat == 0).any()):
                 positions = torch.nonzero(_bitwise_nonzero(flat)).view(-1).numpy()

@@ -50,7 +50,7 @@ def size_report(path: str | Path, reference: str | Path | None = None) -> dict:
 
 
 def format_size_report(report: dict) -> str:
-    from ..report import format_table
+    from ..tables import format_table
 
     rows = [(r["name"], "x".join(map(str, r["shape"])) or "scalar", r["kept"], r["encoding"],
              r["dense_bytes"], r["stored_bytes"], f"{r['ratio']:.1f}x")

@@ -1,6 +1,6 @@
-"""Registered models; importing this package registers them all."""
+"""Registered models: the built-in ones (listed in :mod:`.builtin`) register on the first
+lookup, a user's own with ``@register_model``."""
 
-from . import alexnet, darknet, lenet5, lenet300, mlp  # noqa: F401  (registration side effect)
 from .registry import (
     UnknownModelError,
     create_model,

@@ -41,6 +41,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model; unknown keyword arguments raise ``TypeError``."""
+    _load_builtin()
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -54,6 +55,7 @@ def accepts_argument(name: str, argument: str) -> bool:
     """Does model ``name``'s factory take keyword ``argument`` (e.g. num_classes)?"""
     import inspect
 
+    _load_builtin()
     factory = _REGISTRY.get(name)
     if factory is None:
         return False
@@ -62,6 +64,8 @@ def accepts_argument(name: str, argument: str) -> bool:
 
 
 def list_models() -> list[str]:
+    """The names of every registered model, sorted."""
+    _load_builtin()
     return sorted(_REGISTRY)
 
 
@@ -82,4 +86,10 @@ def register_weights_loader(model_name: str, suffix: str
 
 def weights_loader(model_name: str, path: str | Path) -> WeightsLoader | None:
     """The registered loader for ``path``'s suffix and this model, or None (a state dict)."""
+    _load_builtin()
     return _WEIGHTS_LOADERS.get((model_name, Path(path).suffix.lower()))
+
+
+def _load_builtin() -> None:
+    # Registration is an import side effect of the model modules.
+    from . import builtin  # noqa: F401

@@ -84,4 +84,5 @@ def list_tasks() -> list[str]:
 
 
 def _load_builtin() -> None:
-    from . import classification, detection  # noqa: F401  (registration side effect)
+    # Registration is an import side effect of the task modules.
+    from . import builtin  # noqa: F401

@@ -17,11 +17,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import Config, ConfigError
-from .models import create_model
+from ..models import create_model
 from .pipeline import Run, run_pipeline
-from .report import format_table, plot_residuals, read_metrics, save_figure
+from ..tables import format_table
+from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RunDirectory
-from .selection import prunable_parameters
+from ..selection import prunable_parameters
 
 __all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
 

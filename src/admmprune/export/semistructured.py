@@ -16,8 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .projection import ProjectionError, _check_nm, _nm_rows
-from .selection import prunable_parameters
+from ..projection import ProjectionError, nm_rows, validate_nm
+from ..selection import prunable_parameters
 
 __all__ = ["NMViolation", "SemiStructuredError", "SemiStructuredReport", "check_nm",
            "to_semi_structured", "NEEDS_CUDA"]
@@ -60,7 +60,7 @@ def check_nm(source: nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str
     ``source``: a model (its Conv/Linear weights), a mapping or pairs of (name, tensor).
     """
     try:
-        _check_nm(n, m)
+        validate_nm(n, m)
     except ProjectionError as err:
         raise SemiStructuredError(str(err)) from None
     violations = []
@@ -68,7 +68,7 @@ def check_nm(source: nn.Module | Mapping[str, torch.Tensor] | Iterable[tuple[str
         if tensor.dim() < 2:
             raise SemiStructuredError(f"{name} has shape {tuple(tensor.shape)}; N:M needs "
                                       "tensors with at least 2 dimensions")
-        rows = _nm_rows(tensor.detach()) != 0
+        rows = nm_rows(tensor.detach()) != 0
         width = rows.shape[1]
         groups = -(-width // m)
         # pad the last group with zeros (never counted as non-zeros)

@@ -65,10 +65,10 @@ def _graph(model: nn.Module, example_inputs: torch.Tensor):
     except ImportError:
         raise LivenessError("finding dead units needs torch-pruning: pip install "
                             "torch-pruning (a dependency of admmprune)") from None
-    from .shrink import _build_graph
+    from .graph import build_graph
 
     try:
-        return _build_graph(model, example_inputs)
+        return build_graph(model, example_inputs)
     except Exception as err:  # tracing arbitrary models can fail in many ways
         raise LivenessError(f"could not trace the model's channel dependencies: {err}") \
             from None
@@ -194,17 +194,17 @@ def drop_dead_units(model: nn.Module, example_inputs: torch.Tensor, *,
 
 
 def _max_abs_diff(a, b) -> float:
-    from .shrink import _tensors
+    from .graph import output_tensors
 
-    pairs = zip(_tensors(a), _tensors(b), strict=True)
+    pairs = zip(output_tensors(a), output_tensors(b), strict=True)
     return max((float((x.float() - y.float()).abs().max()) for x, y in pairs
                 if x.numel()), default=0.0)
 
 
 def _max_abs(a) -> float:
-    from .shrink import _tensors
+    from .graph import output_tensors
 
-    return max((float(x.float().abs().max()) for x in _tensors(a) if x.numel()),
+    return max((float(x.float().abs().max()) for x in output_tensors(a) if x.numel()),
                default=0.0)
 
 

@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+from ..checks import NM_PERCENT_TOLERANCE, is_int, is_number, rho_schedule_problem
+from ..projection import ProjectionError, validate_nm
+
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "STAGE_KEYS", "KEY_HELP"]
 
 STAGE_KEYS = ("all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max")
@@ -180,7 +183,7 @@ class Config:
         previous = -math.inf
         for s in range(self.stages):
             percent = self.stage_value("all_percent", s)
-            _check(_is_number(percent) and 0 <= percent < 100, "all_percent",
+            _check(is_number(percent) and 0 <= percent < 100, "all_percent",
                    f"must be in [0, 100) (the share of weights removed), got {percent!r}")
             _check(self.allow_regrowth or percent >= previous, "all_percent",
                    "stages must not decrease unless allow_regrowth is true")
@@ -191,15 +194,12 @@ class Config:
             epochs = self.stage_value("epochs", s)
             _check(isinstance(epochs, int) and epochs >= 1, "epochs",
                    f"must be an integer >= 1, got {epochs!r}")
-            rho = self.stage_value("rho", s)
-            _check(_is_number(rho) and rho > 0, "rho", f"must be > 0, got {rho!r}")
-            growth = self.stage_value("rho_growth", s)
-            _check(_is_number(growth) and growth >= 1, "rho_growth",
-                   f"must be >= 1, got {growth!r}")
-            rho_max = self.stage_value("rho_max", s)
-            _check(_is_number(rho_max) and rho_max >= rho, "rho_max",
-                   f"must be >= rho ({rho}), got {rho_max!r}")
-        _check(self.retraining_augment_shift is None or _is_int(self.retraining_augment_shift)
+            problem = rho_schedule_problem(self.stage_value("rho", s),
+                                           self.stage_value("rho_growth", s),
+                                           self.stage_value("rho_max", s),
+                                           max_may_be_infinite=False)
+            _check(problem is None, *(problem or ("", "")))
+        _check(self.retraining_augment_shift is None or is_int(self.retraining_augment_shift)
                and self.retraining_augment_shift >= 0, "retraining_augment_shift",
                f"must be an integer >= 0 or null, got {self.retraining_augment_shift!r}")
         for key in ("dense_epochs", "retraining_epochs", "stage_retraining_epochs",
@@ -211,9 +211,9 @@ class Config:
                "retraining_average_epochs", f"averages the last epochs of the retraining: at "
                f"most retraining_epochs ({self.retraining_epochs}), got "
                f"{self.retraining_average_epochs}")
-        _check(_is_number(self.retraining_regrow) and 0 <= self.retraining_regrow <= 1,
+        _check(is_number(self.retraining_regrow) and 0 <= self.retraining_regrow <= 1,
                "retraining_regrow", f"must be in [0, 1], got {self.retraining_regrow!r}")
-        _check(_is_number(self.retraining_regrow_until)
+        _check(is_number(self.retraining_regrow_until)
                and 0 < self.retraining_regrow_until <= 1, "retraining_regrow_until",
                f"must be in (0, 1], got {self.retraining_regrow_until!r}")
         fixed_from = 1 - self.retraining_average_epochs / max(1, self.retraining_epochs)
@@ -229,9 +229,9 @@ class Config:
                     "retraining_regrow_every"):
             value = getattr(self, key)
             required = key in ("batch_size", "accumulate", "retraining_regrow_every")
-            _check(value is None and not required or _is_int(value) and value >= 1,
+            _check(value is None and not required or is_int(value) and value >= 1,
                    key, f"must be an integer >= 1, got {value!r}")
-        _check(_is_int(self.workers) and self.workers >= 0, "workers",
+        _check(is_int(self.workers) and self.workers >= 0, "workers",
                f"must be an integer >= 0, got {self.workers!r}")
         _check(self.image_size is None or self.resize is None or self.resize >= self.image_size,
                "resize", f"({self.resize}) must be >= image_size ({self.image_size}): images "
@@ -239,22 +239,22 @@ class Config:
         self._check_registered()
         for key in ("learning_rate", "retraining_learning_rate"):
             value = getattr(self, key)
-            _check(value is None and key != "learning_rate" or _is_number(value) and value > 0,
+            _check(value is None and key != "learning_rate" or is_number(value) and value > 0,
                    key, f"must be > 0, got {value!r}")
-        _check(_is_number(self.flip) and 0 <= self.flip <= 1, "flip",
+        _check(is_number(self.flip) and 0 <= self.flip <= 1, "flip",
                f"must be a probability in [0, 1], got {self.flip!r}")
         for key in ("hsv", "scale_jitter"):
             value = getattr(self, key)
-            _check(_is_number(value) and 0 <= value < 1, key, f"must be in [0, 1), got "
+            _check(is_number(value) and 0 <= value < 1, key, f"must be in [0, 1), got "
                    f"{value!r}")
         self._check_structure()
-        _check(_is_number(self.p_lambda) and self.p_lambda >= 0, "p_lambda",
+        _check(is_number(self.p_lambda) and self.p_lambda >= 0, "p_lambda",
                f"must be >= 0, got {self.p_lambda!r}")
         for key in ("label_smoothing", "distill_weight"):
             value = getattr(self, key)
-            _check(_is_number(value) and 0 <= value < 1, key,
+            _check(is_number(value) and 0 <= value < 1, key,
                    f"must be in [0, 1), got {value!r}")
-        _check(_is_number(self.distill_temperature) and self.distill_temperature > 0,
+        _check(is_number(self.distill_temperature) and self.distill_temperature > 0,
                "distill_temperature", f"must be > 0, got {self.distill_temperature!r}")
         _check(isinstance(self.model_args, dict), "model_args", "must be a mapping")
         return self
@@ -269,26 +269,27 @@ class Config:
         _check(self.structure == "unstructured" or self.score == "magnitude", "score",
                f"{self.score!r} ranks single weights; structure {self.structure!r} ranks "
                "groups by group_score: leave score at magnitude")
-        _check(_is_int(self.nm_n) and _is_int(self.nm_m) and 1 <= self.nm_n < self.nm_m,
-               "nm_n", f"and nm_m must be integers with 1 <= nm_n < nm_m, got {self.nm_n!r} "
-               f"and {self.nm_m!r}")
+        try:
+            validate_nm(self.nm_n, self.nm_m)
+        except ProjectionError:
+            raise ConfigError(f"nm_n and nm_m must be integers with 1 <= nm_n < nm_m, got "
+                              f"{self.nm_n!r} and {self.nm_m!r}") from None
         if self.structure != "nm":
             return
         _check(self.layer_percents is None, "layer_percents",
                "cannot be used with structure nm: N:M fixes every layer's ratio")
-        # layers whose input width is not a multiple of nm_m remove a little less (the
-        # pruner checks the exact figure); the tolerance is the pruner's
+        # the pruner checks the exact figure of the model's shapes
         implied = 100.0 * (self.nm_m - self.nm_n) / self.nm_m
         for s in range(self.stages):
             percent = self.stage_value("all_percent", s)
-            _check(abs(percent - implied) <= 0.5, "all_percent",
+            _check(abs(percent - implied) <= NM_PERCENT_TOLERANCE, "all_percent",
                    f"must be {implied:g} with structure nm {self.nm_n}:{self.nm_m} (N:M "
                    f"removes that share), got {percent!r}; set all_percent: {implied:g}")
 
     def _check_registered(self) -> None:
         # Imported here: the registries import torch, the rest of this module does not.
-        from .data.registry import dataset_entry
-        from .tasks import list_tasks
+        from ..data.registry import dataset_entry
+        from ..tasks import list_tasks
 
         try:
             dataset_entry(self.dataset)
@@ -296,15 +297,6 @@ class Config:
             raise ConfigError(f"dataset: {err}") from None
         _check(self.task in list_tasks(), "task",
                f"must be one of {', '.join(list_tasks())}; got {self.task!r}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -7,7 +7,7 @@ may also learn from the dense model's softened outputs:
 
 The T² keeps the soft term's gradients on the scale of the task loss's as T changes
 (the gradient of the KL term shrinks like 1/T²). The teacher is a frozen copy of the model
-taken when the dense phase ends; :mod:`admmprune.pipeline` owns its life cycle, the training
+taken when the dense phase ends; :mod:`admmprune.runs.pipeline` owns its life cycle, the training
 loop only calls :meth:`Distillation.loss`.
 """
 

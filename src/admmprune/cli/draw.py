@@ -8,6 +8,7 @@ run :func:`~admmprune.tasks.detection.detect` on the first validation images and
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError
-from .rundir import RunError, load_run_config
+from ..runs.config import Config, ConfigError
+from ..runs.rundir import RunError, load_run_config
 
 __all__ = ["WEIGHTS", "PREDICTION_COLOUR", "TRUTH_COLOUR", "draw_detections", "draw_runs"]
 
@@ -209,11 +210,11 @@ def draw_runs(run_dirs: Sequence[str | Path], out: str | Path, *, images: int = 
     per run (``weights``: dense.pt, admm.pt or model.pt), and with ``compare_dense`` a dense
     column before each. Titles give the run's mAP@0.5 from summary.json (measured on the whole
     evaluation split) and the compression N/K counted on the drawn weights."""
-    from .data import create_dataset
-    from .masks import global_sparsity, sparsity_report
-    from .pipeline import build_model, load_weights, resolve_device
-    from .selection import prunable_parameters
-    from .tasks.detection import detect
+    from ..data import create_dataset
+    from ..masks import global_sparsity, sparsity_report
+    from ..runs.build import build_model, load_weights, resolve_device
+    from ..selection import prunable_parameters
+    from ..tasks.detection import detect
 
     if weights not in WEIGHTS:
         raise ConfigError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
@@ -284,3 +285,10 @@ def draw_runs(run_dirs: Sequence[str | Path], out: str | Path, *, images: int = 
     return draw_detections(pictures, columns, truth, data.info.get("classes"), out,
                            row_labels=ids, title=f"score > {conf:g}; mAP@0.5 on the whole "
                                                  "evaluation split")
+
+
+def cmd_draw(args: argparse.Namespace) -> int:
+    path = draw_runs(args.run_dirs, args.out, images=args.images, weights=args.weights,
+                     compare_dense=args.compare_dense, conf=args.conf, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0

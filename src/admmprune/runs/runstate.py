@@ -1,7 +1,7 @@
 """What a checkpoint holds and how every rank gets the same one: the run's progress, the
 random-number states, and the choice of the newest intact checkpoint file.
 
-Split from :mod:`admmprune.pipeline` (the phases) so that what a bitwise resume needs is in
+Split from :mod:`admmprune.runs.pipeline` (the phases) so that what a bitwise resume needs is in
 one place: model, pruner (Z, U, rho, masks), optimizer, progress (including the data epoch),
 config, the RNG states of every rank, and the length of metrics.jsonl at the checkpoint.
 """
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
+from .. import distributed
 from .config import Config
 from .rundir import RunDirectory, RunError, load_checked
 

@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .graph import as_args, build_graph, output_tensors
+
 __all__ = [
     "ShrinkError",
     "ShrinkReport",
@@ -56,19 +58,14 @@ __all__ = [
     "shrink",
     "shrink_model",
     "count_macs",
+    "max_abs_difference",
     "save_shrunk",
     "load_shrunk",
     "format_shrink_report",
-    "shrink_run",
-    "format_shrink_summary",
 ]
 
 STRUCTURE_HINT = ("prune with whole filters or channels: `structure: filter` or "
                   "`structure: channel` in the recipe")
-# Modules that mix channels: removing a zero channel changes the others' values.
-CHANNEL_MIXING = (nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax, nn.Softmin,
-                  nn.LogSoftmax, nn.Softmax2d, nn.ChannelShuffle, nn.PixelShuffle,
-                  nn.PixelUnshuffle)
 _CONV = nn.modules.conv._ConvNd
 METADATA_KEY = "admmprune_shrunk"
 
@@ -127,21 +124,6 @@ class ShrinkReport:
 
 # -- measuring --------------------------------------------------------------------------------
 
-def _as_args(example_inputs) -> tuple:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
-        else (example_inputs,)
-
-
-def _tensors(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
 @torch.no_grad()
 def count_macs(model: nn.Module, example_inputs) -> dict[str, int]:
     """Multiply-accumulates of every Conv/Linear module for one forward pass of
@@ -165,7 +147,7 @@ def count_macs(model: nn.Module, example_inputs) -> dict[str, int]:
     try:
         was_training = model.training
         model.eval()
-        model(*_as_args(example_inputs))
+        model(*as_args(example_inputs))
         model.train(was_training)
     finally:
         for h in hooks:
@@ -241,97 +223,6 @@ def _check_structured(model: nn.Module) -> None:
         raise ShrinkError(f"the masks are unstructured: {zeros:,} weights are zero but no "
                           f"whole filter or input channel is, so nothing can be removed; "
                           f"{STRUCTURE_HINT}")
-
-
-# -- the dependency graph ---------------------------------------------------------------------
-
-def _build_graph(model: nn.Module, example_inputs):
-    import torch_pruning as tp
-
-    cat_sizes: dict[Any, list[int] | None] = {}
-
-    class RecordCat(torch.overrides.TorchFunctionMode):
-        # torch-pruning infers the sizes of a concatenation's parts from the graph and
-        # silently maps indices wrongly when that fails; the forward pass knows them.
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            out = func(*args, **kwargs)
-            if func in (torch.cat, torch.concat, torch.concatenate) and \
-                    isinstance(out, torch.Tensor) and out.grad_fn is not None:
-                parts = args[0] if args else kwargs.get("tensors", kwargs.get("inputs"))
-                dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
-                dim = dim % out.dim()
-                if dim == 1 and all(t.requires_grad for t in parts):
-                    cat_sizes[out.grad_fn] = [t.shape[1] for t in parts]
-                else:
-                    cat_sizes[out.grad_fn] = None
-            return out
-
-    # torch-pruning traces through a channel-mixing module's functional parts as if they
-    # were element-wise; the grad_fn of the module's output marks where it sits
-    mixing: dict[Any, str] = {}
-
-    def record_mixing(module, inputs, output):
-        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
-            mixing[output.grad_fn] = type(module).__name__
-
-    def forward(m, inputs):
-        hooks = [mod.register_forward_hook(record_mixing) for mod in m.modules()
-                 if isinstance(mod, CHANNEL_MIXING)]
-        try:
-            with RecordCat():
-                return m(*_as_args(inputs))
-        finally:
-            for h in hooks:
-                h.remove()
-
-    graph = tp.DependencyGraph()
-    with torch.enable_grad():
-        graph.build_dependency(model, example_inputs=example_inputs, forward_fn=forward,
-                               verbose=False)
-    bad_cats = set()
-    for node in graph.module2node.values():
-        if node.type == tp.ops.OPTYPE.CONCAT:
-            # torch-pruning lays the parts out in the order it met them while tracing,
-            # not in the order of torch.cat's arguments: put them in argument order
-            sizes = cat_sizes.get(node.grad_fn)
-            fns = [f for f, _ in node.grad_fn.next_functions]
-            ordered = [next((n for n in node.inputs if n.grad_fn is f), None) for f in fns]
-            if sizes is not None and len(sizes) == len(node.inputs) == len(ordered) and \
-                    None not in ordered and len(set(map(id, ordered))) == len(ordered):
-                node.inputs[:] = ordered
-                node.module.concat_sizes = list(sizes)
-                _map_concat(node, sizes)
-            else:
-                bad_cats.add(node)
-    tp.dependency.index_mapping.update_index_mapping(graph)
-    blocked = {}
-    for node in graph.module2node.values():
-        if node.type == tp.ops.OPTYPE.CONCAT and getattr(node.module, "offsets", None) is None:
-            blocked[node] = "concatenation whose part sizes are unknown"
-        if node.grad_fn in mixing:
-            blocked[node] = f"passes through {mixing[node.grad_fn]}"
-    blocked.update({n: "concatenation whose part sizes are unknown" for n in bad_cats})
-    return graph, blocked
-
-
-def _map_concat(node, sizes: list[int]) -> None:
-    """Index mappings between a concatenation and its parts from the recorded sizes
-    (torch-pruning leaves them out when its own size inference disagrees, e.g. when the
-    concatenation is pooled and flattened into a Linear)."""
-    from torch_pruning.dependency.index_mapping import _ConcatIndexMapping
-
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
-    node.module.offsets = offsets
-    for i, part in enumerate(node.inputs):
-        for dep in node.dependencies:  # concatenation -> part
-            if dep.target is part:
-                dep.index_mapping[1] = _ConcatIndexMapping(offsets[i:i + 2], reverse=True)
-        for dep in part.dependencies:  # part -> concatenation
-            if dep.target is node:
-                dep.index_mapping[1] = _ConcatIndexMapping(offsets[i:i + 2], reverse=False)
 
 
 @dataclass
@@ -617,16 +508,16 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
     if masks is not None:
         _apply_masks(work, masks)
     _check_structured(work)
-    args = _as_args(example_inputs)
+    args = as_args(example_inputs)
     with torch.no_grad():
-        masked_out = [t.detach().clone() for t in _tensors(work(*args))]
+        masked_out = [t.detach().clone() for t in output_tensors(work(*args))]
     before_shapes = {n: (type(m).__name__, _shape(m), sum(p.numel() for p in m.parameters()))
                      for n, m in work.named_modules()
                      if isinstance(m, (_CONV, nn.Linear, _BatchNorm))}
     macs_before = count_macs(work, args)
     params_before = _param_count(work)
 
-    graph, blocked_nodes = _build_graph(work, args)
+    graph, blocked_nodes = build_graph(work, args)
     closures = _closures(work, graph, blocked_nodes)
     kept: dict[str, int] = {}
     covered = {(m, i) for c in closures for m, d, i in c.members if d == "in"}
@@ -645,7 +536,7 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
     names = {m: n for n, m in work.named_modules()}
     dropped = _drop_constants(chosen, names)
     with torch.no_grad():
-        reference = [t.detach().clone() for t in _tensors(work(*args))] if dropped \
+        reference = [t.detach().clone() for t in output_tensors(work(*args))] if dropped \
             else masked_out
 
     plan: dict[nn.Module, dict[str, set[int]]] = {}
@@ -661,12 +552,12 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
 
     try:
         with torch.no_grad():
-            shrunk_out = _tensors(work(*args))
+            shrunk_out = output_tensors(work(*args))
     except Exception as err:  # noqa: BLE001 - any failure means the graph was misread
         raise ShrinkError(f"the shrunk model fails on the example input ({err}); some "
                           "operation couples channels in a way torch-pruning does not "
                           "see") from None
-    diff = _max_diff(shrunk_out, reference)
+    diff = max_abs_difference(shrunk_out, reference)
     scale = max([1.0] + [float(t.abs().max()) for t in reference if t.numel()])
     if diff > atol * scale:
         raise ShrinkError(f"the shrunk model's output differs from the masked model's by "
@@ -685,11 +576,12 @@ def shrink(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
                         macs_before=sum(macs_before.values()),
                         macs_after=sum(macs_after.values()), dropped=dropped, kept=kept,
                         removed=len(chosen),
-                        max_abs_diff=_max_diff(shrunk_out, masked_out),
+                        max_abs_diff=max_abs_difference(shrunk_out, masked_out),
                         architecture=_architecture(work))
 
 
-def _max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+def max_abs_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """The largest |a - b| over two models' outputs (lists of tensors of equal shapes)."""
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b, strict=True)):
         raise ShrinkError("the shrunk model's outputs have other shapes than the masked "
                           "model's; please report it")
@@ -711,7 +603,7 @@ def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
     safetensors with its new module shapes in the metadata (see the module docstring)."""
     from safetensors.torch import save_file
 
-    from .models import list_models
+    from ..models import list_models
 
     if model_name not in list_models():
         raise ShrinkError(f"{model_name!r} is not a registered model; load_shrunk rebuilds "
@@ -751,7 +643,7 @@ def load_shrunk(path: str | Path) -> nn.Module:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from .models import create_model
+    from ..models import create_model
 
     path = Path(path)
     if not path.is_file():
@@ -783,7 +675,7 @@ def load_shrunk(path: str | Path) -> nn.Module:
 # -- the table --------------------------------------------------------------------------------
 
 def format_shrink_report(report: ShrinkReport) -> str:
-    from .report import format_table
+    from ..tables import format_table
 
     def shape(s):
         return "x".join(str(d) for d in s)
@@ -813,62 +705,4 @@ def format_shrink_report(report: ShrinkReport) -> str:
     else:
         lines.append("no constant dropped: the shrunk model computes the masked model's "
                      "function")
-    return "\n".join(lines)
-
-
-# -- a run directory --------------------------------------------------------------------------
-
-def default_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "model-shrunk.safetensors"
-
-
-def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
-               weights: str | Path | None = None, data_dir: str | None = None,
-               tolerance: float = 1e-5) -> dict:
-    """Shrink RUN_DIR/model.pt (or ``weights``; zeros read from the weights), write it with
-    :func:`save_shrunk` and check it against the masked model on the first test batch.
-
-    Returns {"report", "path", "batch", "batch_max_abs_diff"}. MACs are counted for one test
-    example. Raises :class:`ShrinkError` when the outputs differ by more than ``tolerance``
-    x max(1, max |output|) although no constant was dropped."""
-    from .data import DatasetError
-    from .export.run import _model_args
-    from .pipeline import build_model, load_data, load_run_config, load_weights
-
-    run_dir = Path(run_dir)
-    config = load_run_config(run_dir, {"data_dir": data_dir} if data_dir else {})
-    device = torch.device("cpu")
-    try:
-        data = load_data(config, device, splits=("test",))
-    except DatasetError as err:
-        raise ShrinkError(f"shrinking traces the model on a test example and checks it on a "
-                          f"test batch, and the test data cannot be read: {err}") from None
-    model = build_model(config, data.num_classes)
-    weights = Path(weights) if weights else run_dir / "model.pt"
-    load_weights(model, weights, device, config.model)
-    model.eval()
-    batch, _ = next(iter(data.test))
-    batch = batch.to(device).float()
-    report = shrink(model, None, batch[:1])
-    with torch.no_grad():
-        want, got = model(batch), report.model(batch)
-    diff = _max_diff(_tensors(got), _tensors(want))
-    scale = max([1.0] + [float(t.abs().max()) for t in _tensors(want)])
-    if not report.dropped and diff > tolerance * scale:
-        raise ShrinkError(f"the shrunk model differs from the masked one by {diff:.3g} on a "
-                          f"test batch (allowed {tolerance * scale:.3g}); please report it")
-    path = save_shrunk(report.model, Path(out) if out else default_path(run_dir),
-                       model_name=config.model, model_args=_model_args(config,
-                                                                        data.num_classes))
-    return {"report": report, "path": path, "batch": int(batch.shape[0]),
-            "batch_max_abs_diff": diff}
-
-
-def format_shrink_summary(summary: dict) -> str:
-    report = summary["report"]
-    lines = [format_shrink_report(report),
-             f"MACs per example; on a test batch of {summary['batch']} the shrunk model "
-             f"matches the masked one: max |difference| {summary['batch_max_abs_diff']:.3g}"
-             + (" (dropped constants change it)" if report.dropped else ""),
-             f"wrote {summary['path']} (read it with admmprune.load_shrunk)"]
     return "\n".join(lines)

@@ -4,13 +4,15 @@ fine-tuning the centroids on the run's training data, with ``finetune_epochs``).
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .formats import ExportError, load, save_compressed, save_dense, save_onnx
-from .size import format_size_report, size_report
+from ..export.formats import ExportError, load, save_compressed, save_dense, save_onnx
+from ..export.size import format_size_report, size_report
 
 __all__ = ["DEAD_UNITS", "FORMATS", "default_path", "export_run", "format_export_summary"]
 
@@ -25,20 +27,9 @@ def default_path(run_dir: Path, fmt: str, bits: int = 32) -> Path:
     return run_dir / {"dense": "model.safetensors", "onnx": "model.onnx"}[fmt]
 
 
-def _model_args(config, num_classes: int | None) -> dict:
-    """The arguments pipeline.build_model passes to the factory (recorded in the file)."""
-    from ..models.registry import accepts_argument
-
-    kwargs = dict(config.model_args)
-    for key, value in (("num_classes", num_classes), ("image_size", config.image_size)):
-        if value is not None and key not in kwargs and accepts_argument(config.model, key):
-            kwargs[key] = value
-    return kwargs
-
-
 def _evaluate(model: nn.Module, config, data, device, split: str = "test") -> dict:
+    from ..runs.train import evaluate
     from ..tasks import create_task
-    from ..train import evaluate
 
     task = create_task(config.task)
     task.bind(model)
@@ -60,15 +51,15 @@ def _finetune(model: nn.Module, config, data, device, *, bits: int, epochs: int,
     right after quantization (``after``, when ``measure_test``), the training loss right
     after quantization and after fine-tuning (measured in eval mode over the whole training
     split, the same way both times) and the per-epoch training statistics."""
+    from ..export.finetune import finetune_centroids, quantize_weights
+    from ..export.formats import sparse_names
+    from ..runs.train import NonFiniteLossError
     from ..tasks import create_task
-    from ..train import NonFiniteLossError
-    from .finetune import finetune_centroids, quantize_weights
-    from .formats import _sparse_names
 
     # what save_compressed stores sparse, fixed before training: the file keeps these
     # positions even where a centroid is trained to exactly 0
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    result: dict = {"supports": _sparse_names(model, state, None, config.include,
+    result: dict = {"supports": sparse_names(model, state, None, config.include,
                                               config.exclude)}
     model.to(device)
     quantized = quantize_weights(model, bits, config.include, config.exclude)
@@ -109,12 +100,12 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     on the recipe's device; everything else on the CPU.
 
     ``dead_units``: ``drop`` zeroes the bias and incoming weights of units that no surviving
-    weight reads (:mod:`admmprune.liveness`; the outputs stay the same, checked on test
+    weight reads (:mod:`admmprune.channels.liveness`; the outputs stay the same, checked on test
     examples) before writing, ``keep`` stores the state dict as it is, ``auto`` drops them
     for quantized compressed files, whose values change anyway, and keeps them otherwise
     (a float32 file is then the state dict bit for bit)."""
-    from ..data import DatasetError
-    from ..pipeline import build_model, load_data, load_run_config, load_weights, resolve_device
+    from ..runs.build import build_model, load_run, model_args, resolve_device
+    from ..runs.rundir import load_run_config
 
     if fmt not in FORMATS:
         raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -133,37 +124,34 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     drop_dead = dead_units == "drop" or (dead_units == "auto" and fmt == "compressed"
                                           and bits < 32)
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir, {"data_dir": data_dir} if data_dir else {})
+    overrides = {"data_dir": data_dir} if data_dir else {}
+    config = load_run_config(run_dir, overrides)
     device = resolve_device(config.device) if finetune_epochs else torch.device("cpu")
-    weights = Path(weights) if weights else run_dir / "model.pt"
-    summary: dict = {"format": fmt, "bits": bits, "weights": str(weights)}
-    data, num_classes = None, None
     needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate) \
         or drop_dead
-    if needs_data or finetune_epochs or config.model_args.get("num_classes") is None:
-        splits = ("train", "test") if finetune_epochs else ("test",)
-        try:
-            data = load_data(config, device, splits=splits)
-            num_classes = data.num_classes
-        except DatasetError as err:
-            if fmt == "onnx":
-                raise ExportError(f"the ONNX export traces the model on a test example, and "
-                                  f"the test data cannot be read: {err}") from None
-            if dead_units == "drop":
-                raise ExportError(f"dropping dead units checks the outputs on test "
-                                  f"examples, and the test data cannot be read: {err} (or "
-                                  "export with --dead-units keep)") from None
-            if finetune_epochs:
-                raise ExportError(f"fine-tuning the centroids trains on the run's training "
-                                  f"data, which cannot be read: {err} (or export without "
-                                  "--finetune-epochs)") from None
-            summary["data_error"] = str(err)
-    model = build_model(config, num_classes)
-    load_weights(model, weights, device, config.model)
-    model.eval()
+    reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
+    run = load_run(run_dir, overrides=overrides, device=device, weights=weights,
+                   splits=("train", "test") if finetune_epochs else ("test",),
+                   data="optional" if reads_data else "none")
+    model, data, weights, num_classes = run.model, run.data, run.weights, run.num_classes
+    summary: dict = {"format": fmt, "bits": bits, "weights": str(weights)}
+    if run.data_error is not None:
+        err = run.data_error
+        if fmt == "onnx":
+            raise ExportError(f"the ONNX export traces the model on a test example, and "
+                              f"the test data cannot be read: {err}")
+        if dead_units == "drop":
+            raise ExportError(f"dropping dead units checks the outputs on test "
+                              f"examples, and the test data cannot be read: {err} (or "
+                              "export with --dead-units keep)")
+        if finetune_epochs:
+            raise ExportError(f"fine-tuning the centroids trains on the run's training "
+                              f"data, which cannot be read: {err} (or export without "
+                              "--finetune-epochs)")
+        summary["data_error"] = err
     if drop_dead and data is not None and data.test is not None:
         summary["dead_units"] = _drop_dead_units(model, data, strict=dead_units == "drop")
-    args = _model_args(config, num_classes)
+    args = model_args(config, num_classes)
     path = Path(out) if out else default_path(run_dir, fmt, bits)
     if fmt == "compressed" and finetune_epochs:
         measure = evaluate and data.test is not None
@@ -211,7 +199,7 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
 
 def _drop_dead_units(model: nn.Module, data, strict: bool) -> dict:
     """The dead-unit report; without ``strict`` a failed analysis only keeps every unit."""
-    from ..liveness import DeadUnitReport, LivenessError, drop_dead_units
+    from ..channels.liveness import DeadUnitReport, LivenessError, drop_dead_units
 
     x, _ = next(iter(data.test))
     try:
@@ -238,7 +226,7 @@ def _labels(config) -> dict:
 
 
 def format_export_summary(summary: dict) -> str:
-    from ..report import format_metrics
+    from ..runs.report import format_metrics
 
     lines = []
     if "size" in summary:
@@ -283,3 +271,17 @@ def format_export_summary(summary: dict) -> str:
 
 def _epochs(n: int) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    try:
+        summary = export_run(args.run_dir, args.export_format, bits=args.bits, out=args.out,
+                             weights=args.weights, data_dir=args.data_dir,
+                             evaluate=not args.no_eval,
+                             finetune_epochs=args.finetune_epochs,
+                             finetune_lr=args.finetune_lr, dead_units=args.dead_units)
+    except ExportError as err:
+        print(f"admmprune export: error: {err}", file=sys.stderr)
+        return 2
+    print(format_export_summary(summary))
+    return 0

@@ -24,115 +24,32 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distill, distributed, runtime
+from .. import distributed, runtime
+from ..data.augment import replace_shift, takes_shift
+from ..pruner import ADMMPruner
+from ..regrow import MaskRefiner
+from ..selection import describe_selection, format_selection
+from . import distill
 from .averaging import RetrainingAverage
+from .build import (
+    build_model,
+    build_pruner,
+    build_task,
+    check_selection,
+    load_data,
+    load_weights,
+    resolve_device,
+    traces_model,
+)
 from .config import Config, ConfigError
-from .data import DataSplits, create_dataset
-from .data.augment import replace_shift, takes_shift
-from .models import create_model, weights_loader
-from .pruner import ADMMPruner
-from .regrow import MaskRefiner
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
-from .selection import describe_selection, format_selection, prunable_parameters
-from .tasks import Task, create_task
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model"]
 
 STAGES = ("all", "admm", "retrain")
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a recipe's ``device`` names; inside a process group, CUDA means
-    ``cuda:LOCAL_RANK``."""
-    if name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {name!r} was asked for but CUDA is not available; "
-                              "use device=cpu or auto")
-    try:
-        return distributed.device_for(device)
-    except distributed.DistributedError as err:
-        raise ConfigError(str(err)) from None
-
-
-def load_data(config: Config, device: torch.device, splits: tuple[str, ...] = ("train", "test")
-              ) -> DataSplits:
-    """The configured dataset's splits (in-memory sets are moved to ``device`` once)."""
-    return create_dataset(config.dataset, config, device, splits)
-
-
-def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
-    """The configured model; a factory that takes ``num_classes`` / ``image_size`` gets the
-    dataset's class count / the recipe's image_size unless model_args sets them."""
-    from .models.registry import accepts_argument
-
-    kwargs = dict(config.model_args)
-    for key, value in (("num_classes", num_classes), ("image_size", config.image_size)):
-        if value is not None and key not in kwargs and accepts_argument(config.model, key):
-            kwargs[key] = value
-    try:
-        return create_model(config.model, **kwargs)
-    except (TypeError, ValueError, RuntimeError) as err:
-        # a wrong keyword (TypeError) or a value the model cannot be built with
-        raise ConfigError(f"model_args {config.model_args} do not fit model "
-                          f"{config.model!r}: {err}") from None
-
-
-def _build_task(config: Config) -> Task:
-    """The configured task; label smoothing and distillation need class logits."""
-    task = create_task(config.task)
-    if (config.label_smoothing or config.distill_weight) and \
-            not getattr(task, "distillable", False):
-        raise ConfigError(f"label_smoothing and distill_weight apply to classification only; "
-                          f"task {config.task!r} does not output class logits: set both to 0")
-    return create_task(config.task, label_smoothing=config.label_smoothing) \
-        if config.label_smoothing else task
-
-
-def build_pruner(model: nn.Module, config: Config, stage: int = 0,
-                 example_inputs: torch.Tensor | None = None) -> ADMMPruner:
-    return ADMMPruner(
-        model,
-        all_percent=config.stage_value("all_percent", stage),
-        rho=config.stage_value("rho", stage),
-        rho_growth=config.stage_value("rho_growth", stage),
-        rho_max=config.stage_value("rho_max", stage),
-        adaptive_rho=config.adaptive_rho,
-        p_lambda=config.p_lambda,
-        projection=config.projection,
-        layer_percents=config.layer_percents,
-        score=config.score,
-        include=config.include,
-        exclude=config.exclude,
-        z_init=config.z_init,
-        allow_regrowth=config.allow_regrowth,
-        structure=config.structure,
-        group_score=config.group_score,
-        nm_n=config.nm_n,
-        nm_m=config.nm_m,
-        example_inputs=example_inputs if _traces_model(config) else None,
-        # global filter pruning counts live weights whenever it can trace the model
-        live_weights=config.live_weights and config.structure == "unstructured",
-    )
-
-
-def _traces_model(config: Config) -> bool:
-    """Whether the pruner traces the model on example inputs (to count live weights)."""
-    return config.structure == "filter" or config.live_weights
-
-
-def _check_selection(model: nn.Module, config: Config) -> None:
-    """The prunable tensors exist and layer_percents fits them (raises before training)."""
-    named = prunable_parameters(model, config.include, config.exclude)  # raises if empty
-    if config.layer_percents is not None and len(config.layer_percents) != len(named):
-        raise ConfigError(f"layer_percents has {len(config.layer_percents)} entries but "
-                          f"{config.model} has {len(named)} prunable tensors: "
-                          f"{', '.join(n for n, _ in named)}")
 
 
 def _seed_everything(seed: int) -> None:
@@ -166,7 +83,7 @@ class Run:
                               "gradients, so the masks would differ between processes; run "
                               "one process or set retraining_regrow: 0")
         self.device = resolve_device(config.device)
-        self.task = _build_task(config)
+        self.task = build_task(config)
         self.progress = Progress()
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
@@ -209,7 +126,7 @@ class Run:
         self.task.bind(self.model)
         self.pruner: ADMMPruner | None = None
         # Selection and per-layer ratios fail now, not after hours of dense training.
-        _check_selection(self.model, config)
+        check_selection(self.model, config)
         self.selection = describe_selection(self.model, config.include, config.exclude)
         if resume:
             self._restore()
@@ -266,7 +183,7 @@ class Run:
         """Two inputs traced by the filter and live-weight projections (test images, else
         training images: every rank must trace the same way, or their masks would differ)."""
         batches = self.test_batches if self.test_batches is not None else self.train_batches
-        if not _traces_model(self.config) or batches is None:
+        if not traces_model(self.config) or batches is None:
             return None
         x, _ = next(iter(batches))
         return x[:2].to(self.device)
@@ -462,11 +379,11 @@ class Run:
             k_step = 0  # the baseline: hard prune the current weights, no W-steps
         label = f"stage {s + 1}/{cfg.stages}" if cfg.stages > 1 else "admm"
         if prog.iteration == 0 and not prog.stage_pruned:
+            schedule = [cfg.stage_value(key, s) for key in ("rho", "rho_growth", "rho_max")]
             if s > 0:
-                pruner.start_stage(cfg.stage_value("all_percent", s))
-            pruner.rho = float(cfg.stage_value("rho", s))
-            pruner.rho_growth = float(cfg.stage_value("rho_growth", s))
-            pruner.rho_max = float(cfg.stage_value("rho_max", s))
+                pruner.start_stage(cfg.stage_value("all_percent", s), *schedule)
+            else:
+                pruner.set_rho_schedule(*schedule)
         enforce = pruner.masks is not None
         if not prog.stage_pruned:
             optimizer = self._optimizer(cfg.learning_rate, resume_state=prog.iteration > 0)
@@ -586,32 +503,6 @@ class Run:
 
     def close(self) -> None:
         self.dir.close()
-
-
-def load_weights(model: nn.Module, path: Path, device: torch.device,
-                 model_name: str | None = None) -> None:
-    """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
-    (Caffe .npy, darknet .weights), else a PyTorch state dict read with weights_only=True."""
-    if not path.is_file():
-        raise RunError(f"pretrained checkpoint {path} does not exist")
-    loader = weights_loader(model_name, path) if model_name else None
-    if loader is not None:
-        try:
-            loader(model, path)
-        except ValueError as err:
-            raise RunError(f"cannot load {path} into {model_name}: {err}") from None
-        model.to(device)
-        return
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise RunError(f"cannot read pretrained checkpoint {path}: {err}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise RunError(f"{path} does not fit model: {err}") from None
 
 
 def run_pipeline(config: Config, *, stage: str = "all", run_dir: str | Path | None = None,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from . import distributed
+from .. import distributed
 
 __all__ = ["RetrainingAverage", "has_batch_norm"]
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from .report import format_table, read_summary, save_figure
+from ..tables import format_table
+from .report import read_summary, save_figure
 from .rundir import load_run_config
 
 __all__ = ["PublishedPoint", "PUBLISHED", "RunResult", "run_results", "read_results",

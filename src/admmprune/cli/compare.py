@@ -1,0 +1,78 @@
+"""``admmprune compare`` and ``tradeoff``: methods side by side, accuracy against compression."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..runs.config import ConfigError, load_config
+from .parser import recipe_overrides
+
+__all__ = ["cmd_compare", "cmd_tradeoff"]
+
+
+def _number_list(value, what: str) -> list[float]:
+    """[90, 95], "90,95" or 90 -> [90.0, 95.0]."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        return [float(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise ConfigError(f"{what} must be numbers separated by commas, got {value!r}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..runs.compare import format_rows, markdown_table, merged_rows, plot_compare, run_compare
+
+    overrides = recipe_overrides(args)
+    percents = _number_list(overrides.pop("all_percent", None) or 98.6, "--all-percent")
+    config = load_config(args.recipe, {**overrides, "all_percent": percents[-1]})
+    seeds = [int(s) for s in _number_list(args.seeds, "--seeds")]
+    variants = None
+    if args.depths:
+        variants = [{"depth": int(d)} for d in _number_list(args.depths, "--depths")]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = run_compare(config, methods, percents, args.out, seeds=seeds, variants=variants)
+    print(format_rows(rows))
+    rows = merged_rows(rows, args.out)  # tables and plots cover earlier invocations too
+    print()
+    print(markdown_table(rows))
+    for path in plot_compare(rows, args.out, layers_at=args.layers_at):
+        print(f"wrote {path}")
+    print(f"wrote {args.out / 'results.json'}, results.csv, results.md")
+    return 0
+
+
+def _name_label(item: str) -> tuple[str, str]:
+    name, sep, label = item.partition("=")
+    if not sep or not name or not label:
+        raise ValueError(f"--rename {item!r}: expected NAME=LABEL")
+    return name, label
+
+
+def cmd_tradeoff(args: argparse.Namespace) -> int:
+    from ..runs.records import (
+        PUBLISHED,
+        format_tradeoff,
+        plot_tradeoff,
+        pool_results,
+        read_results,
+        run_results,
+        write_results,
+    )
+
+    try:
+        if not args.run_dirs and not args.results:
+            raise ValueError("nothing to plot: give finished run directories or --results CSV")
+        renames = dict(_name_label(item) for item in args.rename)
+        results = [r for path in args.results for r in read_results(path)]
+        results += run_results(args.run_dirs)
+        points = pool_results(results, model=args.published, renames=renames)
+    except ValueError as err:
+        print(f"admmprune tradeoff: error: {err}", file=sys.stderr)
+        return 2
+    published = PUBLISHED.get(args.published, ())
+    print(format_tradeoff(points, published))
+    if args.save_results is not None:
+        print(f"wrote {write_results(results, args.save_results)}")
+    print(f"wrote {plot_tradeoff(points, args.out, published, args.title)}")
+    return 0

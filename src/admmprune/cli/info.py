@@ -1,0 +1,83 @@
+"""The listing commands (``models``, ``datasets``, ``keys``, ``inspect``) and the data
+preparation ones (``imagenet-labels``, ``make-detection-set``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from ..runs.config import KEY_HELP, Config, load_config
+from .parser import recipe_overrides
+
+__all__ = ["cmd_models", "cmd_datasets", "cmd_keys", "cmd_inspect", "cmd_imagenet_labels",
+           "cmd_make_detection_set"]
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from ..models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..models import list_models
+    from ..runs.build import build_model
+    from ..selection import describe_selection, format_selection, prunable_parameters
+
+    overrides = recipe_overrides(args)
+    if args.target in list_models():
+        overrides.setdefault("model", args.target)
+        config = load_config(None, overrides)
+    else:
+        config = load_config(args.target, overrides)
+    model = build_model(config)
+    pruned, skipped = describe_selection(model, config.include, config.exclude)
+    print(f"{config.model} {config.model_args or ''}".rstrip())
+    print(format_selection(pruned, skipped))
+    prunable_parameters(model, config.include, config.exclude)  # a run would refuse: say so
+    return 0
+
+
+def cmd_make_detection_set(args: argparse.Namespace) -> int:
+    from ..data.digits import run_make_detection_set
+
+    return run_make_detection_set(args)
+
+
+def cmd_datasets(_: argparse.Namespace) -> int:
+    from ..data import list_datasets
+    from ..runs.report import format_table
+    from ..tasks import list_tasks
+
+    print(format_table(["dataset", "task", "what it is"],
+                       [(d.name, d.task, d.description) for d in list_datasets()]))
+    print(f"\ntasks: {', '.join(list_tasks())}")
+    return 0
+
+
+def cmd_imagenet_labels(args: argparse.Namespace) -> int:
+    from ..data.imagenet import DEFAULT_LABELS_NAME, make_label_file, read_label_file
+
+    out = args.out or args.root / DEFAULT_LABELS_NAME
+    path = make_label_file(args.root, devkit=args.devkit, val_txt=args.val_txt,
+                           loc_csv=args.loc_csv, out=out)
+    labels, classes = read_label_file(path)
+    print(f"wrote {path}: {len(labels)} validation images, {len(classes or [])} classes")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from ..runs.report import format_table
+
+    defaults = Config().__dict__
+    rows = []
+    for f in fields(Config):
+        choices = f.metadata.get("choices")
+        meaning = KEY_HELP[f.name] + (f" ({', '.join(choices)})" if choices else "")
+        if args.markdown:
+            rows.append((f"`{f.name}`", f"`{defaults[f.name]!r}`", meaning.replace("|", "/")))
+        else:
+            rows.append((f.name, repr(defaults[f.name]), meaning))
+    print(format_table(["key", "default", "meaning"], rows, markdown=args.markdown))
+    return 0

@@ -1,0 +1,81 @@
+"""`admmprune shrink RUN_DIR`: a structurally pruned run's model made smaller and written."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..channels.graph import output_tensors
+from ..channels.shrink import (
+    ShrinkError,
+    format_shrink_report,
+    max_abs_difference,
+    save_shrunk,
+    shrink,
+)
+
+__all__ = ["default_path", "shrink_run", "format_shrink_summary"]
+
+
+def default_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "model-shrunk.safetensors"
+
+
+def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
+               weights: str | Path | None = None, data_dir: str | None = None,
+               tolerance: float = 1e-5) -> dict:
+    """Shrink RUN_DIR/model.pt (or ``weights``; zeros read from the weights), write it with
+    :func:`save_shrunk` and check it against the masked model on the first test batch.
+
+    Returns {"report", "path", "batch", "batch_max_abs_diff"}. MACs are counted for one test
+    example. Raises :class:`ShrinkError` when the outputs differ by more than ``tolerance``
+    x max(1, max |output|) although no constant was dropped."""
+    from ..data import DatasetError
+    from ..runs.build import load_run, model_args
+
+    try:
+        run = load_run(run_dir, overrides={"data_dir": data_dir} if data_dir else {},
+                       device=torch.device("cpu"), weights=weights)
+    except DatasetError as err:
+        raise ShrinkError(f"shrinking traces the model on a test example and checks it on a "
+                          f"test batch, and the test data cannot be read: {err}") from None
+    run_dir, config, data, model, device = run.run_dir, run.config, run.data, run.model, \
+        run.device
+    batch, _ = next(iter(data.test))
+    batch = batch.to(device).float()
+    report = shrink(model, None, batch[:1])
+    with torch.no_grad():
+        want, got = model(batch), report.model(batch)
+    diff = max_abs_difference(output_tensors(got), output_tensors(want))
+    scale = max([1.0] + [float(t.abs().max()) for t in output_tensors(want)])
+    if not report.dropped and diff > tolerance * scale:
+        raise ShrinkError(f"the shrunk model differs from the masked one by {diff:.3g} on a "
+                          f"test batch (allowed {tolerance * scale:.3g}); please report it")
+    path = save_shrunk(report.model, Path(out) if out else default_path(run_dir),
+                       model_name=config.model, model_args=model_args(config, data.num_classes))
+    return {"report": report, "path": path, "batch": int(batch.shape[0]),
+            "batch_max_abs_diff": diff}
+
+
+def format_shrink_summary(summary: dict) -> str:
+    report = summary["report"]
+    lines = [format_shrink_report(report),
+             f"MACs per example; on a test batch of {summary['batch']} the shrunk model "
+             f"matches the masked one: max |difference| {summary['batch_max_abs_diff']:.3g}"
+             + (" (dropped constants change it)" if report.dropped else ""),
+             f"wrote {summary['path']} (read it with admmprune.load_shrunk)"]
+    return "\n".join(lines)
+
+
+def cmd_shrink(args: argparse.Namespace) -> int:
+    try:
+        summary = shrink_run(args.run_dir, out=args.out, weights=args.weights,
+                             data_dir=args.data_dir)
+    except ShrinkError as err:
+        print(f"admmprune shrink: error: {err}", file=sys.stderr)
+        return 2
+    print(format_shrink_summary(summary))
+    return 0
