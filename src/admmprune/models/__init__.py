@@ -1,6 +1,6 @@
 """Registered models; importing this package registers them all."""
 
-from . import alexnet, darknet, lenet5, lenet300, mlp  # noqa: F401  (registration side effect)
+from . import alexnet, darknet, gpt, lenet5, lenet300, mlp  # noqa: F401  (registration)
 from .registry import (
     UnknownModelError,
     create_model,
