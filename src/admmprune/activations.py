@@ -20,8 +20,9 @@ def input_feature_dim(module: nn.Module) -> int | None:
     if isinstance(module, nn.Linear):
         return 1
     # recognised by name: transformers need not be importable for other models
+    weight = getattr(module, "weight", None)
     if type(module).__name__ == "Conv1D" and hasattr(module, "nf") \
-            and getattr(module, "weight", None) is not None and module.weight.dim() == 2:
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2:
         return 0
     return None
 
@@ -76,7 +77,8 @@ def input_norms(model: nn.Module, modules: Sequence[nn.Module], batches: Iterabl
         model.train(was_training)
     if seen == 0:
         raise ValueError("no calibration batch: the batches are empty")
-    missing = [i for i, s in enumerate(sums) if s is None]
-    if missing:
+    found = [s for s in sums if s is not None]
+    if len(found) < len(sums):
+        missing = [i for i, s in enumerate(sums) if s is None]
         raise ValueError(f"modules {missing} were never called on the calibration batches")
-    return [s.sqrt() for s in sums]
+    return [s.sqrt() for s in found]

@@ -131,9 +131,9 @@ def wanda_masks(model: nn.Module, batches: Iterable, *, all_percent: float | Non
     """
     if (all_percent is None) == (nm is None):
         raise WandaError("give exactly one of all_percent (unstructured) and nm=(N, M)")
-    names = [name for name, _ in prunable_parameters(model, include, exclude)]
+    named = prunable_parameters(model, include, exclude)
     modules, dims = [], []
-    for name in names:
+    for name, _ in named:
         module_name, _, attr = name.rpartition(".")
         module = model.get_submodule(module_name)
         dim = input_feature_dim(module)
@@ -144,8 +144,8 @@ def wanda_masks(model: nn.Module, batches: Iterable, *, all_percent: float | Non
         dims.append(dim)
     norms = input_norms(model, modules, batches, max_batches=max_batches, device=device)
     masks = []
-    for module, dim, norm in zip(modules, dims, norms, strict=True):
-        scores = wanda_scores(module.weight, norm, dim)
-        masks.append(row_masks(scores, all_percent, dim) if nm is None
-                     else nm_row_masks(scores, nm[0], nm[1], dim))
+    for (_, weight), dim, norm in zip(named, dims, norms, strict=True):
+        scores = wanda_scores(weight, norm, dim)
+        masks.append(nm_row_masks(scores, nm[0], nm[1], dim) if nm is not None
+                     else row_masks(scores, float(all_percent or 0.0), dim))
     return masks

@@ -246,11 +246,11 @@ def load_text(source: str | os.PathLike[str],
             if path is None:
                 raise DatasetError(f"{source} has no {' or '.join(SPLIT_FILES[split])}: the "
                                    "split layout needs both train.txt and test.txt")
-            data[split] = read_text_file(path, sums)
+            plain = data[split] = read_text_file(path, sums)
             digest = expected.get(split)
-            if digest is not None and _sha256(data[split]) != digest:
+            if digest is not None and _sha256(plain) != digest:
                 raise DatasetError(
-                    f"{path}: SHA-256 of the uncompressed bytes is {_sha256(data[split])}, "
+                    f"{path}: SHA-256 of the uncompressed bytes is {_sha256(plain)}, "
                     f"but {source}'s README gives {digest}; the file is corrupt or not the "
                     "original: replace it with an intact copy")
     elif source.is_dir():
