@@ -46,3 +46,12 @@ def test_bad_sizes_and_missing_transformers_are_explained(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match="install transformers"):
         create_model("gpt", **SMALL)
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    from admmprune.export.formats import save_onnx
+
+    torch.manual_seed(0)
+    model = create_model("gpt", **SMALL).eval()
+    result = save_onnx(model, tmp_path / "gpt.onnx", torch.randint(256, (2, 16)))
+    assert result["max_abs_diff"] is not None and result["max_abs_diff"] < 1e-4

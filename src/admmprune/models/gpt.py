@@ -84,7 +84,11 @@ class GPT(nn.Module):
         if x.dim() != 2 or x.shape[1] > self.config.n_positions:
             raise ValueError(f"gpt takes token windows [B, T] with T <= n_positions "
                              f"{self.config.n_positions}, got {tuple(x.shape)}")
-        hidden = self.transformer(input_ids=x.long(), use_cache=False).last_hidden_state
+        ids = x.long()
+        # an explicit all-ones mask: without one, transformers looks for packed sequences
+        # with torch.diff, which torch.onnx cannot export
+        hidden = self.transformer(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                  use_cache=False).last_hidden_state
         return self.lm_head(hidden)
 
 
