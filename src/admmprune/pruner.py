@@ -346,6 +346,32 @@ class ADMMPruner:
         self.pruned = True
         return self.sparsity()
 
+    @torch.no_grad()
+    def apply_masks(self, masks: Sequence[torch.Tensor]) -> list[LayerSparsity]:
+        """Hard prune to masks chosen elsewhere (Wanda's, a baseline's): like
+        :meth:`hard_prune`, with the support given instead of projected.
+
+        Args:
+            masks: one boolean tensor per pruned tensor, in :attr:`names` order (the order of
+                ``selection.prunable_parameters``), each of its tensor's shape.
+
+        Returns:
+            The per-layer sparsity after pruning.
+
+        Raises:
+            PrunerError: the wrong number or shapes of masks (nothing is changed then).
+        """
+        masks = list(masks)
+        if len(masks) != len(self.params):
+            raise PrunerError(f"got {len(masks)} masks for the {len(self.params)} pruned "
+                              f"tensors ({', '.join(self.names)})")
+        try:
+            self._install(masks)
+        except ValueError as err:  # a shape mismatch: the enforcer installs nothing
+            raise PrunerError(str(err)) from None
+        self.pruned = True
+        return self.sparsity()
+
     def enforce(self, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Re-zero pruned weights (and the optimizer's buffers, if given); call after
         ``optimizer.step()`` during masked retraining."""

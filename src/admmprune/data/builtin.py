@@ -1,3 +1,3 @@
 """Importing this module registers every built-in dataset: add a new dataset's module here."""
 
-from . import coco, imagefolder, imagenet, mnist, synthetic, voc  # noqa: F401
+from . import coco, imagefolder, imagenet, mnist, synthetic, text, voc  # noqa: F401

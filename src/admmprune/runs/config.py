@@ -53,6 +53,8 @@ class Config:
                                         "(default 227)")
     resize: int | None = _key(None, "image datasets: images are resized to this before "
                                     "cropping (default 256)")
+    context: int | None = _key(None, "text datasets: tokens per window (default: model_args "
+                                     "context, else n_positions, else 256)")
     preprocess: str = _key("caffe", "image datasets: caffe (BGR 0-255 minus the mean, what "
                                     "bvlc_alexnet.npy expects) or standard (RGB 0-1, "
                                     "ImageNet mean/std)", ("caffe", "standard"))
@@ -225,7 +227,7 @@ class Config:
                "retraining_regrow", f"swaps single weights; structure {self.structure!r} "
                "keeps groups (set retraining_regrow: 0)")
         for key in ("batch_size", "accumulate", "steps_per_epoch", "train_subset",
-                    "test_subset", "threads", "image_size", "resize",
+                    "test_subset", "threads", "image_size", "resize", "context",
                     "retraining_regrow_every"):
             value = getattr(self, key)
             required = key in ("batch_size", "accumulate", "retraining_regrow_every")

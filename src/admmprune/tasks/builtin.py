@@ -1,3 +1,3 @@
 """Importing this module registers every built-in task: add a new task's module here."""
 
-from . import classification, detection  # noqa: F401
+from . import classification, detection, language_modeling  # noqa: F401

@@ -20,13 +20,15 @@ class Task(ABC):
     """Loss and metrics of one kind of problem. Subclasses set the class attributes and
     implement :meth:`loss` and :meth:`evaluate`.
 
-    ``metric`` is the headline metric (higher is better) that summaries, ``compare`` and
-    ``report`` show; ``metrics`` are all the keys :meth:`evaluate` returns besides ``loss``,
-    with their display names in ``labels``.
+    ``metric`` is the headline metric that summaries, ``compare`` and ``report`` show;
+    ``higher_is_better`` is its direction (accuracy, mAP: True; bits per byte: False), so
+    nothing that ranks runs has to assume one. ``metrics`` are all the keys :meth:`evaluate`
+    returns besides ``loss``, with their display names in ``labels``.
     """
 
     name: str = ""
     metric: str = ""
+    higher_is_better: bool = True
     metrics: tuple[str, ...] = ()
     labels: dict[str, str] = {}
     # the model's output is class logits: distillation from a teacher applies

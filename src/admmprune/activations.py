@@ -1,0 +1,84 @@
+"""Input statistics of layers over calibration batches, gathered with forward hooks.
+
+:func:`input_norms` gives ``‖X_j‖₂`` per input feature j of each layer: the norm of that
+feature over every token of every calibration example (what Wanda scores with).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["input_feature_dim", "input_norms"]
+
+
+def input_feature_dim(module: nn.Module) -> int | None:
+    """The input axis of ``module.weight``: 1 for ``nn.Linear`` ``[out, in]``, 0 for
+    Hugging Face's ``Conv1D`` ``[in, out]`` (GPT-2); None for other layers."""
+    if isinstance(module, nn.Linear):
+        return 1
+    # recognised by name: transformers need not be importable for other models
+    weight = getattr(module, "weight", None)
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf") \
+            and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return 0
+    return None
+
+
+@torch.no_grad()
+def input_norms(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, *,
+                max_batches: int | None = None, device: torch.device | str | None = None
+                ) -> list[torch.Tensor]:
+    """``‖X_j‖₂`` per input feature of each of ``modules`` over the calibration batches.
+
+    The model runs in eval mode (no dropout) and returns to its previous mode; hooks are
+    removed even on error. A module called several times per forward pass counts every
+    call's inputs.
+
+    Args:
+        model: the model the batches are fed to.
+        modules: layers of ``model`` whose first input is ``[..., features]``.
+        batches: ``(x, y)`` pairs; ``y`` is ignored.
+        max_batches: at most this many batches (None: all).
+        device: where ``x`` goes (default: the device of the model's first parameter).
+
+    Returns:
+        One float32 vector per module, on the module's device.
+
+    Raises:
+        ValueError: no batch was seen, or a module was never called.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    sums: list[torch.Tensor | None] = [None] * len(modules)
+
+    def hook_for(index: int):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0].detach()
+            squares = x.reshape(-1, x.shape[-1]).float().pow(2).sum(0)
+            sums[index] = squares if sums[index] is None else sums[index] + squares
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(i)) for i, m in enumerate(modules)]
+    was_training = model.training
+    seen = 0
+    try:
+        model.eval()
+        for step, (x, _) in enumerate(batches):
+            if max_batches is not None and step >= max_batches:
+                break
+            model(x.to(device))
+            seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if seen == 0:
+        raise ValueError("no calibration batch: the batches are empty")
+    found = [s for s in sums if s is not None]
+    if len(found) < len(sums):
+        missing = [i for i, s in enumerate(sums) if s is None]
+        raise ValueError(f"modules {missing} were never called on the calibration batches")
+    return [s.sqrt() for s in found]
