@@ -268,6 +268,37 @@ class ADMMPruner:
         return self.params[0].new_zeros(())
 
     @torch.no_grad()
+    def add_penalty_gradients(self) -> None:
+        """Add the gradient of :meth:`penalty` to each prunable weight's ``.grad`` (created
+        when None): rho·(W − Z + U) + p_lambda·W until the hard prune, p_lambda·W after it.
+
+        The alternative to adding ``penalty()`` to the loss, for loops whose loss is not
+        yours (trainer callbacks). Call it once per optimizer step, just before
+        ``optimizer.step()``:
+
+        - gradient accumulation: after the last accumulated backward pass (the penalty is
+          added once per step, not once per mini-batch);
+        - AMP with a ``GradScaler``: after ``scaler.unscale_(optimizer)`` (the term is not
+          scaled; adding it to scaled gradients would shrink it by the scale);
+        - DDP: after the backward's all-reduce, i.e. just before the step; every rank holds
+          the same W, Z and U, so every rank adds the same term.
+
+        Frozen weights (``requires_grad=False``) get nothing, as with ``penalty()``.
+        Pruned entries get 0 (W is 0 there after the hard prune).
+        """
+        params = [p for p in self.params if p.requires_grad]
+        if not params or (self.pruned and not self.p_lambda):
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        anchors = None if self.pruned else [a for p, a in zip(self.params, self._anchors(),
+                                                             strict=True) if p.requires_grad]
+        rho = 0.0 if self.pruned else self.rho
+        admm.add_penalty_gradient(params, [p.grad for p in params], anchors, rho,
+                                  self.p_lambda)
+
+    @torch.no_grad()
     def admm_step(self) -> dict:
         """Z-step, U-step, residuals and the rho update; returns this iteration's record.
 
