@@ -38,7 +38,7 @@ from .projection import (
     survivor_count,
 )
 from .regrow import drop_and_grow
-from .selection import PRUNABLE_TYPES, prunable_parameters
+from .selection import PRUNABLE_TYPES, is_transposed_linear, prunable_parameters
 
 __all__ = ["ADMMPruner", "PrunerError"]
 
@@ -72,7 +72,9 @@ class ADMMPruner:
             ``unstructured`` (single weights), ``filter`` (whole output filters; their
             biases are zeroed and kept zero with them after the hard prune), ``channel``
             (whole input channels) or ``nm`` (N of every M weights along the input
-            dimension; all_percent must then match the ratio N:M implies, within 0.5).
+            dimension, dim 0 of a weight stored [in, out] such as transformers' Conv1D;
+            all_percent must then match the ratio N:M implies, within 0.5). ``filter`` and
+            ``channel`` refuse Conv1D weights.
         group_score: filter/channel ranking, comparable across layers: ``l2``
             (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups).
         nm_n, nm_m: N and M of ``structure="nm"``.
@@ -153,6 +155,14 @@ class ADMMPruner:
         self.model = model
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        # Weights stored [in, out] (Hugging Face's Conv1D): N:M groups run along their dim 0
+        self.transposed = _transposed_weights(model, self.names)
+        if structure in ("filter", "channel") and any(self.transposed):
+            names = [n for n, t in zip(self.names, self.transposed, strict=True) if t]
+            raise PrunerError(f"structure {structure!r} does not support weights stored "
+                              f"transposed ([in, out], transformers' Conv1D): "
+                              f"{', '.join(names)}; exclude them or use structure "
+                              "'unstructured' or 'nm'")
         self.rho = float(rho)
         self.rho_growth = float(rho_growth)
         self.rho_max = float(rho_max)
@@ -513,13 +523,24 @@ class ADMMPruner:
             percents = self.layer_percents if self.layer_percents is not None else \
                 self.all_percent
         options = replace(self.options, raw_scores=raw_scores)
-        return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
-                        options)
+        if self.structure != "nm" or not any(self.transposed):
+            return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
+                            options)
+        # N:M runs along the input dimension, dim 0 of a weight stored [in, out]: project the
+        # transposed views and transpose the masks back
+        flip = self.transposed
+        values = [v.t() if t else v for v, t in zip(values, flip, strict=True)]
+        if allowed is not None:
+            allowed = [a.t() if t else a for a, t in zip(allowed, flip, strict=True)]
+        masks = _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
+                         options)
+        return [m.t().contiguous() if t else m for m, t in zip(masks, flip, strict=True)]
 
     def _nm_keep(self, all_percent: float) -> int:
         """The survivors N:M implies; ``all_percent`` must agree with them."""
         n, m = self.options.nm_n, self.options.nm_m
-        shapes = [tuple(p.shape) for p in self.params]
+        shapes = [tuple(p.shape)[::-1] if t else tuple(p.shape)
+                  for p, t in zip(self.params, self.transposed, strict=True)]
         implied = _checked(nm_removed_percent, shapes, n, m)
         if abs(float(all_percent) - implied) > NM_PERCENT_TOLERANCE:
             raise PrunerError(f"structure nm {n}:{m} removes {implied:.4g}% of these "
@@ -560,6 +581,15 @@ def _own_biases(model: nn.Module, names: Sequence[str], params: Sequence[torch.T
                 and isinstance(bias, nn.Parameter) and bias.shape == weight.shape[:1]):
             found.append((index, bias))
     return found
+
+
+def _transposed_weights(model: nn.Module, names: Sequence[str]) -> list[bool]:
+    """For every pruned tensor: is it the ``weight`` of a Linear stored [in, out]?"""
+    out = []
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        out.append(attr == "weight" and is_transposed_linear(model.get_submodule(module_name)))
+    return out
 
 
 def _is_number(value: object) -> bool:
