@@ -98,6 +98,10 @@ class ADMMCallback(TrainerCallback):
         verbose: bool = True,
         **options: Any,
     ) -> None:
+        if "on_pre_optimizer_step" not in vars(TrainerCallback):
+            raise ConfigError("ADMMCallback needs a transformers version whose TrainerCallback "
+                              "has on_pre_optimizer_step (the hook that adds the penalty); "
+                              "upgrade transformers")
         if (epochs is None) == (steps_per_admm is None):
             raise ConfigError("give epochs (trainer epochs per ADMM iteration) or "
                               "steps_per_admm (optimizer steps per ADMM iteration), not "
