@@ -116,10 +116,14 @@ def test_tied_embedding_and_linear_head_count_once():
             self.out.weight = self.emb.weight
 
     model = LM()
-    assert names(model) == ["emb.weight"]  # selected: it is also a Linear weight
-    pruned, skipped = describe_selection(model)
-    assert [p.numel for p in pruned] == [40]
-    assert [s.name for s in skipped] == ["out.weight"]
+    model.hidden = nn.Linear(4, 4)
+    # a Linear head tied to the embedding is an LM head: left dense unless named
+    assert names(model) == ["hidden.weight"]
+    assert "left dense by default" in reasons(model)["emb.weight"]
+    assert names(model, include=["out", "hidden"]) == ["emb.weight", "hidden.weight"]
+    pruned, skipped = describe_selection(model, include=["out"])
+    assert [p.numel for p in pruned] == [40]  # once
+    assert [s.name for s in skipped] == ["out.weight", "hidden.weight"]
 
 
 # -- patterns on parameter names ----------------------------------------------------------------

@@ -22,6 +22,7 @@ __all__ = [
     "admm_penalty",
     "weight_decay_penalty",
     "fused_penalty",
+    "add_penalty_gradient",
     "squared_norm",
     "project",
     "update_dual",
@@ -193,6 +194,43 @@ def fused_penalty(
         value += 0.5 * p_lambda * squared_norm(weights) if p_lambda else 0.0
         return weights[0].new_tensor(value)
     return _FusedPenalty.apply(float(rho), float(p_lambda), len(weights), *weights, *anchors)
+
+
+@torch.no_grad()
+def add_penalty_gradient(
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    anchors: Sequence[torch.Tensor] | None,
+    rho: float,
+    p_lambda: float = 0.0,
+) -> None:
+    """grad_l += rho·(W_l − A_l) + p_lambda·W_l in place: the gradient of ``fused_penalty``,
+    added directly instead of through autograd (``anchors=None`` or ``rho=0``: the
+    p_lambda term alone). On CPU it runs one cache-sized slice at a time, with no temporary
+    of the weights' size.
+
+    Raises:
+        ValueError: the lists differ in length or a gradient's shape is not its weight's.
+    """
+    if anchors is None:
+        rho = 0.0
+        anchors = weights
+    if not len(weights) == len(grads) == len(anchors):
+        raise ValueError(f"got {len(weights)} weights, {len(grads)} gradients and "
+                         f"{len(anchors)} anchors")
+    if not rho and not p_lambda:
+        return
+    for w, g, a in zip(weights, grads, anchors, strict=True):
+        if g.shape != w.shape:
+            raise ValueError(f"gradient of shape {tuple(g.shape)} for a weight of shape "
+                             f"{tuple(w.shape)}")
+        w, a = w.detach(), a.detach()
+        for wc, ac, gc in _slices(w, a, g):
+            # gc += rho·(wc − ac) + p_lambda·wc = (rho + p_lambda)·wc − rho·ac
+            if rho:
+                gc.add_(wc, alpha=rho + p_lambda).sub_(ac, alpha=rho)
+            else:
+                gc.add_(wc, alpha=p_lambda)
 
 
 def project(values: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> list[torch.Tensor]:

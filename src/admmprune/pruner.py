@@ -38,7 +38,7 @@ from .projection import (
     survivor_count,
 )
 from .regrow import drop_and_grow
-from .selection import PRUNABLE_TYPES, prunable_parameters
+from .selection import PRUNABLE_TYPES, is_transposed_linear, prunable_parameters
 
 __all__ = ["ADMMPruner", "PrunerError"]
 
@@ -71,7 +71,9 @@ class ADMMPruner:
             ``unstructured`` (single weights), ``filter`` (whole output filters; their
             biases are zeroed and kept zero with them after the hard prune), ``channel``
             (whole input channels) or ``nm`` (N of every M weights along the input
-            dimension; all_percent must then match the ratio N:M implies, within 0.5).
+            dimension, dim 0 of a weight stored [in, out] such as transformers' Conv1D;
+            all_percent must then match the ratio N:M implies, within 0.5). ``filter`` and
+            ``channel`` refuse Conv1D weights.
         group_score: filter/channel ranking, comparable across layers: ``l2``
             (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups).
         nm_n, nm_m: N and M of ``structure="nm"``.
@@ -146,6 +148,14 @@ class ADMMPruner:
         self.model = model
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        # Weights stored [in, out] (Hugging Face's Conv1D): N:M groups run along their dim 0
+        self.transposed = _transposed_weights(model, self.names)
+        if structure in ("filter", "channel") and any(self.transposed):
+            names = [n for n, t in zip(self.names, self.transposed, strict=True) if t]
+            raise PrunerError(f"structure {structure!r} does not support weights stored "
+                              f"transposed ([in, out], transformers' Conv1D): "
+                              f"{', '.join(names)}; exclude them or use structure "
+                              "'unstructured' or 'nm'")
         self.rho = float(rho)
         self.rho_growth = float(rho_growth)
         self.rho_max = float(rho_max)
@@ -275,6 +285,37 @@ class ADMMPruner:
         if self.p_lambda:
             return admm.fused_penalty(self.params, None, 0.0, self.p_lambda)
         return self.params[0].new_zeros(())
+
+    @torch.no_grad()
+    def add_penalty_gradients(self) -> None:
+        """Add the gradient of :meth:`penalty` to each prunable weight's ``.grad`` (created
+        when None): rho·(W − Z + U) + p_lambda·W until the hard prune, p_lambda·W after it.
+
+        The alternative to adding ``penalty()`` to the loss, for loops whose loss is not
+        yours (trainer callbacks). Call it once per optimizer step, just before
+        ``optimizer.step()``:
+
+        - gradient accumulation: after the last accumulated backward pass (the penalty is
+          added once per step, not once per mini-batch);
+        - AMP with a ``GradScaler``: after ``scaler.unscale_(optimizer)`` (the term is not
+          scaled; adding it to scaled gradients would shrink it by the scale);
+        - DDP: after the backward's all-reduce, i.e. just before the step; every rank holds
+          the same W, Z and U, so every rank adds the same term.
+
+        Frozen weights (``requires_grad=False``) get nothing, as with ``penalty()``.
+        Pruned entries get 0 (W is 0 there after the hard prune).
+        """
+        params = [p for p in self.params if p.requires_grad]
+        if not params or (self.pruned and not self.p_lambda):
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        anchors = None if self.pruned else [a for p, a in zip(self.params, self._anchors(),
+                                                             strict=True) if p.requires_grad]
+        rho = 0.0 if self.pruned else self.rho
+        admm.add_penalty_gradient(params, [p.grad for p in params], anchors, rho,
+                                  self.p_lambda)
 
     @torch.no_grad()
     def admm_step(self) -> dict:
@@ -517,13 +558,24 @@ class ADMMPruner:
             percents = self.layer_percents if self.layer_percents is not None else \
                 self.all_percent
         options = replace(self.options, raw_scores=raw_scores)
-        return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
-                        options)
+        if self.structure != "nm" or not any(self.transposed):
+            return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
+                            options)
+        # N:M runs along the input dimension, dim 0 of a weight stored [in, out]: project the
+        # transposed views and transpose the masks back
+        flip = self.transposed
+        values = [v.t() if t else v for v, t in zip(values, flip, strict=True)]
+        if allowed is not None:
+            allowed = [a.t() if t else a for a, t in zip(allowed, flip, strict=True)]
+        masks = _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
+                         options)
+        return [m.t().contiguous() if t else m for m, t in zip(masks, flip, strict=True)]
 
     def _nm_keep(self, all_percent: float) -> int:
         """The survivors N:M implies; ``all_percent`` must agree with them."""
         n, m = self.options.nm_n, self.options.nm_m
-        shapes = [tuple(p.shape) for p in self.params]
+        shapes = [tuple(p.shape)[::-1] if t else tuple(p.shape)
+                  for p, t in zip(self.params, self.transposed, strict=True)]
         implied = _checked(nm_removed_percent, shapes, n, m)
         if abs(float(all_percent) - implied) > NM_PERCENT_TOLERANCE:
             raise PrunerError(f"structure nm {n}:{m} removes {implied:.4g}% of these "
@@ -564,6 +616,15 @@ def _own_biases(model: nn.Module, names: Sequence[str], params: Sequence[torch.T
                 and isinstance(bias, nn.Parameter) and bias.shape == weight.shape[:1]):
             found.append((index, bias))
     return found
+
+
+def _transposed_weights(model: nn.Module, names: Sequence[str]) -> list[bool]:
+    """For every pruned tensor: is it the ``weight`` of a Linear stored [in, out]?"""
+    out = []
+    for name in names:
+        module_name, _, attr = name.rpartition(".")
+        out.append(attr == "weight" and is_transposed_linear(model.get_submodule(module_name)))
+    return out
 
 
 def _checked(fn, *args):

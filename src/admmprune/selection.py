@@ -6,9 +6,11 @@ Rules (``prunable_parameters`` and ``describe_selection`` share them):
 - Candidates are parameters with at least 2 dimensions (weight matrices and kernels);
   biases and norm-layer scales are never pruned.
 - Without ``include``, the candidates selected are the ``weight`` of every Conv/Linear
-  module. ``include`` / ``exclude`` are shell-style patterns (``fnmatch``) matched against
-  module names (``"features.*"``, ``"fc2"``) and full parameter names
-  (``"lstm.weight_ih_l0"``, ``"*.in_proj_weight"``, ``"emb.weight"``): a parameter is
+  module; Hugging Face's ``transformers.pytorch_utils.Conv1D`` (GPT-2's projections, a
+  Linear whose weight is stored transposed, [in, out]) counts as a Linear. ``include`` /
+  ``exclude`` are shell-style patterns (``fnmatch``) matched against module names
+  (``"features.*"``, ``"fc2"``) and full parameter names (``"lstm.weight_ih_l0"``,
+  ``"*.in_proj_weight"``, ``"emb.weight"``): a parameter is
   reached by a pattern that matches its own name or the name of the module holding it, so
   naming them reaches RNN, Embedding and MultiheadAttention weights too. A wildcard
   pattern reaches every candidate it matches (``"encoder.*"`` includes an LSTM under
@@ -22,6 +24,11 @@ Rules (``prunable_parameters`` and ``describe_selection`` share them):
 - Tensors behind a weight_norm / spectral_norm (or any other) parametrization are skipped
   the same way: the module's effective ``weight`` is computed, not a Parameter; name the
   underlying tensor exactly to prune it anyway.
+- Embeddings and the language-model head are left dense by default: a weight held by an
+  ``nn.Embedding``, by a module named ``lm_head`` or by the module the model's
+  ``get_output_embeddings()`` returns (Hugging Face), and so a Linear head tied to the
+  input embedding, is listed with that reason. Any include pattern that reaches it
+  prunes it (``include=["lm_head", "transformer.h.*"]``).
 - A model may name modules it advises against pruning in an attribute
   ``prune_exclude_default`` (detectors: the first convolution and the convolutions that
   feed the YOLO heads, as YOLObile does); they are skipped like frozen weights: naming one
@@ -42,6 +49,7 @@ from torch.nn.utils import parametrize
 
 __all__ = [
     "format_selection",
+    "is_transposed_linear",
     "PRUNABLE_TYPES",
     "SelectionError",
     "SelectedTensor",
@@ -53,7 +61,24 @@ __all__ = [
 # Weights of these modules are pruned by default; biases and norm layers never are.
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
+# Hugging Face's Conv1D, recognised by name so that this module never imports transformers
+_TRANSPOSED_LINEARS = (("transformers.pytorch_utils", "Conv1D"),
+                       ("transformers.modeling_utils", "Conv1D"))
+_HEAD_NAME = "lm_head"
+
 _LISTED = 40  # names listed in an error message before "... and N more"
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a Linear layer whose ``weight`` is stored transposed, [in, out]:
+    Hugging Face's ``transformers.pytorch_utils.Conv1D`` (GPT-2) or a subclass of it.
+    Decided from the class names, so transformers is never imported here."""
+    return any((cls.__module__, cls.__name__) in _TRANSPOSED_LINEARS
+               for cls in type(module).__mro__)
+
+
+def _is_prunable_module(module: nn.Module) -> bool:
+    return isinstance(module, PRUNABLE_TYPES) or is_transposed_linear(module)
 
 
 class SelectionError(ValueError):
@@ -80,6 +105,7 @@ class _Tensor:
     names: list[str] = field(default_factory=list)  # full names, the first one wins
     owners: list[str] = field(default_factory=list)  # modules holding it directly
     conv_linear: bool = False  # the ``weight`` of some Conv/Linear module
+    embedding: bool = False  # the ``weight`` of some nn.Embedding
     parametrized: str | None = None  # why its module's weight is computed from it
 
 
@@ -102,7 +128,8 @@ def _walk(model: nn.Module) -> tuple[list[_Tensor], list[str]]:
     order: list[_Tensor] = []
     conv_linear: list[str] = []
     for module_name, module in model.named_modules():
-        is_conv_linear = isinstance(module, PRUNABLE_TYPES)
+        is_conv_linear = _is_prunable_module(module)
+        is_embedding = isinstance(module, nn.Embedding)
         if is_conv_linear:
             conv_linear.append(module_name)
         old_style = _old_style_parametrizations(module)
@@ -121,11 +148,43 @@ def _walk(model: nn.Module) -> tuple[list[_Tensor], list[str]]:
             entry.owners.append(module_name)
             if is_conv_linear and local == "weight":
                 entry.conv_linear = True
+            if is_embedding and local == "weight":
+                entry.embedding = True
             if local in old_style:
                 entry.parametrized = f"parametrized by {old_style[local]}"
             elif new_style is not None:
                 entry.parametrized = new_style
     return order, conv_linear
+
+
+def _output_heads(model: nn.Module) -> set[str]:
+    """Names of the modules that map features to the vocabulary: any module named
+    ``lm_head`` and the one ``get_output_embeddings()`` returns (Hugging Face models)."""
+    heads = {name for name, _ in model.named_modules()
+             if name.rpartition(".")[2] == _HEAD_NAME}
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except (NotImplementedError, AttributeError, TypeError):
+            head = None  # the model has no output embedding
+        if isinstance(head, nn.Module):
+            heads.update(name for name, m in model.named_modules() if m is head)
+    return heads
+
+
+def _dense_by_default(entry: _Tensor, heads: set[str]) -> str | None:
+    """Why an embedding or LM-head weight is left dense unless include names it."""
+    head = next((o for o in entry.owners if o in heads), None)
+    if head is not None:
+        tied = [n for n in entry.names if not n.startswith(f"{head}.")]
+        kind = "language-model head (output embedding" + \
+            (f", tied to {tied[0]})" if tied else ")")
+        return f"{kind}: left dense by default; name {head!r} in include to prune it"
+    if entry.embedding:
+        return (f"not a Conv/Linear weight (an embedding: left dense by default); name "
+                f"{entry.names[0]!r} in include to prune it")
+    return None
 
 
 def _first_match(entry: _Tensor, patterns: Sequence[str]) -> str | None:
@@ -159,6 +218,7 @@ def _decide(model: nn.Module, include: Sequence[str], exclude: Sequence[str]
                 )
     exact = set(include)
     advised = set(getattr(model, "prune_exclude_default", ()))
+    heads = _output_heads(model)
     selected: list[_Tensor] = []
     skipped: list[tuple[_Tensor, str]] = []
     for e in candidates:
@@ -176,6 +236,8 @@ def _decide(model: nn.Module, include: Sequence[str], exclude: Sequence[str]
         elif advised.intersection(e.owners) and not named_exactly:
             skipped.append((e, f"left dense by the model's default (first conv, YOLO head "
                                f"input); name {e.owners[0]!r} in include to prune it"))
+        elif not include and _dense_by_default(e, heads) is not None:
+            skipped.append((e, _dense_by_default(e, heads)))
         elif include:
             if _first_match(e, include) is not None:
                 selected.append(e)

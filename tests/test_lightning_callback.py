@@ -1,0 +1,110 @@
+"""The Lightning callback: phases by epoch, exact K, zeros in weights and Adam state, resume."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from admmprune.integrations.lightning import ADMMPruning
+from admmprune.runs.config import ConfigError
+
+SCHEDULE = {"dense_epochs": 1, "k_step": 2, "epochs": 1, "retraining_epochs": 2}
+EPOCHS = 5
+
+
+class Blobs(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                 nn.Linear(32, 2))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(0)
+        y = torch.randint(0, 2, (64,), generator=generator)
+        x = torch.randn(64, 8, generator=generator) + (2 * y - 1).unsqueeze(1).float()
+        return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def fit(tmp_path, callback, *, max_epochs=EPOCHS, ckpt_path=None, save=False):
+    pl.seed_everything(0, verbose=False)
+    module = Blobs()
+    callbacks = [callback]
+    if save:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1,
+                                         every_n_epochs=1))
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=save, callbacks=callbacks,
+                         default_root_dir=tmp_path)
+    trainer.fit(module, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_exact_k_zero_weights_and_zero_adam_state_at_the_end(tmp_path):
+    callback = ADMMPruning(all_percent=90.0, rho=1e-2, **SCHEDULE)
+    module, trainer = fit(tmp_path, callback)
+    pruner = callback.pruner
+    assert pruner.iteration == 2 and pruner.pruned
+    assert sum(int(p.count_nonzero()) for p in pruner.params) == pruner.keep
+    assert pruner.keep == pruner.total - round(0.9 * pruner.total)
+    optimizer = trainer.optimizers[0]
+    for p, m in zip(pruner.params, pruner.masks, strict=True):
+        assert not bool(p.detach()[~m].any())
+        state = optimizer.state[p]
+        assert not bool(state["exp_avg"][~m].any()) and not bool(state["exp_avg_sq"][~m].any())
+        assert bool(state["exp_avg_sq"][m].any())  # the kept weights did train
+    assert [r.name for r in callback.report] == pruner.names
+    assert sum(r.kept for r in callback.report) == pruner.keep
+
+
+def test_resume_from_a_mid_admm_checkpoint_ends_with_the_same_masks(tmp_path):
+    whole = ADMMPruning(all_percent=90.0, rho=1e-2, **SCHEDULE)
+    fit(tmp_path / "a", whole, save=True)
+    # epoch=1.ckpt: after the dense epoch and the first ADMM iteration (Z, U saved, no mask)
+    checkpoint = torch.load(tmp_path / "a" / "epoch=1.ckpt", weights_only=False)
+    saved = next(v for k, v in checkpoint["callbacks"].items() if "ADMMPruning" in k)
+    assert saved["pruner"]["iteration"] == 1 and saved["pruner"]["masks"] is None
+    resumed = ADMMPruning(all_percent=90.0, rho=1e-2, **SCHEDULE)
+    fit(tmp_path / "b", resumed, ckpt_path=tmp_path / "a" / "epoch=1.ckpt")
+    assert resumed.pruner.iteration == 2
+    for a, b in zip(whole.pruner.masks, resumed.pruner.masks, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(whole.pruner.params, resumed.pruner.params, strict=True):
+        assert torch.equal(a.detach(), b.detach())
+
+
+def test_resume_with_another_schedule_is_refused(tmp_path):
+    fit(tmp_path / "a", ADMMPruning(all_percent=90.0, **SCHEDULE), save=True)
+    other = ADMMPruning(all_percent=80.0, **SCHEDULE)
+    with pytest.raises(ValueError, match="another pruning schedule"):
+        fit(tmp_path / "b", other, ckpt_path=tmp_path / "a" / "epoch=1.ckpt")
+
+
+def test_a_schedule_longer_than_max_epochs_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="needs 5 epochs.*max_epochs"):
+        fit(tmp_path, ADMMPruning(all_percent=90.0, **SCHEDULE), max_epochs=4)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"k_step": 0}, "k_step"),
+    ({"rho": -1.0}, "rho"),
+    ({"all_percent": 100.0}, "all_percent"),
+    ({"structure": "blocks"}, "structure"),
+    ({"bogus": 1}, "unknown pruning option"),
+    ({"all_percent": [50.0, 90.0]}, "one value"),
+])
+def test_bad_settings_are_refused_by_the_recipe_rules(kwargs, message):
+    settings = {"all_percent": 90.0, **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        ADMMPruning(**settings)
