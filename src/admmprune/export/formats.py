@@ -120,6 +120,10 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     entries. ``bits`` 32 stores surviving values as they are (the round trip is bitwise
     exact); 8/6/5/4 replace them by a per-tensor codebook of 2**bits k-means centroids.
     ``model_name``/``model_args`` (a registered model) let :func:`load` rebuild the module.
+
+    Raises:
+        ExportError: bad arguments, or (quantized) a pruned tensor with an inf or NaN
+            survivor, which a codebook cannot hold.
     """
     if bits not in BITS:
         raise ExportError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
@@ -172,7 +176,15 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
         entry["segments"] = [add(s) for s in encoding.encode_positions(
             positions, tuple(tensor.shape), spec)]
         if quantized:
-            codebook, codes = encoding.quantize(values.float().numpy(), bits)
+            floats = values.float()
+            bad = int((~torch.isfinite(floats)).sum())
+            if bad:
+                # one inf/NaN among the k-means inputs makes every centroid non-finite
+                raise ExportError(f"{name} holds {bad} non-finite survivor(s) (inf or NaN, "
+                                  f"in float32) of {len(floats)}: a {bits}-bit codebook "
+                                  "cannot represent them; repair the weights, or export with "
+                                  "bits=32, which stores every value as it is")
+            codebook, codes = encoding.quantize(floats.numpy(), bits)
             width = max(1, int(np.ceil(np.log2(max(len(codebook), 2)))))
             entry["values"] = {"encoding": "codebook", "bits": width, "size": len(codebook)}
             entry["segments"] += [add(encoding.pack_uint(codes, width)),
