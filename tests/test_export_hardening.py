@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import admmprune
-from admmprune.export import BITS, ExportError, save_compressed
+from admmprune.export import BITS, ExportError, save_compressed, save_dense, save_onnx
+from admmprune.export.files import replacing
+from admmprune.shrink import save_shrunk
 
 
 def _pruned_linear() -> nn.Module:
@@ -47,3 +53,47 @@ def test_quantized_export_of_finite_weights_still_works(tmp_path):
     assert bool(torch.isfinite(loaded["0.weight"]).all())
     assert torch.equal(loaded["0.weight"] != 0, model[0].weight != 0)
 
+
+
+# -- item 11: written files follow the umask ----------------------------------------------------
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for a test and restores it afterwards."""
+    previous = os.umask(0o022)
+    yield os.umask
+    os.umask(previous)
+
+
+def _write_every_format(directory: Path) -> list[Path]:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    model = admmprune.create_model("mlp", depth=1, width=8, input_size=6, num_classes=3)
+    return [save_compressed(model, directory / "m.apz"),
+            save_compressed(model, directory / "m4.apz", bits=4),
+            save_dense(model, directory / "m.safetensors"),
+            save_onnx(model, directory / "m.onnx", torch.randn(2, 6))["path"],
+            save_shrunk(model, directory / "m.shrunk.safetensors", model_name="mlp",
+                        model_args={"depth": 1, "width": 8, "input_size": 6,
+                                    "num_classes": 3})]
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_of_a_plain_open(umask, mask, mode, tmp_path):
+    umask(mask)
+    paths = _write_every_format(tmp_path)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in paths} == \
+        {p.name: oct(mode) for p in paths}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    # replacing an existing file gives the new one the same mode
+    paths = _write_every_format(tmp_path)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in paths} == {mode}
+    assert len(list(tmp_path.iterdir())) == len(paths)
+
+
+def test_a_failed_write_leaves_neither_a_temporary_file_nor_a_changed_target(tmp_path):
+    target = tmp_path / "m.safetensors"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="disk"), replacing(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("disk full")
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]

@@ -711,6 +711,7 @@ def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
     safetensors with its new module shapes in the metadata (see the module docstring)."""
     from safetensors.torch import save_file
 
+    from .export.files import replacing
     from .models import list_models
 
     if model_name not in list_models():
@@ -721,7 +722,8 @@ def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
     # clones: safetensors refuses tensors that share storage (tied weights)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
-    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: json.dumps(record)})
+    with replacing(path) as tmp:  # save_file's own temporary file would leave mode 0600
+        save_file(state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(record)})
     return path
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from ..selection import SelectionError, prunable_parameters
 from . import encoding
 from .container import ContainerError, is_container, read_container, write_container
+from .files import replacing
 
 __all__ = ["ExportError", "save_compressed", "save_dense", "save_onnx", "load",
            "load_state_dict", "read_manifest", "BITS"]
@@ -341,7 +342,8 @@ def save_dense(model: nn.Module, path: str | Path, *, model_name: str | None = N
     if record:
         meta["admmprune_model"] = json.dumps(record)
     path = Path(path)
-    save_file(state, str(path), metadata=meta)
+    with replacing(path) as tmp:  # save_file's own temporary file would leave mode 0600
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 
