@@ -6,13 +6,17 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import yaml
 from torch import nn
 
 import admmprune
+from admmprune.cli import main
 from admmprune.export import BITS, ExportError, save_compressed, save_dense, save_onnx
 from admmprune.export.files import replacing
+from admmprune.models import list_models
 from admmprune.shrink import save_shrunk
 
 
@@ -97,3 +101,87 @@ def test_a_failed_write_leaves_neither_a_temporary_file_nor_a_changed_target(tmp
         tmp.write_bytes(b"half")
         raise RuntimeError("disk full")
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+# -- item 14: ONNX export of every registered model, checked, nothing left on failure ----------
+
+SMALLEST: dict[str, tuple[dict, tuple[int, ...]]] = {
+    "alexnet": ({"num_classes": 3, "image_size": 67, "fc_width": 16}, (2, 3, 67, 67)),
+    "lenet300": ({"num_classes": 3}, (2, 1, 28, 28)),
+    "lenet5": ({"num_classes": 3}, (2, 1, 28, 28)),
+    "mlp": ({"depth": 1, "width": 8, "input_size": 12, "num_classes": 3}, (2, 12)),
+    "yolov4": ({"num_classes": 1, "image_size": 32}, (2, 3, 32, 32)),
+    "yolov4-tiny": ({"num_classes": 1, "image_size": 32}, (2, 3, 32, 32)),
+}
+
+
+def test_every_registered_model_has_a_smallest_onnx_case():
+    assert sorted(SMALLEST) == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(SMALLEST))
+def test_every_registered_model_exports_to_onnx_matching_pytorch(name, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    args, shape = SMALLEST[name]
+    torch.manual_seed(0)
+    model = admmprune.create_model(name, **args).eval()
+    x = torch.randn(*shape)
+    result = save_onnx(model, tmp_path / "m.onnx", x[:1])
+    assert result["path"] == tmp_path / "m.onnx" and result["max_abs_diff"] < 1e-4
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        out = model(x)
+    want = out if isinstance(out, list) else [out]
+    got = session.run(None, {"input": x.numpy()})  # another batch size: the axis is dynamic
+    assert len(got) == len(want) == (2 if name == "yolov4-tiny" else 3 if name == "yolov4"
+                                     else 1)
+    names = [o.name for o in session.get_outputs()]
+    assert names == (["output"] if len(want) == 1 else [f"output{i}" for i in range(len(want))])
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-3)
+
+
+class _Noisy(nn.Module):
+    """Its output differs on every call: PyTorch and onnxruntime cannot agree."""
+
+    def forward(self, x):
+        return [x, x + torch.rand_like(x)]
+
+
+class _Dict(nn.Module):
+    def forward(self, x):
+        return {"boxes": x}
+
+
+def test_a_failed_onnx_export_or_check_leaves_nothing_and_keeps_an_existing_file(tmp_path):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    path = tmp_path / "m.onnx"
+    with pytest.raises(ExportError, match="onnxruntime's output1 differs from PyTorch's"):
+        save_onnx(_Noisy(), path, torch.zeros(1, 4))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ExportError, match="output is dict; ONNX export handles a tensor or"):
+        save_onnx(_Dict(), path, torch.zeros(1, 4))
+    with pytest.raises(ExportError, match=r"does not run on the example input \[1, 3, 20, 20\]"):
+        save_onnx(admmprune.create_model("yolov4-tiny", num_classes=1, image_size=32), path,
+                  torch.zeros(1, 3, 20, 20))
+    path.write_bytes(b"an earlier export")
+    with pytest.raises(ExportError, match="differs"):
+        save_onnx(_Noisy(), path, torch.zeros(1, 4))
+    assert path.read_bytes() == b"an earlier export" and list(tmp_path.iterdir()) == [path]
+
+
+def test_export_command_writes_a_checked_onnx_of_a_detection_run(tmp_path, digit_set, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"model": "yolov4-tiny", "dataset": "coco", "task": "detection",
+         "data_dir": str(digit_set), "image_size": 32, "batch_size": 2, "workers": 0,
+         "device": "cpu", "progress": False}))
+    torch.save(admmprune.create_model("yolov4-tiny", num_classes=10, image_size=32)
+               .state_dict(), run / "model.pt")
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "model.onnx", "model.pt"]

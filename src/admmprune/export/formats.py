@@ -347,36 +347,93 @@ def save_dense(model: nn.Module, path: str | Path, *, model_name: str | None = N
     return path
 
 
+def _output_tensors(out: Any, where: str = "output") -> list[torch.Tensor]:
+    """The tensors of a forward's output in the order ONNX lists them: a tensor, or a
+    (nested) list or tuple of tensors, as the registered models return (detectors: a list
+    of heads)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)) and out:
+        return [t for i, item in enumerate(out) for t in _output_tensors(item, f"{where}[{i}]")]
+    kind = "an empty " + type(out).__name__ if isinstance(out, (list, tuple)) \
+        else type(out).__name__
+    raise ExportError(f"the model's {where} is {kind}; ONNX export handles a tensor or a "
+                      "list/tuple of tensors")
+
+
 def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *,
               check: bool = True, atol: float = 1e-4) -> dict:
     """Export ``model`` with torch.onnx (dynamic batch) and, with ``check``, compare
-    onnxruntime's output on ``example`` with PyTorch's; returns {"path", "max_abs_diff"}."""
+    onnxruntime's outputs on ``example`` with PyTorch's.
+
+    The model may return a tensor (ONNX output ``output``) or a list/tuple of tensors, such
+    as a detector's heads (outputs ``output0``, ``output1``, ...). The file is written next
+    to ``path`` and renamed to it only once exported and checked, so a failure leaves
+    nothing behind (and an existing ``path`` as it was).
+
+    Args:
+        model: the module (put in eval mode).
+        path: the ``.onnx`` file to write.
+        example: one input batch to trace and check with.
+        check: run the file with onnxruntime and compare every output.
+        atol: the largest difference allowed, relative to each output's largest magnitude
+            (at least 1).
+
+    Returns:
+        {"path": path, "max_abs_diff": the largest difference over the outputs, or None
+        without ``check``}.
+
+    Raises:
+        ExportError: the exporter fails, the output is not tensors, onnxruntime is missing
+            (with ``check``), or its outputs differ from PyTorch's.
+    """
     path = Path(path)
     model = model.eval()
     try:
-        # the TorchScript exporter: the torch.export one needs onnxscript, not a dependency
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (example,), str(path), input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "batch"},
-                                                                     "output": {0: "batch"}},
-                              dynamo=False)
-    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
-        raise ExportError(f"torch.onnx could not export the model: {err}") from None
+        with torch.no_grad():
+            out = model(example)
+    except Exception as err:  # noqa: BLE001 - whatever the model's forward raises
+        raise ExportError(f"the model does not run on the example input "
+                          f"{list(example.shape)}: {err}") from None
+    want = [t.detach().cpu().float().numpy() for t in _output_tensors(out)]
+    names = ["output"] if len(want) == 1 else [f"output{i}" for i in range(len(want))]
     result: dict[str, Any] = {"path": path, "max_abs_diff": None}
-    if not check:
-        return result
+    with replacing(path) as tmp:
+        try:
+            # the TorchScript exporter: the torch.export one needs onnxscript, not a dependency
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+                torch.onnx.export(model, (example,), str(tmp), input_names=["input"],
+                                  output_names=names,
+                                  dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
+                                  dynamo=False)
+        except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+            raise ExportError(f"torch.onnx could not export the model: {err}") from None
+        if check:
+            result["max_abs_diff"] = _check_onnx(tmp, example, want, names, atol)
+    return result
+
+
+def _check_onnx(path: Path, example: torch.Tensor, want: list[np.ndarray], names: list[str],
+                atol: float) -> float:
+    """The largest difference between onnxruntime's outputs and ``want``; raises
+    ExportError when one exceeds ``atol`` (relative to that output's magnitude)."""
     try:
         import onnxruntime
     except ImportError:
         raise ExportError("checking the ONNX file needs onnxruntime: pip install "
                           "'admmprune[onnx]' (or pass check=False)") from None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": example.detach().cpu().numpy()})[0]
-    with torch.no_grad():
-        want = model(example).detach().cpu().numpy()
-    diff = float(np.max(np.abs(got - want))) if want.size else 0.0
-    result["max_abs_diff"] = diff
-    if not diff <= atol * max(1.0, float(np.max(np.abs(want)))):
-        raise ExportError(f"onnxruntime's output differs from PyTorch's by {diff:.3g}")
-    return result
+    got = session.run(names, {"input": example.detach().cpu().numpy()})
+    worst = 0.0
+    for name, g, w in zip(names, got, want, strict=True):
+        if g.shape != w.shape:
+            raise ExportError(f"onnxruntime's {name} has shape {list(g.shape)}, PyTorch's "
+                              f"{list(w.shape)}")
+        diff = float(np.max(np.abs(g - w))) if w.size else 0.0
+        if not diff <= atol * max(1.0, float(np.max(np.abs(w))) if w.size else 0.0):
+            raise ExportError(f"onnxruntime's {name} differs from PyTorch's by {diff:.3g}")
+        worst = max(worst, diff)
+    return worst
