@@ -25,18 +25,23 @@ from torch import nn
 
 from ..selection import SelectionError, prunable_parameters
 from . import encoding
-from .container import ContainerError, is_container, read_container, write_container
+from .container import (
+    DEFAULT_MAX_RATIO,
+    ContainerError,
+    is_container,
+    read_container,
+    write_container,
+)
 from .files import replacing
+from .manifest import DTYPES, MismatchError, TensorSpec, check_record, check_tensors
+from .untrusted import DEFAULT_MAX_PARAMS, ModelLimitError, build_recorded
 
 __all__ = ["ExportError", "save_compressed", "save_dense", "save_onnx", "load",
            "load_state_dict", "read_manifest", "BITS"]
 
 BITS = (32, 8, 6, 5, 4)
 
-_DTYPES: dict[str, torch.dtype] = {
-    str(d).removeprefix("torch."): d for d in (
-        torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-        torch.int16, torch.int8, torch.uint8, torch.bool)}
+_DTYPES = DTYPES
 
 
 class ExportError(ValueError):
@@ -209,22 +214,17 @@ def read_manifest(path: str | Path) -> dict:
     return read_container(path, with_payload=False)[0]
 
 
-def _segment(payload: bytes, span: Any, name: str) -> bytes:
+def _segment(payload: bytes | bytearray, span: Any, name: str) -> bytes:
     if not (isinstance(span, list) and len(span) == 2 and all(isinstance(v, int) for v in span)
             and 0 <= span[0] and 0 <= span[1] and span[0] + span[1] <= len(payload)):
         raise ValueError(f"tensor {name}: segment {span!r} lies outside the payload")
-    return payload[span[0]:span[0] + span[1]]
+    return bytes(memoryview(payload)[span[0]:span[0] + span[1]])
 
 
-def _tensor(entry: dict, payload: bytes) -> torch.Tensor:
-    name = entry["name"]
-    dtype = _DTYPES.get(entry["dtype"])
-    if dtype is None:
-        raise ValueError(f"tensor {name}: unknown dtype {entry['dtype']!r}")
-    shape = tuple(entry["shape"])
-    if not all(isinstance(s, int) and s >= 0 for s in shape):
-        raise ValueError(f"tensor {name}: bad shape {entry['shape']!r}")
-    numel = int(np.prod(shape, dtype=np.int64))
+def _tensor(entry: dict, spec: TensorSpec, payload: bytes | bytearray) -> torch.Tensor:
+    """One tensor of an entry that :func:`.manifest.check_tensors` accepted: what it
+    allocates is bounded by the checked shape."""
+    name, dtype, shape, numel = spec.name, spec.dtype, spec.shape, spec.numel
     item = torch.empty(0, dtype=dtype).element_size()
     segs = [_segment(payload, s, name) for s in entry["segments"]]
 
@@ -237,25 +237,23 @@ def _tensor(entry: dict, payload: bytes) -> torch.Tensor:
 
     if entry["layout"] == "raw":
         return raw(segs[0], numel).reshape(shape)
-    if entry["layout"] != "sparse":
-        raise ValueError(f"tensor {name}: unknown layout {entry['layout']!r}")
-    nnz = int(entry["nnz"])
-    spec, values_spec = entry["positions"], entry["values"]
-    npos = {"dense": 0, "bitmask": 1, "csr": 2, "relative": 1}.get(spec.get("encoding"), 0)
-    positions = encoding.decode_positions(segs[:npos], shape, spec, nnz)
+    nnz = entry["nnz"]
+    spec_pos, values_spec = entry["positions"], entry["values"]
+    npos = {"dense": 0, "bitmask": 1, "csr": 2, "relative": 1}[spec_pos["encoding"]]
+    positions = encoding.decode_positions(segs[:npos], shape, spec_pos, nnz)
     count = numel if positions is None else nnz
     rest = segs[npos:]
     if values_spec["encoding"] == "raw":
         values = raw(rest[0], count)
-    elif values_spec["encoding"] == "codebook":
-        size, width = int(values_spec["size"]), int(values_spec["bits"])
+    else:
+        size, width = values_spec["size"], values_spec["bits"]
+        if len(rest[1]) != 4 * size:
+            raise ValueError(f"tensor {name}: a codebook of {size} needs {4 * size} bytes")
         codebook = np.frombuffer(rest[1], dtype="<f4")
         codes = encoding.unpack_uint(rest[0], width, count)
-        if len(codebook) != size or (count and codes.max() >= size):
+        if count and codes.max() >= size:
             raise ValueError(f"tensor {name}: codes do not fit its codebook")
         values = torch.from_numpy(codebook[codes].astype(np.float32)).to(dtype)
-    else:
-        raise ValueError(f"tensor {name}: unknown value encoding {values_spec['encoding']!r}")
     if positions is None:
         return values.reshape(shape)
     out = torch.zeros(numel, dtype=dtype)
@@ -272,56 +270,160 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
             meta = handle.metadata() or {}
         state = load_file(str(path))
         record = json.loads(meta["admmprune_model"]) if "admmprune_model" in meta else None
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise ExportError(f"{path} is not a readable safetensors file ({err})") from None
     return state, record
 
 
-def _read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    path = Path(path)
+def _kind(path: Path) -> str:
+    """"safetensors", or "container" (an .apz or anything else: read_container names it)."""
     if not path.is_file():
         raise ExportError(f"{path} does not exist")
     with path.open("rb") as handle:
         start = handle.read(16)
     if path.suffix == ".safetensors" or (len(start) > 8 and start[8:9] == b"{"
                                           and not is_container(path)):
-        return _load_safetensors(path)
+        return "safetensors"
     if path.suffix == ".onnx":
         raise ExportError(f"{path} is an ONNX model: run it with onnxruntime "
                           "(onnxruntime.InferenceSession), it does not load as an nn.Module")
-    manifest, payload = read_container(path)
+    return "container"
+
+
+def _check_max_params(max_params: Any) -> None:
+    if isinstance(max_params, bool) or not isinstance(max_params, int) or max_params < 0:
+        raise ExportError(f"max_params must be a whole number >= 0, got {max_params!r}")
+
+
+def _read_container(path: Path, target: Callable[[dict], nn.Module | None],
+                    max_params: int, max_ratio: float, recorded: bool = False
+                    ) -> tuple[dict[str, torch.Tensor], nn.Module | None]:
+    """The state dict of a container and the module ``target`` chose for it from the
+    manifest (None: no module, the shapes are bounded by ``max_params``; ``recorded``: the
+    module is the one the file records). The manifest is checked before the payload is
+    decompressed."""
+    chosen: dict[str, Any] = {}
+
+    def check(manifest: dict) -> None:
+        try:
+            model = target(manifest)
+            shapes = None if model is None else \
+                {k: tuple(v.shape) for k, v in model.state_dict().items()}
+            chosen["specs"] = check_tensors(manifest, shapes=shapes, max_params=max_params)
+        except MismatchError as err:
+            if recorded:
+                raise ContainerError(f"{path} is corrupt: its tensors do not fit the model it "
+                                     f"records ({err}); export it again") from None
+            raise ExportError(f"{path} does not fit the model: {err}") from None
+        except ModelLimitError as err:
+            raise ContainerError(f"{path}: {err}") from None
+        except (ValueError, KeyError, TypeError) as err:
+            if isinstance(err, (ExportError, ContainerError)):
+                raise
+            raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
+        chosen["model"] = model
+
+    manifest, payload = read_container(path, check=check, max_ratio=max_ratio)
     state: dict[str, torch.Tensor] = {}
     try:
-        for entry in manifest["tensors"]:
-            state[entry["name"]] = _tensor(entry, payload)
+        for entry, spec in zip(manifest["tensors"], chosen["specs"], strict=True):
+            state[spec.name] = _tensor(entry, spec, payload)
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
-    return state, manifest.get("model")
+    return state, chosen["model"]
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The state dict of a compressed (.apz) or dense (.safetensors) file, on the CPU."""
-    return _read(path)[0]
+def _recorded(path: Path, record: Any, max_params: int) -> nn.Module:
+    """The registered model a file records, built only within ``max_params``."""
+    try:
+        found = check_record(record)
+        if found is None:
+            raise ExportError(f"{path} records no registered model; pass the module to fill: "
+                              "load(path, model) or load(path, lambda: MyNet())")
+        return build_recorded(*found, max_params=max_params)
+    except ModelLimitError as err:
+        raise ContainerError(f"{path}: {err}") from None
+    except ExportError:
+        raise
+    except ValueError as err:
+        raise ContainerError(f"{path} records a model that cannot be built ({err})") from None
+
+
+def load_state_dict(path: str | Path, *, max_params: int = DEFAULT_MAX_PARAMS,
+                    max_ratio: float = DEFAULT_MAX_RATIO) -> dict[str, torch.Tensor]:
+    """The state dict of a compressed (.apz) or dense (.safetensors) file, on the CPU.
+
+    Args:
+        path: the file.
+        max_params: the most tensor elements an .apz file may hold in all (checked before
+            anything is decompressed); raise it only for a trusted file.
+        max_ratio: the most an .apz payload may inflate, relative to its compressed size
+            (see :func:`.container.read_container`).
+
+    Raises:
+        ExportError: the file is missing or of another kind.
+        ContainerError: a damaged or crafted .apz file, or one beyond the limits (the
+            message says which limit and how to raise it).
+    """
+    path = Path(path)
+    _check_max_params(max_params)
+    if _kind(path) == "safetensors":
+        return _load_safetensors(path)[0]
+    return _read_container(path, lambda manifest: None, max_params, max_ratio)[0]
 
 
 def load(path: str | Path,
-         model_factory: nn.Module | Callable[[], nn.Module] | None = None) -> nn.Module:
+         model_factory: nn.Module | Callable[[], nn.Module] | None = None, *,
+         max_params: int = DEFAULT_MAX_PARAMS,
+         max_ratio: float = DEFAULT_MAX_RATIO) -> nn.Module:
     """An ordinary ``nn.Module`` (in eval mode) from a compressed or dense file.
 
-    ``model_factory``: a module to fill in place, or a callable returning one; by default
-    the registered model the file records is built (``create_model(name, **args)``)."""
-    state, record = _read(path)
-    if isinstance(model_factory, nn.Module):
-        model = model_factory
-    elif model_factory is not None:
-        model = model_factory()
-    elif record:
-        from ..models import create_model
+    A file is data from whoever wrote it: loading runs no code from it, and what it can
+    make this function allocate is bounded. Every tensor's name and shape is checked against
+    the module to fill before anything is decompressed, and the registered model a file
+    records is built only when it has at most ``max_params`` parameter and buffer elements
+    (counted while building it on the ``meta`` device, which allocates nothing).
 
-        model = create_model(record["name"], **record.get("args", {}))
+    Args:
+        path: an ``.apz`` or ``.safetensors`` file.
+        model_factory: a module to fill in place, or a callable returning one; by default
+            the registered model the file records is built (``create_model(name, **args)``).
+        max_params: the largest recorded model to build, in parameter and buffer elements
+            (default 2**28, 1 GiB of float32: four times YOLOv4). Raise it only for a
+            trusted file.
+        max_ratio: the most an .apz payload may inflate, relative to its compressed size
+            (or 32 MiB, whichever is more); raise it only for a trusted file.
+
+    Returns:
+        The filled module, in eval mode.
+
+    Raises:
+        ExportError: the file is missing or of another kind, records no model and none was
+            given, or does not fit the given module.
+        ContainerError: a damaged or crafted .apz file, a recorded model that cannot be
+            built, or a file beyond the limits (the message names the limit and how to
+            raise it).
+    """
+    path = Path(path)
+    _check_max_params(max_params)
+    if isinstance(model_factory, nn.Module):
+        given: nn.Module | None = model_factory
+    elif model_factory is not None:
+        given = model_factory()
     else:
-        raise ExportError(f"{path} records no registered model; pass the module to fill: "
-                          "load(path, model) or load(path, lambda: MyNet())")
+        given = None
+    if _kind(path) == "safetensors":
+        state, record = _load_safetensors(path)
+        model = given if given is not None else _recorded(path, record, max_params)
+    else:
+        def target(manifest: dict) -> nn.Module:
+            return given if given is not None else \
+                _recorded(path, manifest.get("model"), max_params)
+
+        state, filled = _read_container(path, target, max_params, max_ratio,
+                                        recorded=given is None)
+        assert filled is not None  # target always returns a module
+        model = filled
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
