@@ -166,6 +166,8 @@ def test_a_failed_onnx_export_or_check_leaves_nothing_and_keeps_an_existing_file
     with pytest.raises(ExportError, match=r"does not run on the example input \[1, 3, 20, 20\]"):
         save_onnx(admmprune.create_model("yolov4-tiny", num_classes=1, image_size=32), path,
                   torch.zeros(1, 3, 20, 20))
+    with pytest.raises(ExportError, match="cannot write .*no_dir"):
+        save_onnx(nn.Linear(4, 2), tmp_path / "no_dir" / "m.onnx", torch.zeros(1, 4))
     path.write_bytes(b"an earlier export")
     with pytest.raises(ExportError, match="differs"):
         save_onnx(_Noisy(), path, torch.zeros(1, 4))

@@ -21,7 +21,13 @@ import zstandard
 from safetensors.torch import load_file, save_file
 
 import admmprune
-from admmprune.export import ContainerError, ExportError, load_state_dict, save_compressed
+from admmprune.export import (
+    ContainerError,
+    ExportError,
+    load_state_dict,
+    save_compressed,
+    save_dense,
+)
 from admmprune.export.container import HEADER_SIZE, MAGIC
 from admmprune.export.untrusted import DEFAULT_MAX_PARAMS
 from admmprune.shrink import METADATA_KEY, ShrinkError, load_shrunk, save_shrunk
@@ -331,6 +337,9 @@ def test_files_claiming_gigabytes_are_refused_within_a_memory_limit(tmp_path):
         cases += [(call, str(path), want) for call, want in zip(calls, error, strict=True)]
     shrunk = _shrunk_file(tmp_path, lambda r: r["args"].update(HUGE_MLP))
     cases.append(("shrunk", str(shrunk), "ShrinkError"))
+    dense = save_dense(admmprune.create_model("mlp", **ARGS), tmp_path / "dense.safetensors",
+                       model_name="mlp", model_args=HUGE_MLP)  # a record that lies
+    cases.append(("load", str(dense), "ContainerError"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     lines = "".join(json.dumps([call, path]) + "\n" for call, path, _ in cases)
     done = subprocess.run([sys.executable, "-c", _CHILD], input=lines, capture_output=True,

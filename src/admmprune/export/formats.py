@@ -500,22 +500,30 @@ def save_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, *,
     want = [t.detach().cpu().float().numpy() for t in _output_tensors(out)]
     names = ["output"] if len(want) == 1 else [f"output{i}" for i in range(len(want))]
     result: dict[str, Any] = {"path": path, "max_abs_diff": None}
-    with replacing(path) as tmp:
-        try:
-            # the TorchScript exporter: the torch.export one needs onnxscript, not a dependency
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                warnings.filterwarnings("ignore", "Constant folding", UserWarning)
-                torch.onnx.export(model, (example,), str(tmp), input_names=["input"],
-                                  output_names=names,
-                                  dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
-                                  dynamo=False)
-        except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
-            raise ExportError(f"torch.onnx could not export the model: {err}") from None
-        if check:
-            result["max_abs_diff"] = _check_onnx(tmp, example, want, names, atol)
+    try:
+        with replacing(path) as tmp:
+            _export_onnx(model, example, tmp, names)
+            if check:
+                result["max_abs_diff"] = _check_onnx(tmp, example, want, names, atol)
+    except OSError as err:  # the temporary file or the rename
+        raise ExportError(f"cannot write {path}: {err}") from None
     return result
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, names: list[str]
+                 ) -> None:
+    try:
+        # the TorchScript exporter: the torch.export one needs onnxscript, not a dependency
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", "Constant folding", UserWarning)
+            torch.onnx.export(model, (example,), str(path), input_names=["input"],
+                              output_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in ["input", *names]},
+                              dynamo=False)
+    except Exception as err:  # noqa: BLE001 - the exporter raises many kinds
+        raise ExportError(f"torch.onnx could not export the model: {err}") from None
 
 
 def _check_onnx(path: Path, example: torch.Tensor, want: list[np.ndarray], names: list[str],
