@@ -143,6 +143,33 @@ def test_every_registered_model_exports_to_onnx_matching_pytorch(name, tmp_path)
         np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-3)
 
 
+class _Nested(nn.Module):
+    """A tuple holding a tensor and a list: flattened in order, one ONNX output each."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x):
+        y = self.linear(x)
+        return y, [y.relu(), y.sum(1)]
+
+
+def test_tuple_and_nested_outputs_export_one_output_each(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    model = _Nested().eval()
+    x = torch.randn(5, 4)
+    assert save_onnx(model, tmp_path / "m.onnx", x[:2])["max_abs_diff"] < 1e-5
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"),
+                                           providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["output0", "output1", "output2"]
+    got = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        y, (relu, total) = model(x)
+    for g, w in zip(got, (y, relu, total), strict=True):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
+
+
 class _Noisy(nn.Module):
     """Its output differs on every call: PyTorch and onnxruntime cannot agree."""
 
