@@ -12,11 +12,13 @@ from admmprune import create_model, prunable_parameters
 from admmprune.models import weights_loader
 from admmprune.models.darknet import (
     CfgError,
+    CfgWarning,
     DarknetMaxPool,
     DarknetModel,
     YoloLayer,
     builtin_cfg,
     darknet_from_cfg,
+    parse_cfg,
 )
 from admmprune.models.darknet_weights import (
     darknet_float_count,
@@ -306,8 +308,6 @@ def test_input_size_must_be_a_multiple_of_the_stride():
     ("[net]\nheight=8\n[convolutional]\nfilters=4\n",
      r"line 1, \[net\]: width, height and channels must be positive"),
     ("[net]\nwidth=8\nheight=8\nfilters\n", "line 4 is not key=value"),
-    ("[net]\nwidth=8\nheight=8\n[convolutional]\nfilters=4\nfilters=5\n",
-     "line 6: key 'filters' repeats"),
 ])
 def test_bad_cfgs_raise_errors_naming_the_line_and_layer(cfg, message):
     with pytest.raises(CfgError, match=message):
@@ -445,3 +445,26 @@ def test_weights_loader_is_registered_for_both_models(tmp_path):
     assert torch.equal(fresh.module_list[35].bn.weight, model.module_list[35].bn.weight)
     with pytest.raises(ValueError, match="not a darknet model"):
         load_darknet_weights(torch.nn.Linear(2, 2), path)
+
+
+def test_a_repeated_key_keeps_its_first_value_as_darknet_does_and_warns_with_the_line():
+    # yolov3-openimages.cfg sets batch/subdivisions twice in [net] (testing, then training);
+    # darknet's option_find returns the first occurrence of a key
+    cfg = TINY_CFG.replace("[net]\n", "[net]\nbatch=1\nsubdivisions=1\nbatch=64\n"
+                           "subdivisions=16\n", 1).replace("filters=8\n", "filters=8\n"
+                                                           "filters=16\n", 1)
+    assert cfg.splitlines()[3] == "batch=64" and cfg.splitlines()[12] == "filters=16"
+    with pytest.warns(CfgWarning) as caught:
+        sections = parse_cfg(cfg, "openimages.cfg")
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 3
+    assert messages[0] == ("openimages.cfg line 4: batch=64 is ignored: [net] already sets "
+                           "batch on line 2, and darknet reads the first value")
+    assert messages[1].startswith("openimages.cfg line 5: subdivisions=16 is ignored")
+    assert messages[2].startswith("openimages.cfg line 13: filters=16 is ignored: layer 0 "
+                                  "[convolutional] already sets filters on line 12")
+    assert sections[0].options["batch"] == "1" and sections[0].options["subdivisions"] == "1"
+    assert sections[1].options["filters"] == "8" and sections[1].key_lines["filters"] == 12
+    with pytest.warns(CfgWarning):
+        model = darknet_from_cfg(cfg, num_classes=1)
+    assert model.module_list[0].conv.out_channels == 8

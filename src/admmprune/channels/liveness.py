@@ -59,7 +59,7 @@ class DeadUnitReport:
 
 def _graph(model: nn.Module, example_inputs: torch.Tensor):
     """The dependency graph and its blocked nodes (channel-mixing modules, concatenations
-    of unknown layout), as ``admmprune.shrink`` builds them."""
+    of unknown layout), as ``admmprune.channels.shrink`` builds them."""
     try:
         import torch_pruning  # noqa: F401
     except ImportError:

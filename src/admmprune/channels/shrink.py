@@ -603,6 +603,7 @@ def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
     safetensors with its new module shapes in the metadata (see the module docstring)."""
     from safetensors.torch import save_file
 
+    from ..export.files import replacing
     from ..models import list_models
 
     if model_name not in list_models():
@@ -613,37 +614,65 @@ def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
     # clones: safetensors refuses tensors that share storage (tied weights)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
-    save_file(state, str(path), metadata={"format": "pt", METADATA_KEY: json.dumps(record)})
+    with replacing(path) as tmp:  # save_file's own temporary file would leave mode 0600
+        save_file(state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(record)})
     return path
 
 
 def _resize(module: nn.Module, spec: Mapping[str, Any], state: Mapping[str, torch.Tensor],
             prefix: str) -> None:
+    if not isinstance(spec, Mapping):
+        raise ShrinkError(f"module {prefix.rstrip('.')}: its record is a "
+                          f"{type(spec).__name__}, not an object")
     if spec.get("type") != type(module).__name__:
         raise ShrinkError(f"module {prefix.rstrip('.')} is a {type(module).__name__} in the "
-                          f"model but a {spec.get('type')} in the file")
+                          f"model but a {str(spec.get('type'))[:40]} in the file")
     for attr in ("in_channels", "out_channels", "groups", "in_features", "out_features",
                  "num_features"):
         if attr in spec:
-            setattr(module, attr, int(spec[attr]))
+            value = spec[attr]
+            # a shrunk module is never larger than the one the registered model builds
+            if isinstance(value, bool) or not isinstance(value, int) \
+                    or not 0 <= value <= getattr(module, attr, 0):
+                raise ShrinkError(f"module {prefix.rstrip('.')}: {attr} {str(value)[:40]} is "
+                                  f"not a count in 0..{getattr(module, attr, 0)}")
+            setattr(module, attr, value)
     for kind in ("_parameters", "_buffers"):
         for name, value in list(getattr(module, kind).items()):
             key = prefix + name
             if value is None or key not in state:
                 continue
+            if state[key].numel() > value.numel():
+                raise ShrinkError(f"{key} holds {list(state[key].shape)} in the file, larger "
+                                  f"than the unshrunk {list(value.shape)}")
             new = value.new_empty(state[key].shape)
             if kind == "_parameters":
                 new = nn.Parameter(new, requires_grad=value.requires_grad)
             getattr(module, kind)[name] = new
 
 
-def load_shrunk(path: str | Path) -> nn.Module:
+def load_shrunk(path: str | Path, *, max_params: int | None = None) -> nn.Module:
     """The shrunk model written by :func:`save_shrunk` (eval mode): the registered model is
-    built, its recorded modules resized, the tensors loaded (safetensors, no pickle)."""
+    built, its recorded modules resized, the tensors loaded (safetensors, no pickle).
+
+    Args:
+        path: the file.
+        max_params: the largest registered model to build from the file's record, in
+            parameter and buffer elements (default
+            :data:`admmprune.export.untrusted.DEFAULT_MAX_PARAMS`, 2**28); raise it only
+            for a trusted file.
+
+    Returns:
+        The shrunk model, in eval mode.
+
+    Raises:
+        ShrinkError: the file is missing, not safetensors, holds no or damaged shrink
+            metadata, records a model beyond ``max_params``, or does not fit the model.
+    """
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ..models import create_model
+    from ..export.untrusted import DEFAULT_MAX_PARAMS, build_recorded
 
     path = Path(path)
     if not path.is_file():
@@ -656,13 +685,26 @@ def load_shrunk(path: str | Path) -> nn.Module:
         raise ShrinkError(f"{path} is not a safetensors file: {err}") from None
     if METADATA_KEY not in meta:
         raise ShrinkError(f"{path} holds no shrunk architecture (write it with "
-                          "admmprune.shrink.save_shrunk or `admmprune shrink`)")
-    record = json.loads(meta[METADATA_KEY])
-    model = create_model(record["model"], **record.get("args", {}))
+                          "admmprune.save_shrunk or `admmprune shrink`)")
+    try:
+        record = json.loads(meta[METADATA_KEY])
+    except (ValueError, RecursionError) as err:
+        raise ShrinkError(f"{path}: its {METADATA_KEY} metadata is not JSON ({err})") from None
+    if not (isinstance(record, dict) and "model" in record
+            and isinstance(record.get("modules"), dict)):
+        raise ShrinkError(f"{path}: its {METADATA_KEY} metadata is not an object with "
+                          "\"model\", \"args\" and \"modules\"; write it again with "
+                          "`admmprune shrink`")
+    try:
+        model = build_recorded(record["model"], record.get("args"),
+                               DEFAULT_MAX_PARAMS if max_params is None else max_params,
+                               loader="admmprune.load_shrunk")
+    except ValueError as err:
+        raise ShrinkError(f"{path}: {err}") from None
     modules = dict(model.named_modules())
     for name, spec in record["modules"].items():
         if name not in modules:
-            raise ShrinkError(f"{path} resizes module {name!r}, which model "
+            raise ShrinkError(f"{path} resizes module {name[:100]!r}, which model "
                               f"{record['model']!r} does not have")
         _resize(modules[name], spec, state, f"{name}." if name else "")
     try:

@@ -13,7 +13,8 @@ Layout (all integers little-endian)::
     64+M    P     payload: the tensors' byte segments concatenated, zstd-compressed
 
 The manifest (JSON, so reading it cannot run code) holds ``format``, ``version``,
-``payload_bytes`` (the uncompressed payload size, which bounds decompression), the model
+``payload_bytes`` (the uncompressed payload size; decompression stops there, and it may
+not exceed ``max_ratio`` times the compressed size nor what the shapes need), the model
 (registered name + arguments, or null), export settings and one entry per tensor: name,
 shape, dtype, layout, encodings, survivor count and its segments as [offset, length]
 into the uncompressed payload.
@@ -25,12 +26,13 @@ import hashlib
 import json
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "HEADER_SIZE", "ContainerError", "write_container",
-           "read_container", "is_container"]
+           "read_container", "is_container", "DEFAULT_MAX_RATIO", "RATIO_FLOOR"]
 
 MAGIC = b"\x89ADMMPZ\n"
 FORMAT_VERSION = 1
@@ -39,7 +41,16 @@ HEADER_SIZE = _HEADER.size  # 64
 _LEVEL = 19
 _FAST_LEVEL = 3
 _SMALL = 8 << 20
-_MAX_MANIFEST = 256 << 20
+# Bounds on what a file can make the reader inflate. A zstd frame's own content size is not
+# trusted: reading stops at the limit. Real manifests take ~100 bytes per tensor.
+_MAX_MANIFEST = 16 << 20
+# zstd window of our writer: 8 MiB at level 19, 2 MiB at level 3
+_MAX_WINDOW = 1 << 24
+# Exported payloads (float values, positions, codebooks) compress 1.1-1.5x; only constant
+# tensors go far beyond. The payload may be max_ratio times its compressed size, or
+# RATIO_FLOOR bytes (small files of constant tensors), whichever is larger.
+DEFAULT_MAX_RATIO = 100.0
+RATIO_FLOOR = 32 << 20
 
 
 class ContainerError(ValueError):
@@ -84,9 +95,50 @@ def _hint(start: bytes) -> str:
     return ""
 
 
-def read_container(path: str | Path, *, with_payload: bool = True) -> tuple[dict, bytes]:
+def _inflate(data: memoryview, limit: int, exact: bool) -> bytearray:
+    """One zstd frame's content, refused (ValueError) past ``limit`` bytes, or short of it
+    with ``exact``; memory stays within ``limit`` whatever the frame header claims."""
+    buffer = bytearray(limit)
+    view = memoryview(buffer)
+    filled = 0
+    decompressor = zstandard.ZstdDecompressor(max_window_size=_MAX_WINDOW)
+    with decompressor.stream_reader(data, read_across_frames=False) as reader:
+        while filled < limit:
+            got = reader.readinto(view[filled:])
+            if not got:
+                break
+            filled += got
+        beyond = reader.read(1)
+    view.release()
+    if beyond:
+        raise ValueError(f"it inflates to more than {limit:,} bytes")
+    if exact and filled != limit:
+        raise ValueError(f"payload holds {filled} bytes, not {limit}")
+    del buffer[filled:]
+    return buffer
+
+
+def read_container(path: str | Path, *, with_payload: bool = True,
+                   check: Callable[[dict], None] | None = None,
+                   max_ratio: float = DEFAULT_MAX_RATIO) -> tuple[dict, bytes | bytearray]:
     """(manifest, uncompressed payload) of a file written by :func:`write_container`, after
-    checking magic, version, length and checksum."""
+    checking magic, version, length and checksum.
+
+    Args:
+        path: the file.
+        with_payload: decompress the payload (else it comes back empty).
+        check: called with the manifest before the payload is decompressed; what it raises
+            refuses the file (the caller bounds the payload by the shapes there).
+        max_ratio: the payload may be at most this many times its compressed size (or
+            :data:`RATIO_FLOOR` bytes); raise it only for a trusted file.
+
+    Returns:
+        The manifest (a dict) and the payload bytes.
+
+    Raises:
+        ContainerError: the file is not a readable container, or claims more than the
+            limits allow.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -115,20 +167,30 @@ def read_container(path: str | Path, *, with_payload: bool = True) -> tuple[dict
                              "with it (the file was damaged after export); export it again")
     body = memoryview(data)[HEADER_SIZE:]
     try:
-        decompressor = zstandard.ZstdDecompressor()
-        text = decompressor.decompress(body[:manifest_size], max_output_size=_MAX_MANIFEST)
+        text = _inflate(body[:manifest_size], _MAX_MANIFEST, exact=False)
         manifest = json.loads(text.decode("utf-8"))
         if not isinstance(manifest, dict) or manifest.get("format") != "admmprune-compressed":
             raise ValueError("the manifest is not an admmprune manifest")
         if manifest.get("version") != version:
             raise ValueError("the manifest's version differs from the header's")
-        expected_payload = int(manifest["payload_bytes"])
-        payload = b""
-        if with_payload:
-            payload = decompressor.decompress(body[manifest_size:],
-                                              max_output_size=max(expected_payload, 1))
-            if len(payload) != expected_payload:
-                raise ValueError(f"payload holds {len(payload)} bytes, not {expected_payload}")
-    except (zstandard.ZstdError, ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        expected_payload = manifest.get("payload_bytes")
+        if isinstance(expected_payload, bool) or not isinstance(expected_payload, int) \
+                or expected_payload < 0:
+            raise ValueError(f"payload_bytes is {expected_payload!r}, not a byte count")
+    except (zstandard.ZstdError, ValueError, UnicodeDecodeError, RecursionError) as err:
         raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
+    allowed = max(RATIO_FLOOR, int(max_ratio * payload_size))
+    if expected_payload > allowed:
+        raise ContainerError(
+            f"{path} claims a payload of {expected_payload:,} bytes from {payload_size:,} "
+            f"compressed, more than max_ratio={max_ratio:g} times (or {RATIO_FLOOR:,} bytes) "
+            "allows; it was not decompressed. If you trust the file, pass a larger max_ratio")
+    if check is not None:
+        check(manifest)
+    payload: bytes | bytearray = b""
+    if with_payload:
+        try:
+            payload = _inflate(body[manifest_size:], expected_payload, exact=True)
+        except (zstandard.ZstdError, ValueError) as err:
+            raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
     return manifest, payload

@@ -14,6 +14,7 @@ anchors, stride, classes and ``scale_x_y`` stored on each :class:`YoloLayer`.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from importlib import resources
@@ -30,6 +31,7 @@ from .registry import register_model
 __all__ = [
     "CfgError",
     "CfgSection",
+    "CfgWarning",
     "ConvBlock",
     "DarknetModel",
     "Route",
@@ -64,6 +66,10 @@ _ACTIVATIONS = ("linear", "leaky", "mish", "logistic", "swish", "relu")
 
 class CfgError(ValueError):
     """A darknet cfg that cannot be parsed or built; the message names the line and layer."""
+
+
+class CfgWarning(UserWarning):
+    """A cfg line that is read but has no effect (a key repeated within its section)."""
 
 
 @dataclass
@@ -128,7 +134,10 @@ class CfgSection:
 
 
 def parse_cfg(text: str, source: str = "cfg") -> list[CfgSection]:
-    """Split cfg text into sections; ``[net]`` must come first. Comments start with # or ;."""
+    """Split cfg text into sections; ``[net]`` must come first. Comments start with # or ;.
+
+    A key repeated within a section keeps its first value, as darknet reads it; each
+    ignored line is reported as a :class:`CfgWarning` naming its line number."""
     sections: list[CfgSection] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -161,13 +170,18 @@ def parse_cfg(text: str, source: str = "cfg") -> list[CfgSection]:
         if not sep or not key:
             raise CfgError(f"{source} {section.where()}: line {number} is not key=value: "
                            f"{raw.strip()!r}")
-        if key in section.options:
-            raise CfgError(f"{source} line {number}: key {key!r} repeats in "
-                           f"{section.where()}")
         allowed = _LAYER_KEYS.get(section.kind)
         if allowed is not None and key not in allowed:
             raise CfgError(f"{source} line {number}: unsupported key {key!r} in "
                            f"[{section.kind}] (supported: {', '.join(sorted(allowed))})")
+        if key in section.options:
+            # darknet's option_find scans a section's options from the front, so the first
+            # value wins (official cfgs repeat batch/subdivisions: testing, then training)
+            layer = "[net]" if section.index < 0 else f"layer {section.index} [{section.kind}]"
+            warnings.warn(f"{source} line {number}: {key}={value} is ignored: {layer} already "
+                          f"sets {key} on line {section.key_lines[key]}, and darknet reads "
+                          "the first value", CfgWarning, stacklevel=2)
+            continue
         section.options[key] = value
         section.key_lines[key] = number
     if not sections:
