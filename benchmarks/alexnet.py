@@ -45,8 +45,8 @@ import admmprune
 from admmprune import ADMMPruner, admm
 from admmprune.data import StreamBatches
 from admmprune.data.imagefolder import ImageFolderDataset
-from admmprune.runs.train import train_epoch
 from admmprune.tables import format_table
+from admmprune.train import train_epoch
 
 # Caffe's AlexNet (grouped conv2, conv4, conv5): 60,954,656 prunable weights.
 ALEXNET_SHAPES: list[tuple[str, tuple[int, ...], int]] = [

@@ -40,8 +40,8 @@ from admmprune import distributed
 from admmprune.runs.config import load_config
 from admmprune.runs.pipeline import build_model, build_pruner, load_data
 from admmprune.runs.runstate import rng_state
-from admmprune.runs.train import make_optimizer, train_epoch
 from admmprune.tables import format_table
+from admmprune.train import make_optimizer, train_epoch
 
 TARGET_SHARE = 0.05
 

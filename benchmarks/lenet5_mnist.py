@@ -42,8 +42,8 @@ from admmprune.runs.pipeline import (
     resolve_device,
     run_pipeline,
 )
-from admmprune.runs.train import evaluate, make_optimizer, train_epoch
 from admmprune.tables import format_table
+from admmprune.train import evaluate, make_optimizer, train_epoch
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "lenet5.yaml"
 OVERHEAD_TARGET = 1.15

@@ -12,11 +12,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import admmprune.runs.pipeline as pipeline
+from admmprune.distill import Distillation, combined_loss, distillation_loss, frozen_copy
 from admmprune.runs.config import ConfigError, load_config
-from admmprune.runs.distill import Distillation, combined_loss, distillation_loss, frozen_copy
 from admmprune.runs.pipeline import Run, RunError, run_pipeline
-from admmprune.runs.train import train_epoch
 from admmprune.tasks import create_task
+from admmprune.train import train_epoch
 
 
 def logits(seed: int, rows: int = 6, classes: int = 5) -> torch.Tensor:

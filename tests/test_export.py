@@ -454,7 +454,7 @@ def test_finetuning_lowers_the_training_loss_that_quantization_raised(tmp_path):
     from admmprune.cli.export import _train_loss, export_run
     from admmprune.runs.config import Config
     from admmprune.runs.pipeline import load_data
-    from admmprune.runs.train import train_epoch
+    from admmprune.train import train_epoch
 
     run = tmp_path / "trained"
     run.mkdir()

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from admmprune.runs.train import evaluate, train_epoch
 from admmprune.tasks import create_task, list_tasks
+from admmprune.train import evaluate, train_epoch
 
 
 class Bigram(nn.Module):

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from admmprune import ADMMPruner
-from admmprune.runs.train import evaluate, train_epoch
 from admmprune.tasks import create_task
 from admmprune.tasks.classification import topk_correct
+from admmprune.train import evaluate, train_epoch
 
 
 def small_model(seed: int = 0) -> nn.Module:

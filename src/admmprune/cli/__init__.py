@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..models import UnknownModelError
     from ..pruner import PrunerError
     from ..runs.rundir import RunError
-    from ..runs.train import NonFiniteLossError
     from ..selection import SelectionError
+    from ..train import NonFiniteLossError
 
     try:
         if args.command not in DISTRIBUTED_COMMANDS and env_world_size() > 1:

@@ -28,8 +28,8 @@ def default_path(run_dir: Path, fmt: str, bits: int = 32) -> Path:
 
 
 def _evaluate(model: nn.Module, config, data, device, split: str = "test") -> dict:
-    from ..runs.train import evaluate
     from ..tasks import create_task
+    from ..train import evaluate
 
     task = create_task(config.task)
     task.bind(model)
@@ -53,8 +53,8 @@ def _finetune(model: nn.Module, config, data, device, *, bits: int, epochs: int,
     split, the same way both times) and the per-epoch training statistics."""
     from ..export.finetune import finetune_centroids, quantize_weights
     from ..export.formats import sparse_names
-    from ..runs.train import NonFiniteLossError
     from ..tasks import create_task
+    from ..train import NonFiniteLossError
 
     # what save_compressed stores sparse, fixed before training: the file keeps these
     # positions even where a centroid is trained to exactly 0

@@ -87,10 +87,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..masks import global_sparsity, sparsity_report
     from ..runs.build import load_run
     from ..runs.report import format_metrics
-    from ..runs.train import evaluate as evaluate_model
     from ..selection import prunable_parameters
     from ..tables import format_table
     from ..tasks import create_task
+    from ..train import evaluate as evaluate_model
 
     run = load_run(args.run_dir, overrides={"data_dir": args.data_dir} if args.data_dir else {},
                    weights=args.weights)  # test split only: no training files needed

@@ -113,13 +113,13 @@ def finetune_centroids(model: nn.Module, quantized: dict[str, QuantizedTensor],
     for ``epochs`` passes over ``batches`` with Adam at ``lr``; afterwards the weights of
     ``model`` and each ``QuantizedTensor.centroids`` hold the fine-tuned centroids (the codes
     and positions are unchanged). ``task``, ``device``, ``max_steps`` (per epoch), ``amp`` and
-    ``accumulate`` are :func:`~admmprune.runs.train.train_epoch`'s. Returns its statistics per
+    ``accumulate`` are :func:`~admmprune.train.train_epoch`'s. Returns its statistics per
     epoch.
 
     Each quantized weight keeps its gradient only long enough for the centroids' gradients
     (:func:`centroid_gradient`) to be taken from it; after each optimizer step the centroids
     are written back into the weights."""
-    from ..runs.train import train_epoch
+    from ..train import train_epoch
 
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")

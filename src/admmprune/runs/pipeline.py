@@ -29,7 +29,7 @@ from ..data.augment import replace_shift, takes_shift
 from ..pruner import ADMMPruner
 from ..regrow import MaskRefiner
 from ..selection import describe_selection, format_selection
-from . import distill
+from .. import distill
 from .averaging import RetrainingAverage
 from .build import (
     build_model,
@@ -44,7 +44,7 @@ from .build import (
 from .config import Config, ConfigError
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
-from .train import evaluate, lr_factor, make_optimizer, train_epoch
+from ..train import evaluate, lr_factor, make_optimizer, train_epoch
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model"]

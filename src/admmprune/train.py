@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .distill import Distillation
-from ..tasks import Task, create_task
+from .tasks import Task, create_task
 
 __all__ = ["NonFiniteLossError", "train_epoch", "evaluate", "make_optimizer", "lr_factor",
            "autocast_for"]
@@ -124,7 +124,7 @@ def train_epoch(
     ``step`` so that the average over ranks is the mean over the global batch also when
     the ranks' parts differ in size (the last batch of an epoch).
 
-    ``distill`` mixes in the soft loss of a frozen teacher (:mod:`admmprune.runs.distill`): the
+    ``distill`` mixes in the soft loss of a frozen teacher (:mod:`admmprune.distill`): the
     loss minimised is ``(1 - w) · task loss + w · soft loss``; the mean soft loss is
     returned as ``distill_loss`` (``loss`` stays the task loss).
     """
