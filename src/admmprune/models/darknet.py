@@ -554,7 +554,7 @@ def builtin_cfg(name: str) -> str:
     """The text of a cfg shipped with admmprune: yolov3, yolov3-tiny, yolov4, yolov4-tiny."""
     if name not in BUILTIN_CFGS:
         raise ValueError(f"no built-in cfg {name!r}; available: {', '.join(BUILTIN_CFGS)}")
-    return resources.files(__package__).joinpath("cfg", f"{name}.cfg").read_text()
+    return resources.files(__package__).joinpath("cfg").joinpath(f"{name}.cfg").read_text()
 
 
 def _apply_overrides(sections: list[CfgSection], num_classes: int | None,
