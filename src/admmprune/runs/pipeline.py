@@ -42,6 +42,7 @@ from .build import (
     traces_model,
 )
 from .config import Config, ConfigError
+from .direction import task_fields
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
@@ -487,6 +488,7 @@ class Run:
             "task": self.task.name,
             "metric": self.task.metric,
             "metric_labels": {k: self.task.label(k) for k in self.task.metrics},
+            **task_fields(self.task),
             "all_percent": self.config.final_percent(),
             "structure": self.config.structure,
             **prog.results,
