@@ -57,7 +57,28 @@ METHODS: dict[str, tuple[str, dict]] = {
                         "score": "magnitude"}),
     "channel": ("global channel ADMM: whole input channels ranked across all layers",
                 {"structure": "channel", "projection": "global", "score": "magnitude"}),
+    "uniform-magnitude": ("one-shot magnitude pruning, every layer at the same ratio, + "
+                          "retraining for the same epoch budget",
+                          {"pruning": "oneshot", "projection": "layerwise",
+                           "score": "magnitude"}),
+    # Sun et al. 2023: |W_ij|·‖X_j‖ per output row, from calibration batches (training split)
+    "wanda": ("Wanda (|W|·‖X‖ per output row, uniform ratio), no retraining",
+              {"pruning": "wanda", "projection": "layerwise", "retraining_epochs": 0}),
+    "wanda-retrain": ("Wanda + masked retraining for the same epoch budget",
+                      {"pruning": "wanda", "projection": "layerwise"}),
+    # N:M methods run once per seed at the ratio N:M implies (nm_n, nm_m of the recipe)
+    "admm-nm": ("ADMM with an N:M Z-step (nm_n of every nm_m inputs; default 2:4)",
+                {"structure": "nm", "projection": "global", "score": "magnitude"}),
+    "wanda-nm": ("Wanda N:M (nm_n of every nm_m inputs), no retraining",
+                 {"structure": "nm", "pruning": "wanda", "projection": "layerwise",
+                  "retraining_epochs": 0}),
+    "wanda-nm-retrain": ("Wanda N:M + masked retraining for the same epoch budget",
+                         {"structure": "nm", "pruning": "wanda", "projection": "layerwise"}),
 }
+
+# pruning modes with no W-steps: they retrain for the W-step epochs instead (equal budgets),
+# unless the method fixes retraining_epochs itself (Wanda without retraining)
+ONE_SHOT = ("oneshot", "wanda")
 
 
 def admm_epochs(config: Config) -> int:
@@ -67,9 +88,12 @@ def admm_epochs(config: Config) -> int:
 
 
 def fixed_percent(config: Config, method: str) -> float | None:
-    """The global removal percent implied by a method with fixed per-layer ratios (``paper``),
-    or None for methods swept over ``--all-percent``."""
-    layer_percents = METHODS[method][1].get("layer_percents")
+    """The global removal percent implied by a method with fixed per-layer ratios (``paper``)
+    or by N:M (``admm-nm``...), or None for methods swept over ``--all-percent``."""
+    keys = METHODS[method][1]
+    if keys.get("structure") == "nm":
+        return 100.0 * (config.nm_m - config.nm_n) / config.nm_m
+    layer_percents = keys.get("layer_percents")
     if layer_percents is None:
         return None
     model = create_model(config.model, **config.model_args)
@@ -95,7 +119,7 @@ def method_config(base: Config, method: str, all_percent: float) -> Config:
         value = getattr(config, key)
         if isinstance(value, list):
             setattr(config, key, value[-1])
-    if config.pruning == "oneshot":
+    if config.pruning in ONE_SHOT and "retraining_epochs" not in METHODS[method][1]:
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
 
@@ -205,7 +229,7 @@ def _row(method: str, config: Config, percent: float, variant: dict, summary: di
         "compression": summary.get("compression"),
         "sparsity_percent": summary.get("sparsity_percent"),
         "train_epochs": (0 if method == "dense" else
-                         (0 if config.pruning == "oneshot" else admm_epochs(config))
+                         (0 if config.pruning in ONE_SHOT else admm_epochs(config))
                          + config.retraining_epochs),
         "kept_per_layer": {r["name"]: r["kept_fraction"] for r in summary.get("layers", [])},
         "wall_seconds": summary.get("wall_seconds"),
