@@ -45,8 +45,8 @@ from .config import Config, ConfigError
 from .direction import task_fields
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
-from .wandastage import wanda_prune
 from .train import evaluate, lr_factor, make_optimizer, train_epoch
+from .wandastage import wanda_prune
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model"]
