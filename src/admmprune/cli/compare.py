@@ -52,6 +52,7 @@ def _name_label(item: str) -> tuple[str, str]:
 def cmd_tradeoff(args: argparse.Namespace) -> int:
     from ..runs.records import (
         PUBLISHED,
+        check_published,
         format_tradeoff,
         plot_tradeoff,
         pool_results,
@@ -67,10 +68,11 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
         results = [r for path in args.results for r in read_results(path)]
         results += run_results(args.run_dirs)
         points = pool_results(results, model=args.published, renames=renames)
+        published = PUBLISHED.get(args.published, ())
+        check_published(points, published)
     except ValueError as err:
         print(f"admmprune tradeoff: error: {err}", file=sys.stderr)
         return 2
-    published = PUBLISHED.get(args.published, ())
     print(format_tradeoff(points, published))
     if args.save_results is not None:
         print(f"wrote {write_results(results, args.save_results)}")

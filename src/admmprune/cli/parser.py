@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", type=Path, help="run directory")
     report.add_argument("--no-plots", action="store_true", help="print the table only")
     report.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report.add_argument("--by-block", action="store_true",
+                        help="also the kept share per transformer block and kind (attention "
+                             "q/k/v/out, MLP in/out; GPT-2's fused c_attn split in thirds), "
+                             "read from model.pt")
 
     compare = sub.add_parser(
         "compare", help="several methods, same data/seed/dense start/epoch budget",

@@ -79,7 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dense = {k.removeprefix("dense_"): v for k, v in run.progress.results.items()
              if k.startswith("dense_")}
-    print(f"dense: {format_metrics(dense, run.task.labels)}  ->  {run.run_dir / 'dense.pt'}")
+    shown = format_metrics(dense, run.task.labels, run.task.percent_keys())
+    print(f"dense: {shown}  ->  {run.run_dir / 'dense.pt'}")
     return 0
 
 
@@ -101,7 +102,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     named = prunable_parameters(model, config.include, config.exclude)
     report = sparsity_report([n for n, _ in named], [p.detach() for _, p in named])
     totals = global_sparsity(report)
-    print(f"{run.weights}: {format_metrics(result, task.labels)}  sparsity "
+    shown = format_metrics(result, task.labels, task.percent_keys())
+    print(f"{run.weights}: {shown}  sparsity "
           f"{totals['sparsity_percent']:.3f}%  compression {totals['compression']:.1f}x")
     print(format_table(["layer", "weights", "kept", "kept %"],
                        [(r.name, r.total, r.kept, f"{100 * r.kept_fraction:.2f}%")

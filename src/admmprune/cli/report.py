@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 __all__ = ["cmd_report"]
 
@@ -16,6 +17,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print(format_summary(summary))
+        if args.by_block:
+            from ..runs.allocation import format_allocation, run_allocation
+
+            names = [r["name"] for r in summary.get("layers") or []]
+            try:
+                groups = run_allocation(args.run_dir, names)
+            except (FileNotFoundError, KeyError, ValueError) as err:
+                print(f"admmprune report: error: {err}", file=sys.stderr)
+                return 2
+            print("\nkept weights per block and kind:")
+            print(format_allocation(groups))
         for exported in sorted(args.run_dir.glob("model*.apz")):
             from ..export import format_size_report, size_report
 

@@ -16,15 +16,17 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, ConfigError
 from ..models import create_model
-from .pipeline import Run, run_pipeline
+from ..selection import prunable_parameters
 from ..tables import format_table
+from .config import Config, ConfigError
+from .direction import best_index, direction_note, higher_is_better, percent_keys, task_fields
+from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RunDirectory
-from ..selection import prunable_parameters
 
-__all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
+__all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare",
+           "best_methods", "markdown_table", "format_rows"]
 
 # name -> (description, recipe keys it sets)
 METHODS: dict[str, tuple[str, dict]] = {
@@ -55,7 +57,28 @@ METHODS: dict[str, tuple[str, dict]] = {
                         "score": "magnitude"}),
     "channel": ("global channel ADMM: whole input channels ranked across all layers",
                 {"structure": "channel", "projection": "global", "score": "magnitude"}),
+    "uniform-magnitude": ("one-shot magnitude pruning, every layer at the same ratio, + "
+                          "retraining for the same epoch budget",
+                          {"pruning": "oneshot", "projection": "layerwise",
+                           "score": "magnitude"}),
+    # Sun et al. 2023: |W_ij|·‖X_j‖ per output row, from calibration batches (training split)
+    "wanda": ("Wanda (|W|·‖X‖ per output row, uniform ratio), no retraining",
+              {"pruning": "wanda", "projection": "layerwise", "retraining_epochs": 0}),
+    "wanda-retrain": ("Wanda + masked retraining for the same epoch budget",
+                      {"pruning": "wanda", "projection": "layerwise"}),
+    # N:M methods run once per seed at the ratio N:M implies (nm_n, nm_m of the recipe)
+    "admm-nm": ("ADMM with an N:M Z-step (nm_n of every nm_m inputs; default 2:4)",
+                {"structure": "nm", "projection": "global", "score": "magnitude"}),
+    "wanda-nm": ("Wanda N:M (nm_n of every nm_m inputs), no retraining",
+                 {"structure": "nm", "pruning": "wanda", "projection": "layerwise",
+                  "retraining_epochs": 0}),
+    "wanda-nm-retrain": ("Wanda N:M + masked retraining for the same epoch budget",
+                         {"structure": "nm", "pruning": "wanda", "projection": "layerwise"}),
 }
+
+# pruning modes with no W-steps: they retrain for the W-step epochs instead (equal budgets),
+# unless the method fixes retraining_epochs itself (Wanda without retraining)
+ONE_SHOT = ("oneshot", "wanda")
 
 
 def admm_epochs(config: Config) -> int:
@@ -65,9 +88,12 @@ def admm_epochs(config: Config) -> int:
 
 
 def fixed_percent(config: Config, method: str) -> float | None:
-    """The global removal percent implied by a method with fixed per-layer ratios (``paper``),
-    or None for methods swept over ``--all-percent``."""
-    layer_percents = METHODS[method][1].get("layer_percents")
+    """The global removal percent implied by a method with fixed per-layer ratios (``paper``)
+    or by N:M (``admm-nm``...), or None for methods swept over ``--all-percent``."""
+    keys = METHODS[method][1]
+    if keys.get("structure") == "nm":
+        return 100.0 * (config.nm_m - config.nm_n) / config.nm_m
+    layer_percents = keys.get("layer_percents")
     if layer_percents is None:
         return None
     model = create_model(config.model, **config.model_args)
@@ -93,7 +119,7 @@ def method_config(base: Config, method: str, all_percent: float) -> Config:
         value = getattr(config, key)
         if isinstance(value, list):
             setattr(config, key, value[-1])
-    if config.pruning == "oneshot":
+    if config.pruning in ONE_SHOT and "retraining_epochs" not in METHODS[method][1]:
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
 
@@ -160,8 +186,10 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
     if summary_path.is_file():
         saved = json.loads(summary_path.read_text())
         results = saved.get("results") or {"dense_accuracy": saved["dense_accuracy"]}
-        return run_dir / "dense.pt", {"metric": saved.get("metric", "accuracy"), **results}, \
-            saved["seconds"]
+        info = {k: saved[k] for k in ("task", "higher_is_better", "percent_metrics")
+                if k in saved}
+        return run_dir / "dense.pt", {"metric": saved.get("metric", "accuracy"), **info,
+                                      **results}, saved["seconds"]
     start = time.perf_counter()
     run = Run(replace(config, pretrained=None), run_dir,
               resume=RunDirectory(run_dir).has_checkpoint())
@@ -171,9 +199,10 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
         run.close()
     results = {k: v for k, v in run.progress.results.items() if k.startswith("dense_")}
     seconds = time.perf_counter() - start
-    summary_path.write_text(json.dumps({"metric": run.task.metric, "results": results,
+    info = {"task": run.task.name, **task_fields(run.task)}
+    summary_path.write_text(json.dumps({"metric": run.task.metric, **info, "results": results,
                                         "seconds": seconds}))
-    return run_dir / "dense.pt", {"metric": run.task.metric, **results}, seconds
+    return run_dir / "dense.pt", {"metric": run.task.metric, **info, **results}, seconds
 
 
 def _run_once(config: Config, run_dir: Path) -> dict:
@@ -193,12 +222,14 @@ def _row(method: str, config: Config, percent: float, variant: dict, summary: di
         "seed": config.seed,
         **{f"model_{k}": v for k, v in variant.items()},
         "metric": metric,
+        "higher_is_better": higher_is_better(summary),
+        "percent_metrics": list(percent_keys(summary)),
         **{f"{phase}_{metric}": summary.get(f"{phase}_{metric}")
            for phase in ("dense", "admm", "pruned")},
         "compression": summary.get("compression"),
         "sparsity_percent": summary.get("sparsity_percent"),
         "train_epochs": (0 if method == "dense" else
-                         (0 if config.pruning == "oneshot" else admm_epochs(config))
+                         (0 if config.pruning in ONE_SHOT else admm_epochs(config))
                          + config.retraining_epochs),
         "kept_per_layer": {r["name"]: r["kept_fraction"] for r in summary.get("layers", [])},
         "wall_seconds": summary.get("wall_seconds"),
@@ -230,6 +261,8 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
             "compression": group[0]["compression"],
             "seeds": len(group),
             "metric": row_metric(group[0]),
+            "higher_is_better": higher_is_better(group[0]),
+            "percent_metrics": list(percent_keys(group[0])),
             "mean": statistics.fmean(values),
             "std": statistics.stdev(values) if len(values) > 1 else None,
         })
@@ -240,10 +273,26 @@ def _isnan(value) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
 
+def best_methods(summary: Sequence[dict]) -> dict[tuple, str]:
+    """The best pruned method (by mean over seeds, in the metric's direction) of every
+    (model variant, all_percent) of :func:`summarize`'s rows; the dense model and methods
+    run at their own fixed ratio compete nowhere."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in summary:
+        if r["method"] == "dense" or r["all_percent"] is None:
+            continue
+        variant = tuple((k, r[k]) for k in sorted(r) if k.startswith("model_"))
+        groups.setdefault((variant, r["all_percent"]), []).append(r)
+    return {key: group[best_index([r["mean"] for r in group],
+                                  higher_is_better(group[0]))]["method"]
+            for key, group in groups.items()}
+
+
 def markdown_table(rows: Sequence[dict]) -> str:
     """Methods as rows, ratios as columns, cells "mean ± std" of the headline test metric
-    in %."""
+    (in % where it is a fraction); the best method of each column is in bold."""
     summary = summarize(rows)
+    best = best_methods(summary)
     variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
     percents = sorted({r["all_percent"] for r in summary if r["all_percent"] is not None})
     blocks = []
@@ -258,7 +307,10 @@ def markdown_table(rows: Sequence[dict]) -> str:
             for p in percents:
                 match = [r for r in subset if r["method"] == method and
                          (r["all_percent"] == p or r["all_percent"] is None)]
-                cells.append(_fmt_acc(match[0]) if match else "")
+                text = _fmt_value(match[0]) if match else ""
+                winner = best.get((tuple((k, v) for k, v in zip(variant_keys, variant,
+                                                                 strict=True)), p))
+                cells.append(f"**{text}**" if text and winner == method else text)
             table_rows.append(cells)
         table = format_table(headers, table_rows, markdown=True)
         blocks.append((f"**{title}**\n\n" if title else "") + table)
@@ -270,10 +322,16 @@ def _compression(rows: Sequence[dict], percent: float) -> str:
     return f"{values[0]:.0f}x" if values else "-"
 
 
-def _fmt_acc(row: dict) -> str:
-    text = f"{100 * row['mean']:.2f}"
+def _scale(row: dict) -> tuple[float, int]:
+    """Factor and decimals of a row's headline metric: fractions in %, others as they are."""
+    return (100.0, 2) if row_metric(row) in percent_keys(row) else (1.0, 4)
+
+
+def _fmt_value(row: dict) -> str:
+    scale, digits = _scale(row)
+    text = f"{scale * row['mean']:.{digits}f}"
     if row["std"] is not None:
-        text += f" ± {100 * row['std']:.2f}"
+        text += f" ± {scale * row['std']:.{digits}f}"
     return text
 
 
@@ -296,10 +354,18 @@ def _write_results(rows: Sequence[dict], out_dir: Path) -> None:
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "kept_per_layer": json.dumps(row["kept_per_layer"])})
-    metric = row_metric(rows[0]) if rows else "accuracy"
-    (out_dir / "results.md").write_text(
-        f"Test {metric} (%) after pruning and retraining; mean ± std over seeds; the column "
-        "header gives all_percent and the compression ratio N/K.\n\n" + markdown_table(rows))
+    (out_dir / "results.md").write_text(table_caption(rows) + "\n\n" + markdown_table(rows))
+
+
+def table_caption(rows: Sequence[dict]) -> str:
+    """What :func:`markdown_table`'s cells are, with the metric's unit and direction."""
+    first = rows[0] if rows else {}
+    metric = row_metric(first)
+    unit = " (%)" if metric in percent_keys(first) else ""
+    return (f"Test {metric}{unit} after pruning and retraining, "
+            f"{direction_note(higher_is_better(first))}; mean ± std over seeds; the best "
+            "method of each column in bold; the column header gives all_percent and the "
+            "compression ratio N/K.")
 
 
 def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | None = None
@@ -320,8 +386,8 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
     for ax, variant in zip(axes[0], variants, strict=True):
         subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
         for method in dict.fromkeys(r["method"] for r in subset):
-            points = sorted((r["compression"], 100 * r["mean"],
-                             100 * (r["std"] or 0)) for r in subset
+            points = sorted((r["compression"], _scale(r)[0] * r["mean"],
+                             _scale(r)[0] * (r["std"] or 0)) for r in subset
                             if r["method"] == method)
             if method == "dense":
                 ax.axhline(points[0][1], color="gray", linestyle="--", label="dense")
@@ -330,8 +396,10 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
         ax.set_xlabel("compression N/K (log)")
-        metric = subset[0]["metric"] if subset else "accuracy"
-        ax.set_ylabel(f"test {metric} (%)")
+        first = subset[0] if subset else {}
+        metric = row_metric(first)
+        unit = " (%)" if metric in percent_keys(first) else ""
+        ax.set_ylabel(f"test {metric}{unit}, {direction_note(higher_is_better(first))}")
         ax.set_title(", ".join(f"{k.removeprefix('model_')}={v}" for k, v in
                                zip(variant_keys, variant, strict=True)) or metric)
         ax.grid(alpha=0.3)
@@ -373,12 +441,19 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
 
 def format_rows(rows: Sequence[dict]) -> str:
     """A terminal table of every run."""
+    first = rows[0] if rows else {}
     return format_table(
         ["method", "all_percent", "seed", "variant",
-         f"pruned {row_metric(rows[0]) if rows else 'accuracy'}", "compression", "epochs",
-         "time"],
+         f"pruned {row_metric(first)} ({direction_note(higher_is_better(first))})",
+         "compression", "epochs", "time"],
         [(r["method"], "" if _isnan(r["all_percent"]) else r["all_percent"], r["seed"],
           _variant_name({k.removeprefix("model_"): v for k, v in r.items()
                          if k.startswith("model_")}),
-          f"{100 * r[f'pruned_{row_metric(r)}']:.2f}%", f"{r['compression']:.1f}x",
+          _fmt_one(r), f"{r['compression']:.1f}x",
           r["train_epochs"], f"{r['wall_seconds'] or 0:.0f}s") for r in rows])
+
+
+def _fmt_one(row: dict) -> str:
+    scale, digits = _scale(row)
+    text = f"{scale * row[f'pruned_{row_metric(row)}']:.{digits}f}"
+    return text + "%" if scale == 100 else text

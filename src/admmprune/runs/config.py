@@ -98,8 +98,13 @@ class Config:
                                       "(1-w)·task loss + w·T²·KL; 0: off")
     distill_temperature: float = _key(4.0, "distillation temperature T (> 0)")
     # ADMM
-    pruning: str = _key("admm", "admm, or oneshot: prune at once by the Z-step's projection "
-                        "(baseline; unstructured: global magnitude)", ("admm", "oneshot"))
+    pruning: str = _key("admm", "admm; oneshot: prune at once by the Z-step's projection "
+                        "(baseline; unstructured: global magnitude); wanda: Wanda's masks "
+                        "(|W|·‖X‖ per output row, uniform ratio; structure unstructured or "
+                        "nm) from calibration_batches training batches",
+                        ("admm", "oneshot", "wanda"))
+    calibration_batches: int = _key(8, "pruning wanda: training batches whose input norms "
+                                       "score the weights")
     all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
                                            "a list runs progressive stages")
     k_step: int | list = _key(6, "ADMM iterations (per stage)")
@@ -276,6 +281,13 @@ class Config:
         except ProjectionError:
             raise ConfigError(f"nm_n and nm_m must be integers with 1 <= nm_n < nm_m, got "
                               f"{self.nm_n!r} and {self.nm_m!r}") from None
+        if self.pruning == "wanda":
+            _check(self.structure in ("unstructured", "nm") and self.stages == 1,
+                   "pruning", f"wanda prunes once, unstructured or N:M; got structure "
+                   f"{self.structure!r} with {self.stages} stage(s)")
+            _check(is_int(self.calibration_batches) and self.calibration_batches >= 1,
+                   "calibration_batches", f"must be an integer >= 1, got "
+                   f"{self.calibration_batches!r}")
         if self.structure != "nm":
             return
         _check(self.layer_percents is None, "layer_percents",

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed, runtime
+from .. import distill, distributed, runtime
 from ..data.augment import replace_shift, takes_shift
 from ..pruner import ADMMPruner
 from ..regrow import MaskRefiner
 from ..selection import describe_selection, format_selection
-from .. import distill
+from ..train import evaluate, lr_factor, make_optimizer, train_epoch
 from .averaging import RetrainingAverage
 from .build import (
     build_model,
@@ -42,9 +42,10 @@ from .build import (
     traces_model,
 )
 from .config import Config, ConfigError
+from .direction import task_fields
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
-from ..train import evaluate, lr_factor, make_optimizer, train_epoch
+from .wandastage import wanda_prune
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model"]
@@ -78,6 +79,9 @@ class Run:
                               f"split evenly across the {self.world} processes; use a "
                               f"multiple of {self.world} (e.g. "
                               f"{-(-config.batch_size // self.world) * self.world})")
+        if self.world > 1 and config.pruning == "wanda":
+            raise ConfigError("pruning wanda scores each process's own training batches, so "
+                              "the masks would differ between processes; run one process")
         if self.world > 1 and config.retraining_regrow:
             raise ConfigError("retraining_regrow grows weights by each process's own "
                               "gradients, so the masks would differ between processes; run "
@@ -375,8 +379,8 @@ class Run:
     def _admm_stage(self, s: int) -> None:
         cfg, prog, pruner = self.config, self.progress, self.pruner
         k_step, epochs = cfg.stage_value("k_step", s), cfg.stage_value("epochs", s)
-        if cfg.pruning == "oneshot":
-            k_step = 0  # the baseline: hard prune the current weights, no W-steps
+        if cfg.pruning in ("oneshot", "wanda"):
+            k_step = 0  # the baselines: prune the current weights at once, no W-steps
         label = f"stage {s + 1}/{cfg.stages}" if cfg.stages > 1 else "admm"
         if prog.iteration == 0 and not prog.stage_pruned:
             schedule = [cfg.stage_value(key, s) for key in ("rho", "rho_growth", "rho_max")]
@@ -404,7 +408,12 @@ class Run:
                 self._timed("admm", time.perf_counter() - start)
                 self.save(optimizer)
             start = time.perf_counter()
-            pruner.hard_prune(cfg.hard_prune_support)
+            if cfg.pruning == "wanda":
+                # calibration: the first batches of this point's training order
+                self.train_batches.set_epoch(prog.data_epoch)
+                wanda_prune(self.model, pruner, cfg, self.train_batches, self.device)
+            else:
+                pruner.hard_prune(cfg.hard_prune_support)
             self._metrics = None
             self._result(f"stage{s + 1}_pruned")
             self.log({"phase": "hard_prune", "stage": s + 1,
@@ -487,6 +496,7 @@ class Run:
             "task": self.task.name,
             "metric": self.task.metric,
             "metric_labels": {k: self.task.label(k) for k in self.task.metrics},
+            **task_fields(self.task),
             "all_percent": self.config.final_percent(),
             "structure": self.config.structure,
             **prog.results,

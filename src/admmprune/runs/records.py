@@ -16,12 +16,13 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from ..tables import format_table
+from .direction import direction_note, higher_is_better, percent_keys
 from .report import read_summary, save_figure
 from .rundir import load_run_config
 
 __all__ = ["PublishedPoint", "PUBLISHED", "RunResult", "run_results", "read_results",
            "write_results", "TradeoffPoint", "pool_results", "tradeoff_points",
-           "format_tradeoff", "plot_tradeoff"]
+           "format_tradeoff", "plot_tradeoff", "check_published"]
 
 
 @dataclass(frozen=True)
@@ -56,24 +57,39 @@ PUBLISHED: dict[str, tuple[PublishedPoint, ...]] = {
 class TradeoffPoint:
     label: str
     compression: float
-    accuracies: tuple[float, ...]  # test top-1 of each run, percent
+    accuracies: tuple[float, ...]  # the headline metric of each run (accuracy: percent)
     dense: tuple[float, ...]
     seeds: tuple[int, ...]
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
     @property
     def mean(self) -> float:
         return sum(self.accuracies) / len(self.accuracies)
 
+    @property
+    def best(self) -> float:
+        """The best seed's value in the metric's direction."""
+        return max(self.accuracies) if self.higher_is_better else min(self.accuracies)
+
+    @property
+    def worst(self) -> float:
+        return min(self.accuracies) if self.higher_is_better else max(self.accuracies)
+
 
 @dataclass(frozen=True)
 class RunResult:
-    """One finished run, as the plot needs it (accuracies in percent)."""
+    """One finished run, as the plot needs it: ``accuracy`` and ``dense`` hold the run's
+    headline metric (in percent where it is a fraction: accuracy; as it is otherwise: bits
+    per byte)."""
     name: str  # recipe name without the seed suffix
     seed: int
     model: str
     compression: float
     accuracy: float
     dense: float
+    metric: str = "accuracy"
+    higher_is_better: bool = True
 
 
 def _run_info(run_dir: Path) -> tuple[str, int, str]:
@@ -85,21 +101,22 @@ def _run_info(run_dir: Path) -> tuple[str, int, str]:
 
 
 def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
-    """The results of finished classification runs, read from their directories."""
+    """The results of finished runs, read from their directories."""
     results = []
     for run_dir in map(Path, run_dirs):
         summary = read_summary(run_dir)
-        if summary.get("metric", "accuracy") != "accuracy":
-            raise ValueError(f"{run_dir} is a {summary.get('task')} run: the trade-off plot "
-                             "is for classification accuracy")
+        metric = summary.get("metric", "accuracy")
+        scale = 100 if metric in percent_keys(summary) else 1
         name, seed, model = _run_info(run_dir)
         results.append(RunResult(name, seed, model, float(summary["compression"]),
-                                 100 * summary["pruned_accuracy"],
-                                 100 * summary["dense_accuracy"]))
+                                 scale * summary[f"pruned_{metric}"],
+                                 scale * summary[f"dense_{metric}"], metric,
+                                 higher_is_better(summary)))
     return results
 
 
 _COLUMNS = tuple(f.name for f in fields(RunResult))
+_LEGACY_COLUMNS = _COLUMNS[:6]  # files written before the metric columns: accuracy
 
 
 def write_results(results: Sequence[RunResult], path: str | Path) -> Path:
@@ -120,25 +137,34 @@ def read_results(path: str | Path) -> list[RunResult]:
         raise ValueError(f"{path}: no such results file")
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    if not rows or tuple(c.strip() for c in rows[0]) != _COLUMNS:
+    header = tuple(c.strip() for c in rows[0]) if rows else ()
+    if header not in (_COLUMNS, _LEGACY_COLUMNS):
         raise ValueError(f"{path}: the first line must be the header {','.join(_COLUMNS)}")
     results = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         try:
-            name, seed, model, compression, accuracy, dense = (cell.strip() for cell in row)
+            cells = [cell.strip() for cell in row]
+            if len(cells) != len(header):
+                raise ValueError(f"{len(cells)} columns")
+            name, seed, model, compression, accuracy, dense = cells[:6]
+            metric, higher = cells[6:] or ("accuracy", "True")
+            if higher not in ("True", "False"):
+                raise ValueError(f"higher_is_better must be True or False, got {higher!r}")
             result = RunResult(name, int(seed), model, float(compression), float(accuracy),
-                               float(dense))
+                               float(dense), metric, higher == "True")
         except ValueError as err:
-            raise ValueError(f"{path}, line {line}: expected {len(_COLUMNS)} columns "
-                             f"{','.join(_COLUMNS)} with numbers where numbers go ({err})"
+            raise ValueError(f"{path}, line {line}: expected {len(header)} columns "
+                             f"{','.join(header)} with numbers where numbers go ({err})"
                              ) from None
         numbers = (result.compression, result.accuracy, result.dense)
-        if not name or not all(math.isfinite(x) for x in numbers) or result.compression < 1 \
-                or not all(0 <= x <= 100 for x in numbers[1:]):
-            raise ValueError(f"{path}, line {line}: needs a name, compression >= 1 and "
-                             "accuracies in percent (0-100)")
+        percent = result.metric == "accuracy"
+        if not name or not metric or not all(math.isfinite(x) for x in numbers) \
+                or result.compression < 1 \
+                or percent and not all(0 <= x <= 100 for x in numbers[1:]):
+            raise ValueError(f"{path}, line {line}: needs a name, a metric, compression >= 1 "
+                             "and finite values (accuracy in percent, 0-100)")
         results.append(result)
     return results
 
@@ -150,6 +176,12 @@ def pool_results(results: Iterable[RunResult], model: str | None = None,
 
     ``model``: refuse runs of another model (published points of one network only)."""
     renames = renames or {}
+    results = list(results)
+    metrics = {(r.metric, r.higher_is_better) for r in results}
+    if len(metrics) > 1:
+        raise ValueError("the runs have different headline metrics ("
+                         + ", ".join(sorted(m for m, _ in metrics))
+                         + "): plot each task on its own")
     groups: dict[tuple[str, float], list[RunResult]] = {}
     for result in results:
         if model is not None and result.model != model:
@@ -159,7 +191,8 @@ def pool_results(results: Iterable[RunResult], model: str | None = None,
         key = (renames.get(result.name, result.name), round(result.compression, 1))
         groups.setdefault(key, []).append(result)
     return [TradeoffPoint(name, compression, tuple(r.accuracy for r in runs),
-                          tuple(r.dense for r in runs), tuple(r.seed for r in runs))
+                          tuple(r.dense for r in runs), tuple(r.seed for r in runs),
+                          runs[0].metric, runs[0].higher_is_better)
             for (name, compression), runs in sorted(groups.items(), key=lambda kv: kv[0][::-1])]
 
 
@@ -172,18 +205,39 @@ def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
 
 def format_tradeoff(points: Sequence[TradeoffPoint],
                     published: Sequence[PublishedPoint] = ()) -> str:
-    rows = [(p.label, f"{p.compression:.1f}x", ",".join(map(str, p.seeds)), f"{p.mean:.2f}",
-             f"{min(p.accuracies):.2f}", f"{max(p.accuracies):.2f}") for p in points]
+    digits = 2 if not points or points[0].metric == "accuracy" else 4
+    rows = [(p.label, f"{p.compression:.1f}x", ",".join(map(str, p.seeds)),
+             f"{p.mean:.{digits}f}", f"{p.worst:.{digits}f}", f"{p.best:.{digits}f}")
+            for p in points]
     rows += [(f"{q.method} ({q.reference})", f"{q.compression:g}x", "", f"{q.accuracy:.2f}",
               "", "") for q in published]
-    return format_table(["run / published", "compression", "seeds", "top-1 %", "worst",
-                         "best"], rows)
+    return format_table(["run / published", "compression", "seeds", _axis_label(points),
+                         "worst", "best"], rows)
+
+
+def _axis_label(points: Sequence[TradeoffPoint]) -> str:
+    if not points or points[0].metric == "accuracy":
+        return "top-1 %"
+    return f"{points[0].metric} ({direction_note(points[0].higher_is_better)})"
+
+
+def check_published(points: Sequence[TradeoffPoint],
+                     published: Sequence[PublishedPoint]) -> None:
+    if published and points and points[0].metric != "accuracy":
+        raise ValueError(f"the published points are top-1 accuracies; these runs report "
+                         f"{points[0].metric}: drop --published")
 
 
 def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
                   published: Sequence[PublishedPoint] = (), title: str = "") -> Path:
-    """Accuracy (mean over seeds, bar from worst to best seed) against compression, log x,
-    with the published points as labelled stars and the dense models' mean as a line."""
+    """The headline metric (mean over seeds, bar from worst to best seed) against
+    compression, log x, with the published points as labelled stars and the dense models'
+    mean as a line.
+
+    Raises:
+        ValueError: published (accuracy) points with runs of another metric.
+    """
+    check_published(points, published)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,7 +248,7 @@ def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
     for label in dict.fromkeys(p.label for p in points):
         mine = sorted((p for p in points if p.label == label), key=lambda p: p.compression)
         ys = [p.mean for p in mine]
-        low = [p.mean - min(p.accuracies) for p in mine]
+        low = [p.mean - min(p.accuracies) for p in mine]  # the bar spans every seed
         high = [max(p.accuracies) - p.mean for p in mine]
         ax.errorbar([p.compression for p in mine], ys, yerr=[low, high], marker="o",
                     capsize=3, label=f"admmprune: {label}")
@@ -213,10 +267,14 @@ def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
     ax.xaxis.set_minor_formatter(ratio)
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("compression: prunable weights / kept weights (log)")
-    ax.set_ylabel("test top-1 accuracy (%)")
-    ax.set_title(title or "accuracy against compression (stars: published)")
+    accuracy = not points or points[0].metric == "accuracy"
+    ax.set_ylabel("test top-1 accuracy (%)" if accuracy else f"test {_axis_label(points)}")
+    ax.set_title(title or ("accuracy against compression (stars: published)" if accuracy else
+                           f"{points[0].metric} against compression"))
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower left")
+    # the legend sits where the curves are not: below them when higher is better
+    ax.legend(fontsize=8, loc="lower left" if accuracy or points[0].higher_is_better
+              else "upper left")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, out)

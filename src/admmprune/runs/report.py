@@ -7,24 +7,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..tables import format_table
+from .direction import direction_note, format_value, higher_is_better, percent_keys
 
 __all__ = ["format_table", "format_summary", "format_metrics", "summary_metric",
            "read_metrics", "read_summary", "plot_run", "plot_residuals", "save_figure"]
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
-
-
-def format_metrics(metrics: dict, labels: dict | None = None) -> str:
-    """``top-1 accuracy 99.12%  top-5 accuracy 99.98%  loss 0.0312``: fractions in [0, 1]
-    as percentages, the loss (and other unbounded values) as numbers."""
+def format_metrics(metrics: dict, labels: dict | None = None,
+                   percent: tuple[str, ...] | None = None) -> str:
+    """``top-1 accuracy 99.12%  top-5 accuracy 99.98%  loss 0.0312``: the ``percent`` keys
+    (default: every key but the loss) as percentages, the others (loss, bits per byte) as
+    numbers."""
     labels = labels or {}
     parts = []
     for key, value in metrics.items():
         if value is None:
             continue
-        text = f"{value:.4f}" if key == "loss" else f"{100 * value:.2f}%"
+        shown = key != "loss" if percent is None else key in percent
+        text = f"{100 * value:.2f}%" if shown else f"{value:.4f}"
         parts.append(f"{labels.get(key, key)} {text}")
     return "  ".join(parts)
 
@@ -44,9 +44,12 @@ def format_summary(summary: dict) -> str:
                          ("pruned", "pruned")):
         for key, label in labels.items():
             name = f"{title} {label}" if key == metric else f"  {label}"
-            metric_rows.append((name, _percent(summary.get(f"{phase}_{key}"))))
+            metric_rows.append((name, format_value(summary, key,
+                                                   summary.get(f"{phase}_{key}"))))
     overview = [
         ("model / dataset", f"{summary['model']} / {summary['dataset']}"),
+        ("headline metric", f"{labels.get(metric, metric)} "
+                            f"({direction_note(higher_is_better(summary))})"),
         *metric_rows,
         ("prunable weights", f"{summary.get('total', '-')}"),
         ("kept weights", f"{summary.get('kept', '-')}"),
@@ -113,12 +116,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     label = (summary.get("metric_labels") or {}).get(metric, metric)
     curve = [m for m in metrics if f"test_{metric}" in m]
     if curve:
+        scale, unit = (100, " (%)") if metric in percent_keys(summary or {}) else (1, "")
         fig, ax = plt.subplots(figsize=(7, 4))
         for phase in dict.fromkeys(m["phase"] for m in curve):
             xs = [i for i, m in enumerate(curve) if m["phase"] == phase]
-            ax.plot(xs, [100 * curve[i][f"test_{metric}"] for i in xs], "o-", label=phase)
+            ax.plot(xs, [scale * curve[i][f"test_{metric}"] for i in xs], "o-", label=phase)
         ax.set_xlabel("epoch / iteration (run order)")
-        ax.set_ylabel(f"test {label} (%)")
+        ax.set_ylabel(f"test {label}{unit}, "
+                      f"{direction_note(higher_is_better(summary or {}))}")
         ax.legend()
         ax.grid(alpha=0.3)
         written.append(save_figure(fig, run_dir / "accuracy.png"))

@@ -55,6 +55,7 @@ class LanguageModeling(Task):
     labels = {"bpb": "bits per byte", "perplexity": "perplexity",
               "loss": "loss (nats/token)"}
     higher_is_better = False
+    percent_metrics = ()  # bits and perplexities, not fractions
 
     def __init__(self, bytes_per_token: float = 1.0) -> None:
         """Args:

@@ -23,7 +23,9 @@ class Task(ABC):
     ``metric`` is the headline metric that summaries, ``compare`` and ``report`` show;
     ``higher_is_better`` is its direction (accuracy, mAP: True; bits per byte: False), so
     nothing that ranks runs has to assume one. ``metrics`` are all the keys :meth:`evaluate`
-    returns besides ``loss``, with their display names in ``labels``.
+    returns besides ``loss``, with their display names in ``labels``. ``percent_metrics``
+    are the metrics that are fractions in [0, 1], shown as percentages (default: all of
+    ``metrics``; bits per byte and perplexity are not).
     """
 
     name: str = ""
@@ -31,6 +33,7 @@ class Task(ABC):
     higher_is_better: bool = True
     metrics: tuple[str, ...] = ()
     labels: dict[str, str] = {}
+    percent_metrics: tuple[str, ...] | None = None
     # the model's output is class logits: distillation from a teacher applies
     distillable: bool = False
 
@@ -55,6 +58,10 @@ class Task(ABC):
 
     def label(self, key: str) -> str:
         return self.labels.get(key, key)
+
+    def percent_keys(self) -> tuple[str, ...]:
+        """The metrics shown as percentages (fractions in [0, 1])."""
+        return self.metrics if self.percent_metrics is None else self.percent_metrics
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
