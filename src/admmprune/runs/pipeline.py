@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -423,34 +424,59 @@ class Run:
             self._timed("admm", time.perf_counter() - start)
             self.save()
         if s < cfg.stages - 1 and cfg.stage_retraining_epochs:
-            self._retrain("stage_retrain", cfg.stage_retraining_epochs, "stage_retrain_epoch")
+            self._stage_retrain(cfg.stage_retraining_epochs)
 
-    def _retrain(self, phase: str, total: int, counter: str) -> None:
-        cfg, prog = self.config, self.progress
+    def _stage_retrain(self, total: int) -> None:
+        """Masked retraining between progressive stages (``stage_retraining_epochs``)."""
+        prog = self.progress
+
+        def finished(epoch: int, stats: dict) -> None:
+            self.log({"phase": "stage_retrain", "stage": prog.stage + 1, "epoch": epoch + 1,
+                      **self._train_record(stats), **self._test_record(),
+                      "seconds": stats["seconds"]})
+            prog.stage_retrain_epoch = epoch + 1
+
+        self._masked_epochs("stage_retrain", prog.stage_retrain_epoch, total, finished)
+
+    def _final_retrain(self, total: int) -> None:
+        """The final masked retraining, with mask refinement and weight averaging."""
+        prog = self.progress
+        refiner = self._refiner(prog.retrain_epoch, total)
+        swapped = [refiner.swapped if refiner is not None else 0]
+
+        def finished(epoch: int, stats: dict) -> None:
+            regrown = {}
+            if refiner is not None:
+                regrown = {"regrown": refiner.swapped - swapped[0]}
+                swapped[0] = refiner.swapped
+            if self._average is not None and self._average.covers(epoch):
+                self._average.update(self.model)
+            self.log({"phase": "retrain", "epoch": epoch + 1, **regrown,
+                      **self._train_record(stats), **self._test_record(),
+                      "seconds": stats["seconds"]})
+            prog.retrain_epoch = epoch + 1
+
+        self._masked_epochs("retrain", prog.retrain_epoch, total, finished, refiner)
+        if refiner is not None:
+            refiner.close()
+
+    def _masked_epochs(self, phase: str, done: int, total: int,
+                       finished: Callable[[int, dict], None],
+                       refiner: MaskRefiner | None = None) -> None:
+        """Epochs ``done``..``total - 1`` of masked training, each checkpointed after
+        ``finished(epoch, stats)`` has logged it and advanced the progress counter."""
+        cfg = self.config
         lr = cfg.retraining_learning_rate or cfg.learning_rate
-        done = getattr(prog, counter)
         # A fresh optimizer: no momentum from the ADMM phase leaks into pruned entries.
         optimizer = self._optimizer(lr, resume_state=done > 0)
-        refiner = self._refiner(done, total) if phase == "retrain" else None
         for epoch in range(done, total):
             start = time.perf_counter()
-            swapped = refiner.swapped if refiner is not None else 0
             stats = self._epoch(optimizer, f"{phase} {epoch + 1}/{total}", lr,
                                 cfg.retraining_lr_schedule, enforce=True,
                                 phase_progress=(epoch, total), refiner=refiner)
-            regrown = {"regrown": refiner.swapped - swapped} if refiner is not None else {}
-            if phase == "retrain" and self._average is not None \
-                    and self._average.covers(epoch):
-                self._average.update(self.model)
-            stage = {"stage": prog.stage + 1} if phase == "stage_retrain" else {}
-            self.log({"phase": phase, **stage, "epoch": epoch + 1, **regrown,
-                      **self._train_record(stats),
-                      **self._test_record(), "seconds": stats["seconds"]})
-            setattr(prog, counter, epoch + 1)
+            finished(epoch, stats)
             self._timed("retrain", time.perf_counter() - start)
             self.save(optimizer)
-        if refiner is not None:
-            refiner.close()
 
     def _refiner(self, done: int, total: int) -> MaskRefiner | None:
         """retraining_regrow's mask updates, placed ``done`` of ``total`` epochs in."""
@@ -474,7 +500,7 @@ class Run:
                 replace_shift(self.train_batches, cfg.retraining_augment_shift, cfg.seed)
             if cfg.retraining_average_epochs and self._average is None:
                 self._average = self._new_average()
-            self._retrain("retrain", cfg.retraining_epochs, "retrain_epoch")
+            self._final_retrain(cfg.retraining_epochs)
             if self._average is not None:
                 self._average.apply(self.model, self.train_batches, self.device)
                 self._metrics = None  # the weights change
