@@ -109,3 +109,16 @@ def interrupt_training(monkeypatch):
         monkeypatch.setattr(pipeline, "train_epoch", interrupted)
 
     return arm
+
+
+@pytest.fixture(scope="session")
+def code_corpus(tmp_path_factory) -> Path:
+    """A small generated text of Python-like words (1,500 of them), for language-model runs."""
+    import random
+
+    rng = random.Random(0)
+    words = ["def", "return", "self", "import", "class", "for", "in", "if", "x", "y", "=",
+             "(", ")", ":", "\n", "    "]
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text(" ".join(rng.choice(words) for _ in range(1500)))
+    return path

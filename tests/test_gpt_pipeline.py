@@ -4,7 +4,6 @@ the language-modeling metrics are recorded, and an interrupted run resumes bitwi
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
@@ -17,16 +16,6 @@ INCLUDE = ["*.c_attn", "*.c_proj", "*.c_fc"]
 BLOCK_WEIGHTS = 2 * (32 * 96 + 32 * 32 + 32 * 128 + 128 * 32)  # c_attn, c_proj, c_fc, c_proj
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = ["def", "return", "self", "import", "class", "for", "in", "if", "x", "y", "=",
-             "(", ")", ":", "\n", "    "]
-    path = tmp_path_factory.mktemp("text") / "corpus.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(1500)))
-    return path
-
-
 def config(corpus, **overrides):
     base = dict(model="gpt", model_args={"n_layer": 2, "n_embd": 32, "n_head": 2,
                                          "context": 16},
@@ -37,9 +26,9 @@ def config(corpus, **overrides):
     return load_config(None, {**base, **overrides})
 
 
-def test_tiny_gpt_is_pruned_to_exact_k_and_resumes_bitwise(corpus, tmp_path,
+def test_tiny_gpt_is_pruned_to_exact_k_and_resumes_bitwise(code_corpus, tmp_path,
                                                            interrupt_training):
-    summary = run_pipeline(config(corpus), run_dir=tmp_path / "straight")
+    summary = run_pipeline(config(code_corpus), run_dir=tmp_path / "straight")
     keep = survivor_count(BLOCK_WEIGHTS, 80.0)
     assert summary["prunable_weights"] == summary["total"] == BLOCK_WEIGHTS
     assert summary["kept"] == keep
@@ -54,8 +43,8 @@ def test_tiny_gpt_is_pruned_to_exact_k_and_resumes_bitwise(corpus, tmp_path,
 
     interrupt_training(3)  # inside the ADMM iterations
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(config(corpus), run_dir=tmp_path / "resumed")
+        run_pipeline(config(code_corpus), run_dir=tmp_path / "resumed")
     interrupt_training(None)
-    run_pipeline(config(corpus), run_dir=tmp_path / "resumed", resume=True)
+    run_pipeline(config(code_corpus), run_dir=tmp_path / "resumed", resume=True)
     resumed = torch.load(tmp_path / "resumed" / "model.pt")
     assert all(torch.equal(state[k], resumed[k]) for k in state)

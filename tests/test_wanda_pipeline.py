@@ -4,8 +4,6 @@ methods built on it keep the epoch budget."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -16,15 +14,6 @@ from admmprune.runs.pipeline import run_pipeline
 
 INCLUDE = ["*.c_attn", "*.c_proj", "*.c_fc"]
 PRUNED = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    rng = random.Random(0)
-    words = ["def", "return", "self", "import", "class", "x", "=", "(", ")", ":", "\n"]
-    path = tmp_path_factory.mktemp("text") / "corpus.txt"
-    path.write_text(" ".join(rng.choice(words) for _ in range(1200)))
-    return path
 
 
 def config(corpus, **overrides):
@@ -41,8 +30,8 @@ def pruned(state):
     return {k: v for k, v in state.items() if k.endswith(PRUNED)}
 
 
-def test_wanda_keeps_the_same_share_of_every_output_row(corpus, tmp_path):
-    summary = run_pipeline(config(corpus), run_dir=tmp_path / "run")
+def test_wanda_keeps_the_same_share_of_every_output_row(code_corpus, tmp_path):
+    summary = run_pipeline(config(code_corpus), run_dir=tmp_path / "run")
     dense = torch.load(tmp_path / "run" / "dense.pt")
     final = torch.load(tmp_path / "run" / "model.pt")
     for name, weight in pruned(final).items():
@@ -55,8 +44,8 @@ def test_wanda_keeps_the_same_share_of_every_output_row(corpus, tmp_path):
     assert summary["higher_is_better"] is False
 
 
-def test_wanda_two_of_four_then_retrained_stays_two_of_four(corpus, tmp_path):
-    summary = run_pipeline(config(corpus, structure="nm", all_percent=50.0,
+def test_wanda_two_of_four_then_retrained_stays_two_of_four(code_corpus, tmp_path):
+    summary = run_pipeline(config(code_corpus, structure="nm", all_percent=50.0,
                                   retraining_epochs=1), run_dir=tmp_path / "run")
     final = torch.load(tmp_path / "run" / "model.pt")
     dense = torch.load(tmp_path / "run" / "dense.pt")
@@ -67,13 +56,13 @@ def test_wanda_two_of_four_then_retrained_stays_two_of_four(corpus, tmp_path):
     assert summary["kept"] == summary["total"] // 2
 
 
-def test_wanda_refuses_structures_it_cannot_score(corpus):
+def test_wanda_refuses_structures_it_cannot_score(code_corpus):
     with pytest.raises(ConfigError, match="wanda prunes once"):
-        config(corpus, structure="filter")
+        config(code_corpus, structure="filter")
 
 
-def test_baseline_methods_share_the_budget(corpus):
-    base = config(corpus, pruning="admm", k_step=3, retraining_epochs=2)
+def test_baseline_methods_share_the_budget(code_corpus):
+    base = config(code_corpus, pruning="admm", k_step=3, retraining_epochs=2)
     budget = 3 + 2
     for method in ("admm", "layerwise", "magnitude", "uniform-magnitude", "wanda-retrain",
                    "admm-nm", "wanda-nm-retrain"):

@@ -24,7 +24,7 @@ from ..runs.config import Config, ConfigError
 from ..selection import describe_selection, format_selection
 from ..tables import format_table
 
-__all__ = ["PRUNER_OPTIONS", "PruningSchedule", "PruningDriver", "pruning_config",
+__all__ = ["DriverView", "PRUNER_OPTIONS", "PruningSchedule", "PruningDriver", "pruning_config",
            "format_kept"]
 
 logger = logging.getLogger("admmprune.integrations")
@@ -235,3 +235,22 @@ def format_kept(report: Sequence[LayerSparsity]) -> str:
     rows.append(("total", "", total["kept"], total["total"],
                  f"{100 * total['kept'] / max(1, total['total']):.2f}%"))
     return format_table(("layer", "shape", "kept", "weights", "kept %"), rows)
+
+
+class DriverView:
+    """What a callback shows of its driver (``self._driver``): the pruner once built, the
+    kept weights per layer at the end, and the phase schedule."""
+
+    _driver: PruningDriver
+
+    @property
+    def pruner(self) -> ADMMPruner | None:
+        return self._driver.pruner
+
+    @property
+    def report(self) -> list[LayerSparsity] | None:
+        return self._driver.report
+
+    @property
+    def schedule(self) -> PruningSchedule:
+        return self._driver.schedule

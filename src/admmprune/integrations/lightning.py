@@ -17,14 +17,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from ..masks import LayerSparsity
-from ..pruner import ADMMPruner
-from .driver import PruningDriver, PruningSchedule, pruning_config
+from .driver import DriverView, PruningDriver, PruningSchedule, pruning_config
 
 __all__ = ["ADMMPruning"]
 
 
-class ADMMPruning(Callback):
+class ADMMPruning(DriverView, Callback):
     """Prune the LightningModule's weights by ADMM to one global ratio during ``fit``.
 
     The user's loss is unchanged: the penalty rho·(W − Z + U) enters as its gradient in
@@ -89,18 +87,6 @@ class ADMMPruning(Callback):
         schedule = PruningSchedule(dense=dense_epochs, k_step=k_step, per_iteration=epochs,
                                    retraining=retraining_epochs)
         self._driver = PruningDriver(config, schedule, verbose=verbose)
-
-    @property
-    def pruner(self) -> ADMMPruner | None:
-        return self._driver.pruner
-
-    @property
-    def report(self) -> list[LayerSparsity] | None:
-        return self._driver.report
-
-    @property
-    def schedule(self) -> PruningSchedule:
-        return self._driver.schedule
 
     # -- hooks -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

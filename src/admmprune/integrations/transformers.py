@@ -18,17 +18,16 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ..masks import LayerSparsity
-from ..pruner import ADMMPruner, PrunerError
+from ..pruner import PrunerError
 from ..runs.config import ConfigError
-from .driver import PruningDriver, PruningSchedule, pruning_config
+from .driver import DriverView, PruningDriver, PruningSchedule, pruning_config
 
 __all__ = ["ADMMCallback", "STATE_FILE"]
 
 STATE_FILE = "admm_pruning.pt"  # written into every checkpoint folder of the trainer
 
 
-class ADMMCallback(TrainerCallback):
+class ADMMCallback(DriverView, TrainerCallback):
     """Prune a ``Trainer``'s model by ADMM to one global ratio during ``train()``.
 
     The loss is unchanged: the penalty rho·(W − Z + U) enters as its gradient in
@@ -119,18 +118,6 @@ class ADMMCallback(TrainerCallback):
                                    retraining=None if self.by_steps else retraining)
         self.resume_from = resume_from
         self._driver = PruningDriver(config, schedule, verbose=verbose)
-
-    @property
-    def pruner(self) -> ADMMPruner | None:
-        return self._driver.pruner
-
-    @property
-    def report(self) -> list[LayerSparsity] | None:
-        return self._driver.report
-
-    @property
-    def schedule(self) -> PruningSchedule:
-        return self._driver.schedule
 
     # -- hooks -----------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState,
