@@ -259,3 +259,21 @@ def test_pretrained_that_does_not_fit_names_the_difference(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunError, match="needs config.json and model.safetensors"):
         load_weights(Tied(), tmp_path / "empty", torch.device("cpu"))
+
+
+def test_your_model_example_runs_tiny(tmp_path, capsys):
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    # one recipe, one command: its imports and specs bring the model and the data
+    assert main(["prune", str(REPO / "examples/your_model/recipe.yaml"), "--run-dir",
+                 str(run_dir), "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs",
+                 "1", "--train-subset", "64", "--test-subset", "32", "--no-progress",
+                 "--threads", "1"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model"] == "your_resnet:tiny_resnet"
+    assert summary["kept"] == survivor_count(summary["total"], 95.0)
+    assert {"layers.1.shortcut.0.weight", "layers.0.conv2.weight"} <= \
+        {layer["name"] for layer in summary["layers"]}  # residual blocks, BatchNorm skipped
+    assert main(["export", str(run_dir)]) == 0
+    assert (run_dir / "model.apz").is_file()
