@@ -44,8 +44,8 @@ def call_factory(factory: Callable[..., Any], options: Any, splits: Sequence[str
     """Call a dataset factory with the recipe values of the parameters it declares among
     :data:`FACTORY_ARGUMENTS` (``splits``: the splits the caller needs)."""
     try:
-        parameters = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
+        parameters: Mapping[str, inspect.Parameter] = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
         parameters = {}
     values = {"splits": tuple(splits)}
     kwargs = {name: values[name] if name in values else getattr(options, name, None)
