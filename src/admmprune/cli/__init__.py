@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..data import DatasetError
     from ..distributed import DistributedError, env_world_size
+    from ..imports import ImportSpecError, import_files
     from ..models import UnknownModelError
     from ..pruner import PrunerError
     from ..runs.rundir import RunError
@@ -58,9 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command not in DISTRIBUTED_COMMANDS and env_world_size() > 1:
             raise ConfigError(f"`admmprune {args.command}` runs in one process; only "
                               f"{' and '.join(DISTRIBUTED_COMMANDS)} run under torchrun")
+        # a user's files first: their registrations count for everything the command reads
+        import_files(getattr(args, "imports", None))
         return COMMANDS[args.command](args)
     except (ConfigError, DatasetError, RunError, PrunerError, SelectionError,
-            NonFiniteLossError, FileNotFoundError, UnknownModelError, DistributedError) as err:
+            NonFiniteLossError, FileNotFoundError, UnknownModelError, DistributedError,
+            ImportSpecError) as err:
         # every rank reports (an error may be one rank's own); rank > 0 says which it is
         rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" \
             else "0"

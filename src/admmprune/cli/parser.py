@@ -8,7 +8,12 @@ from pathlib import Path
 
 from ..runs.config import KEY_HELP, Config, parse_value
 
-__all__ = ["build_parser", "recipe_overrides"]
+__all__ = ["build_parser", "recipe_overrides", "IMPORT_COMMANDS"]
+
+# Commands that read a recipe or a run directory: --import FILE.py loads a user's file first.
+IMPORT_COMMANDS = ("prune", "train", "eval", "export", "shrink", "compare", "report", "inspect")
+# Recipe keys set by a flag of their own instead of --key (imports: --import, repeatable).
+_OWN_FLAG_KEYS = {"imports"}
 
 EXAMPLES = """examples:
   admmprune prune recipes/lenet5.yaml --data-dir ../shared/data/mnist
@@ -27,6 +32,8 @@ def add_recipe_keys(parser: argparse.ArgumentParser) -> None:
         "recipe keys", "override any key of the recipe; values are YAML, so lists are "
         "written [90, 98, 99.6] and booleans true/false")
     for f in fields(Config):
+        if f.name in _OWN_FLAG_KEYS:
+            continue
         flag = "--" + f.name.replace("_", "-")
         aliases = [flag] if "_" not in f.name else [flag, "--" + f.name]
         choices = f.metadata.get("choices")
@@ -40,7 +47,19 @@ def add_recipe_keys(parser: argparse.ArgumentParser) -> None:
 
 
 def recipe_overrides(args: argparse.Namespace) -> dict:
-    return {k.removeprefix("key_"): v for k, v in vars(args).items() if k.startswith("key_")}
+    overrides = {k.removeprefix("key_"): v for k, v in vars(args).items()
+                 if k.startswith("key_")}
+    if getattr(args, "imports", None):
+        overrides["imports"] = [str(p) for p in args.imports]
+    return overrides
+
+
+def add_import_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--import", dest="imports", action="append", default=[], type=Path,
+                        metavar="FILE.py",
+                        help="run this Python file first, so its @register_model / "
+                             "@register_dataset / @register_task lines count (repeatable; "
+                             "it runs that code); the run records its sha256")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tradeoff_parser(sub)
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
+    for command in IMPORT_COMMANDS:
+        add_import_flag(sub.choices[command])
     return parser
 
 

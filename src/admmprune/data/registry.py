@@ -4,6 +4,9 @@ A dataset module registers a factory with :func:`register_dataset`; the factory 
 it needs from ``options`` (the run's config: ``data_dir``, ``batch_size``, ``seed``,
 ``train_subset``, ``workers``, ``image_size``...) and returns :class:`DataSplits`: batch
 iterables that the pipeline only iterates, counts (``len``) and re-seeds (``set_epoch``).
+
+A dataset name may also be an import spec, ``"package.module:factory"``: the factory returns
+a mapping of map-style datasets (:mod:`admmprune.data.objects`), streamed like the built-ins.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec
 from .errors import DatasetError
 
 __all__ = ["Batches", "DataSplits", "DatasetEntry", "register_dataset", "create_dataset",
@@ -74,12 +78,41 @@ def register_dataset(name: str, description: str, task: str = "classification"
 
 
 def dataset_entry(name: str) -> DatasetEntry:
+    """The registered dataset ``name``, or the entry of an import spec (its module imported
+    now, so a wrong spec fails before a run starts).
+
+    Raises:
+        DatasetError: unknown name, or a spec that cannot be imported.
+    """
+    if is_spec(name):
+        return _spec_entry(name)
     _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
+        if is_object_label(name):
+            raise DatasetError(f"dataset {name} was handed to run_pipeline(data=...) from "
+                               "Python; pass the same datasets again (the command line cannot "
+                               "rebuild them)") from None
         raise DatasetError(f"unknown dataset {name!r}; available: "
-                           f"{', '.join(sorted(_REGISTRY))} (see `admmprune datasets`)") from None
+                           f"{', '.join(sorted(_REGISTRY))} (see `admmprune datasets`; or an "
+                           "import spec \"package.module:factory\", or --import FILE.py that "
+                           "registers it)") from None
+
+
+def _spec_entry(spec: str) -> DatasetEntry:
+    try:
+        user_factory = resolve_spec(spec, "dataset factory")
+    except ImportSpecError as err:
+        raise DatasetError(str(err)) from None
+
+    def factory(options: Any, device: torch.device, splits: Sequence[str]) -> DataSplits:
+        from .objects import call_factory, dataset_splits
+
+        given = call_factory(user_factory, options, splits, spec)
+        return dataset_splits(given, options, device, splits, source=spec)
+
+    return DatasetEntry(spec, factory, f"imported from {spec}", "classification")
 
 
 def create_dataset(name: str, options: Any, device: torch.device,

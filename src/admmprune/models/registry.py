@@ -1,5 +1,8 @@
 """A small model registry: ``create_model(name, **kwargs)`` and ``list_models()``.
 
+``name`` may also be an import spec, ``"package.module:factory"`` (see
+:mod:`admmprune.imports`): the factory is imported and called with the keyword arguments.
+
 Models whose published weights come in a foreign format (Caffe's ``bvlc_alexnet.npy``,
 darknet's ``.weights``) register a loader for that file suffix with
 :func:`register_weights_loader`; ``pretrained:`` files with any other suffix are read as a
@@ -13,7 +16,9 @@ from pathlib import Path
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "UnknownModelError",
+from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec
+
+__all__ = ["register_model", "create_model", "model_factory", "list_models", "UnknownModelError",
            "register_weights_loader", "weights_loader"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -39,27 +44,52 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorator
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; unknown keyword arguments raise ``TypeError``."""
+def model_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory of a registered model or of an import spec.
+
+    Raises:
+        UnknownModelError: no model of that name is registered.
+        ImportSpecError: ``name`` is a spec that cannot be imported.
+    """
+    if is_spec(name):
+        return resolve_spec(name, "model factory")
     _load_builtin()
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
+        if is_object_label(name):
+            raise UnknownModelError(
+                f"model {name} was a module handed to run_pipeline(model=...) from Python; "
+                "pass the same module again (the command line cannot rebuild it)") from None
         raise UnknownModelError(
-            f"unknown model {name!r}; available: {', '.join(list_models())}"
+            f"unknown model {name!r}; available: {', '.join(list_models())} (or an import "
+            "spec \"package.module:factory\", or --import FILE.py that registers it)"
         ) from None
-    return factory(**kwargs)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered model (or call the factory an import spec names); unknown keyword
+    arguments raise ``TypeError``, a spec factory returning no ``nn.Module``
+    ``ImportSpecError``."""
+    model = model_factory(name)(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ImportSpecError(f"model {name!r} returned a {type(model).__name__}, not a "
+                              "torch.nn.Module")
+    return model
 
 
 def accepts_argument(name: str, argument: str) -> bool:
     """Does model ``name``'s factory take keyword ``argument`` (e.g. num_classes)?"""
     import inspect
 
-    _load_builtin()
-    factory = _REGISTRY.get(name)
-    if factory is None:
+    try:
+        factory = model_factory(name)
+    except (UnknownModelError, ImportSpecError):
         return False
-    parameters = inspect.signature(factory).parameters
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        return False
     return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
@@ -86,6 +116,8 @@ def register_weights_loader(model_name: str, suffix: str
 
 def weights_loader(model_name: str, path: str | Path) -> WeightsLoader | None:
     """The registered loader for ``path``'s suffix and this model, or None (a state dict)."""
+    if is_spec(model_name):
+        return None
     _load_builtin()
     return _WEIGHTS_LOADERS.get((model_name, Path(path).suffix.lower()))
 

@@ -13,17 +13,19 @@ from torch import nn
 
 from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
+from ..imports import ImportSpecError, is_spec, user_code_error
 from ..models import create_model, weights_loader
 from ..models.registry import accepts_argument
 from ..pruner import ADMMPruner
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
+from ..tasks.registry import UnknownTaskError
 from .config import Config, ConfigError
 from .rundir import RunError, load_run_config
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
-           "load_data", "load_run", "load_weights", "model_args", "resolve_device",
-           "traces_model"]
+           "load_data", "load_run", "load_weights", "load_state", "state_differences",
+           "model_args", "resolve_device", "traces_model", "HF_WEIGHT_FILES"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,21 +66,39 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
     kwargs = model_args(config, num_classes)
     try:
         return create_model(config.model, **kwargs)
+    except ImportSpecError as err:
+        raise ConfigError(f"model: {err}") from None
     except (TypeError, ValueError, RuntimeError) as err:
         # a wrong keyword (TypeError) or a value the model cannot be built with
         raise ConfigError(f"model_args {config.model_args} do not fit model "
                           f"{config.model!r}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - only a spec's factory is the user's code
+        if not is_spec(config.model):
+            raise
+        raise ConfigError(f"model: {user_code_error(err, repr(config.model))}") from None
 
 
-def build_task(config: Config) -> Task:
-    """The configured task; label smoothing and distillation need class logits."""
-    task = create_task(config.task)
+def build_task(config: Config, task: Task | None = None) -> Task:
+    """The configured task (or ``task``, an object given from Python); label smoothing and
+    distillation need class logits."""
+    if task is not None and not isinstance(task, Task):
+        raise ConfigError(f"task must be an admmprune.tasks.Task, got a {type(task).__name__}")
+    try:
+        chosen = task if task is not None else create_task(config.task)
+    except UnknownTaskError as err:
+        raise ConfigError(f"task: {err}") from None
     if (config.label_smoothing or config.distill_weight) and \
-            not getattr(task, "distillable", False):
+            not getattr(chosen, "distillable", False):
         raise ConfigError(f"label_smoothing and distill_weight apply to classification only; "
                           f"task {config.task!r} does not output class logits: set both to 0")
-    return create_task(config.task, label_smoothing=config.label_smoothing) \
-        if config.label_smoothing else task
+    if task is not None:
+        return task  # the caller's object, configured by the caller
+    if not config.label_smoothing:
+        return chosen
+    try:
+        return create_task(config.task, label_smoothing=config.label_smoothing)
+    except UnknownTaskError as err:
+        raise ConfigError(f"task: {err}") from None
 
 
 def build_pruner(model: nn.Module, config: Config, stage: int = 0,
@@ -123,13 +143,76 @@ def check_selection(model: nn.Module, config: Config) -> None:
                           f"{', '.join(n for n, _ in named)}")
 
 
+# a Hugging Face model directory: config.json and one of these weight files
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _read_state(path: Path, device: torch.device) -> dict:
+    """A state dict from ``.safetensors``, a Hugging Face model directory, or a file of
+    torch.save read with weights_only=True (``{"model": state}`` unwrapped)."""
+    if path.is_dir():
+        found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
+        if not (path / "config.json").is_file() or not found:
+            raise RunError(f"pretrained {path} is a directory but no Hugging Face model "
+                           f"directory: it needs config.json and {' or '.join(HF_WEIGHT_FILES)}"
+                           " (sharded checkpoints: save them as one file)")
+        path = found[0]
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device=str(device))
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise RunError(f"cannot read pretrained checkpoint {path}: {err}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise RunError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def state_differences(model: nn.Module, state: dict, limit: int = 5) -> list[str]:
+    """How ``state``'s tensor names and shapes differ from ``model``'s state dict (empty
+    when they fit). A name missing from ``state`` is fine when its tensor is the very tensor
+    of a name it holds (tied weights: a Hugging Face file stores a tied LM head once)."""
+    own = model.state_dict(keep_vars=True)
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in own.items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    problems = []
+    for name, tensor in own.items():
+        if name in state:
+            theirs = state[name]
+            if getattr(theirs, "shape", None) != tensor.shape:
+                problems.append(f"{name}: shape {tuple(tensor.shape)} here, "
+                                f"{tuple(getattr(theirs, 'shape', ()))} saved")
+        elif not any(other in state for other in by_tensor[id(tensor)]):
+            problems.append(f"{name}: missing from the saved weights")
+    problems += [f"{name}: saved but not in the model" for name in state if name not in own]
+    if len(problems) > limit:
+        problems = problems[:limit] + [f"... {len(problems) - limit} more"]
+    return problems
+
+
+def load_state(model: nn.Module, state: dict, source: str) -> None:
+    """Load ``state`` into ``model`` after checking names and shapes (tied weights may be
+    stored once); RunError naming the differences otherwise."""
+    problems = state_differences(model, state)
+    if problems:
+        raise RunError(f"{source} does not fit the model: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=False)
+
+
 def load_weights(model: nn.Module, path: Path, device: torch.device,
                  model_name: str | None = None) -> None:
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
-    (Caffe .npy, darknet .weights), else a PyTorch state dict read with weights_only=True."""
-    if not path.is_file():
+    (Caffe .npy, darknet .weights), else a state dict: ``.safetensors``, a Hugging Face
+    model directory (config.json + model.safetensors or pytorch_model.bin), or a file of
+    torch.save, read with weights_only=True."""
+    if not path.exists():
         raise RunError(f"pretrained checkpoint {path} does not exist")
-    loader = weights_loader(model_name, path) if model_name else None
+    loader = weights_loader(model_name, path) if model_name and path.is_file() else None
     if loader is not None:
         try:
             loader(model, path)
@@ -137,16 +220,7 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
         return
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise RunError(f"cannot read pretrained checkpoint {path}: {err}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise RunError(f"{path} does not fit model: {err}") from None
+    load_state(model, _read_state(path, device), str(path))
 
 
 @dataclass

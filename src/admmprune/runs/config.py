@@ -39,11 +39,19 @@ def _key(default: Any, help: str, choices: tuple[str, ...] | None = None):
 class Config:
     # what to run
     name: str = _key("run", "run name; the run directory is OUTPUT_DIR/NAME-TIMESTAMP")
-    model: str = _key("lenet5", "registered model name (see `admmprune models`)")
+    imports: list = _key([], "Python files run before anything else, so their "
+                             "@register_model/@register_dataset/@register_task lines count "
+                             "(--import FILE.py, repeatable; in a recipe, relative to it); "
+                             "the run records their sha256")
+    model: str = _key("lenet5", "registered model name (see `admmprune models`), or an import "
+                                "spec \"package.module:factory\" (runs that code)")
     model_args: dict = _key({}, "keyword arguments of the model factory, e.g. {depth: 3}")
-    dataset: str = _key("mnist", "registered dataset (see `admmprune datasets`)")
+    dataset: str = _key("mnist", "registered dataset (see `admmprune datasets`), or an import "
+                                 "spec \"package.module:factory\" returning {train: Dataset, "
+                                 "test: Dataset} (runs that code)")
     task: str = _key("classification", "what the labels mean: its loss and metrics "
-                                       "(see `admmprune datasets`)")
+                                       "(see `admmprune datasets`), or an import spec "
+                                       "\"package.module:factory\" giving a Task")
     data_dir: str | None = _key(None, "directory with the dataset files "
                                       "(default: $ADMMPRUNE_DATA_DIR, then the cache)")
     val_labels: str | None = _key(None, "imagenet: validation label file written by "
@@ -301,16 +309,40 @@ class Config:
                    f"removes that share), got {percent!r}; set all_percent: {implied:g}")
 
     def _check_registered(self) -> None:
+        """Run the imports, then check that the dataset and task exist (a spec is imported
+        now: a wrong one fails before a run starts) and that a model spec resolves."""
         # Imported here: the registries import torch, the rest of this module does not.
         from ..data.registry import dataset_entry
+        from ..imports import ImportSpecError, import_files, is_object_label, is_spec
+        from ..models.registry import model_factory
         from ..tasks import list_tasks
+        from ..tasks.registry import task_factory
 
+        _check(isinstance(self.imports, list) and all(isinstance(p, str) for p in self.imports),
+               "imports", f"must be a list of Python file paths, got {self.imports!r}")
         try:
-            dataset_entry(self.dataset)
-        except ValueError as err:
-            raise ConfigError(f"dataset: {err}") from None
-        _check(self.task in list_tasks(), "task",
-               f"must be one of {', '.join(list_tasks())}; got {self.task!r}")
+            import_files(self.imports)
+        except ImportSpecError as err:
+            raise ConfigError(f"imports: {err}") from None
+        if is_spec(self.model):
+            try:
+                model_factory(self.model)
+            except ImportSpecError as err:
+                raise ConfigError(f"model: {err}") from None
+        if not is_object_label(self.dataset):
+            try:
+                dataset_entry(self.dataset)
+            except ValueError as err:
+                raise ConfigError(f"dataset: {err}") from None
+        if is_spec(self.task):
+            try:
+                task_factory(self.task)
+            except ValueError as err:
+                raise ConfigError(f"task: {err}") from None
+        elif not is_object_label(self.task):
+            _check(self.task in list_tasks(), "task",
+                   f"must be one of {', '.join(list_tasks())} or an import spec "
+                   f"\"package.module:factory\"; got {self.task!r}")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -349,12 +381,31 @@ def _coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"{key} must be a number, got {value!r}") from None
 
 
+def _add_imports(config: Config, value: Any) -> None:
+    """``imports`` add up (recipe, then --import): each file once, as an absolute path (a
+    run directory's config.yaml then works from any directory)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"imports must be a list of Python file paths, got {value!r}")
+    for item in value:
+        if not isinstance(item, (str, Path)):
+            raise ConfigError(f"imports must be a list of Python file paths, got {item!r}")
+        path = str(Path(item).expanduser().resolve())
+        if path not in config.imports:
+            config.imports = [*config.imports, path]
+
+
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
-    """Set keys in place (values already parsed); unknown keys raise ``ConfigError``."""
+    """Set keys in place (values already parsed); unknown keys raise ``ConfigError``.
+    ``imports`` is added to, not replaced."""
     for key, value in overrides.items():
         key = key.replace("-", "_")
         if key not in _FIELD_NAMES:
             raise _unknown_key(key)
+        if key == "imports":
+            _add_imports(config, value)
+            continue
         setattr(config, key, _coerce(key, value))
     return config
 
@@ -373,6 +424,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"recipe {path} is not valid YAML: {err}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a mapping of keys to values")
+        imports = data.get("imports")
+        if isinstance(imports, (str, list)):
+            # a recipe's files are found next to it, wherever it is run from
+            data["imports"] = [str(path.parent / p) if isinstance(p, str) else p
+                               for p in ([imports] if isinstance(imports, str) else imports)]
         apply_overrides(config, data)
     apply_overrides(config, overrides or {})
     return config.validate()

@@ -14,11 +14,12 @@ checkpoint rank 0 chose.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,10 @@ import torch
 from torch import nn
 
 from .. import distill, distributed, runtime
+from ..data import DataSplits
 from ..data.augment import replace_shift, takes_shift
+from ..data.objects import dataset_splits
+from ..imports import object_label
 from ..pruner import ADMMPruner
 from ..regrow import MaskRefiner
 from ..selection import describe_selection, format_selection
@@ -40,18 +44,45 @@ from .build import (
     load_data,
     load_weights,
     resolve_device,
+    state_differences,
     traces_model,
 )
 from .config import Config, ConfigError
 from .direction import task_fields
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
+from .sources import check_sources, run_sources
 from .wandastage import wanda_prune
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
-           "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model"]
+           "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model",
+           "with_objects", "SOURCES_FILE"]
 
 STAGES = ("all", "admm", "retrain")
+SOURCES_FILE = "sources.json"
+
+
+def with_objects(config: Config, model: nn.Module | None, data, task) -> Config:
+    """``config`` with the objects handed to :func:`run_pipeline` in place of the model,
+    dataset and task names: labels such as ``"<object ResNet>"`` that config.yaml records
+    and that nothing tries to rebuild (a task given by name is just that name)."""
+    changes: dict = {}
+    if model is not None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got a {type(model).__name__}")
+        changes["model"] = object_label(model)
+    if data is not None:
+        if not isinstance(data, (Mapping, DataSplits)):
+            raise ConfigError(f"data must be a mapping such as {{'train': Dataset, 'test': "
+                              f"Dataset}}, got a {type(data).__name__}")
+        changes["dataset"] = object_label(data)
+    if isinstance(task, str):
+        changes["task"] = task
+    elif task is not None:
+        changes["task"] = object_label(task)
+    if not changes:
+        return config
+    return dataclasses.replace(config, **changes).validate()
 
 
 def _seed_everything(seed: int) -> None:
@@ -69,7 +100,9 @@ class Run:
     """
 
     def __init__(self, config: Config, run_dir: Path, resume: bool,
-                 splits: tuple[str, ...] = ("train", "test")) -> None:
+                 splits: tuple[str, ...] = ("train", "test"), *, model: nn.Module | None = None,
+                 data: Mapping | DataSplits | None = None, task=None) -> None:
+        config = with_objects(config, model, data, task)
         self.config = config
         self.dir = RunDirectory(run_dir)
         self.run_dir = self.dir.path
@@ -88,7 +121,7 @@ class Run:
                               "gradients, so the masks would differ between processes; run "
                               "one process or set retraining_regrow: 0")
         self.device = resolve_device(config.device)
-        self.task = build_task(config)
+        self.task = build_task(config, None if isinstance(task, str) else task)
         self.progress = Progress()
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
@@ -108,7 +141,12 @@ class Run:
             torch.set_num_threads(runtime.available_cpus())
         # Data first: an unreadable data set fails before anything is written, and the model
         # learns its class count from it. Rank 0 first: it may download into a shared cache.
-        self.data = distributed.main_first(lambda: load_data(config, self.device, splits))
+        if isinstance(data, DataSplits):
+            self.data = data
+        elif data is not None:
+            self.data = dataset_splits(data, config, self.device, splits)
+        else:
+            self.data = distributed.main_first(lambda: load_data(config, self.device, splits))
         self.train_batches, self.test_batches = self.data.train, self.data.test
         if self.world > 1 and self.train_batches is not None:
             if not hasattr(self.train_batches, "shard"):
@@ -120,7 +158,8 @@ class Run:
             raise ConfigError(f"retraining_augment_shift: dataset {config.dataset!r} has no "
                               "random shift to change; remove the key")
         _seed_everything(config.seed)
-        self.model = build_model(config, self.data.num_classes).to(self.device)
+        built = model if model is not None else build_model(config, self.data.num_classes)
+        self.model = built.to(self.device)
         # Distillation's teacher: copied now, before pruner hooks and DDP touch the model;
         # it holds the dense weights once the dense phase is done (dense.pt on resume).
         self._teacher = distill.frozen_copy(self.model) if config.distill_weight else None
@@ -133,10 +172,14 @@ class Run:
         # Selection and per-layer ratios fail now, not after hours of dense training.
         check_selection(self.model, config)
         self.selection = describe_selection(self.model, config.include, config.exclude)
+        # the user's code this run ran (every spec's module is imported by now)
+        self.sources = run_sources(config)
         if resume:
             self._restore()
         else:
             distributed.on_main(lambda: self.dir.create(config))
+            if self.main and self.sources:
+                self.dir.write_json(SOURCES_FILE, self.sources)
             if self.main and config.progress:
                 # what will be pruned and what not, before hours of work rather than after
                 print(format_selection(*self.selection), flush=True)
@@ -150,6 +193,13 @@ class Run:
         changes = resume_changes(state.get("config") or {}, self.config.to_dict(),
                                  retraining_started=progress.retrain_epoch > 0 or progress.done,
                                  retrain_epochs_done=progress.retrain_epoch)
+        check_sources(state.get("sources"), self.sources)
+        problems = state_differences(self.model, state["model"])
+        if problems:
+            raise RunError(f"the model does not fit the checkpoint of {self.run_dir}: "
+                           f"{'; '.join(problems)}. Resuming needs the model the run started "
+                           "with (the same module, with parameters of the same names and "
+                           "shapes); start a new run (another --run-dir) for another one")
         self.model.load_state_dict(state["model"])
         self.progress = progress
         self.optimizer_state = state.get("optimizer")
@@ -216,7 +266,8 @@ class Run:
         """Checkpoint the run (collective: every rank calls it, rank 0 writes)."""
         average = None if self._average is None else self._average.state_dict()
         self.checkpoints.save(model=self.model, pruner=self.pruner, optimizer=optimizer,
-                              progress=self.progress, config=self.config, average=average)
+                              progress=self.progress, config=self.config, average=average,
+                              sources=self.sources)
 
     def _new_average(self) -> RetrainingAverage:
         return RetrainingAverage(self.model, self.config.retraining_average_epochs,
@@ -529,6 +580,7 @@ class Run:
             **(self.pruner.summary() if self.pruner else {}),
             "layers": layers,
             "not_pruned": [t._asdict() for t in self.selection[1]],
+            **({"sources": self.sources} if self.sources else {}),
             "seconds": dict(prog.seconds),
             "wall_seconds": sum(prog.seconds.values()),
             "complete": prog.done,
@@ -542,11 +594,35 @@ class Run:
 
 
 def run_pipeline(config: Config, *, stage: str = "all", run_dir: str | Path | None = None,
-                 resume: bool = False) -> dict:
+                 resume: bool = False, model: nn.Module | None = None,
+                 data: Mapping | DataSplits | None = None, task=None) -> dict:
     """Run (or resume) the job of ``config`` in ``run_dir``; returns the summary dict.
 
     ``stage="admm"`` stops after the hard prune, ``"retrain"`` needs a run directory whose
     ADMM stage is done, ``"all"`` does everything.
+
+    Args:
+        config: the recipe (:func:`~admmprune.runs.config.load_config`).
+        stage: ``"all"``, ``"admm"`` or ``"retrain"``.
+        run_dir: the run directory (default OUTPUT_DIR/NAME-TIMESTAMP).
+        resume: continue the run in ``run_dir`` from its last checkpoint.
+        model: a module to prune instead of building ``config.model``, used with the
+            weights it holds (``pretrained`` still applies). config.yaml records it as
+            ``"<object ClassName>"``.
+        data: ``{"train": Dataset, "test": Dataset}`` (map-style datasets; optional
+            ``"val"``, ``"num_classes"``, see :mod:`admmprune.data.objects`) instead of
+            ``config.dataset``, streamed with the order of every epoch drawn from (seed,
+            epoch); or a :class:`~admmprune.data.DataSplits`.
+        task: a :class:`~admmprune.tasks.Task` instance, or a task name or import spec,
+            instead of ``config.task``.
+
+    Resuming a run started with objects needs the same objects again: a model whose
+    parameter names or shapes differ from the checkpoint's is refused (RunError), as is a
+    different kind of object (its class name is part of the recorded config).
+
+    Raises:
+        ConfigError: a bad stage, recipe value or object.
+        RunError: the run directory cannot be used or resumed as asked.
 
     Called on every rank of an initialised process group (``torch.distributed``, more than
     one process), it trains data-parallel with DistributedDataParallel; the caller owns the
@@ -559,7 +635,8 @@ def run_pipeline(config: Config, *, stage: str = "all", run_dir: str | Path | No
     # one name for all ranks: the timestamp is rank 0's
     run_dir = Path(run_dir) if run_dir is not None else \
         distributed.broadcast_object(new_run_dir(config))
-    run = Run(config, run_dir, resume=resume or stage == "retrain")
+    run = Run(config, run_dir, resume=resume or stage == "retrain", model=model, data=data,
+              task=task)
     try:
         if stage in ("all", "admm"):
             run.dense()

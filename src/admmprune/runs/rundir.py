@@ -31,7 +31,7 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 # What a run writes; a fresh run refuses a directory holding anything else.
 RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "dense.pt",
              "admm.pt", "model.pt", "summary.json", "admm_residuals.png", "accuracy.png",
-             "kept_per_layer.png"}
+             "kept_per_layer.png", "sources.json"}
 # Keys a resumed run may change: where and how fast it runs, and epochs to add. Everything
 # else defines what the run is (model, data, ratio, selection, optimisation) and is refused.
 RESUME_SAFE_KEYS = {"threads", "device", "progress", "workers", "data_dir", "val_labels",
@@ -377,7 +377,10 @@ class RunDirectory:
         self._metrics.flush()
 
     def write_summary(self, summary: dict) -> None:
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.write_json("summary.json", summary)
+
+    def write_json(self, name: str, obj: Any) -> None:
+        (self.path / name).write_text(json.dumps(obj, indent=2))
 
     def close(self) -> None:
         if self._metrics is not None:

@@ -80,7 +80,8 @@ class Checkpoints:
         self.main = rank == 0
 
     def save(self, *, model: nn.Module, pruner, optimizer: torch.optim.Optimizer | None,
-             progress: Progress, config: Config, average: dict | None = None) -> None:
+             progress: Progress, config: Config, average: dict | None = None,
+             sources: dict[str, str] | None = None) -> None:
         """Collective: every rank calls it (their RNG states are gathered), rank 0 writes."""
         rng = distributed.all_gather_objects(rng_state())
         if not self.main:
@@ -96,6 +97,7 @@ class Checkpoints:
             "rng_ranks": rng if self.world > 1 else None,
             "world_size": self.world,
             "metrics_bytes": self.dir.metrics_size(),
+            "sources": dict(sources or {}),  # the user's files the run imported: sha256
         })
 
     def load(self) -> tuple[dict, dict | None]:

@@ -1,4 +1,5 @@
-"""The task interface and its registry."""
+"""The task interface and its registry. A task name may also be an import spec,
+``"package.module:factory"``, naming a ``Task`` subclass or a function returning a Task."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Task", "register_task", "create_task", "list_tasks", "UnknownTaskError"]
+from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec, user_code_error
+
+__all__ = ["Task", "register_task", "create_task", "task_factory", "list_tasks",
+           "UnknownTaskError"]
 
 
 class UnknownTaskError(ValueError):
@@ -78,13 +82,50 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     return decorator
 
 
-def create_task(name: str, **kwargs: Any) -> Task:
+def task_factory(name: str) -> Callable[..., Task]:
+    """The class of a registered task, or what an import spec names.
+
+    Raises:
+        UnknownTaskError: no task of that name, or a spec that cannot be imported.
+    """
+    if is_spec(name):
+        try:
+            return resolve_spec(name, "task")
+        except ImportSpecError as err:
+            raise UnknownTaskError(str(err)) from None
     _load_builtin()
     try:
-        return _REGISTRY[name](**kwargs)
+        return _REGISTRY[name]
     except KeyError:
+        if is_object_label(name):
+            raise UnknownTaskError(f"task {name} was handed to run_pipeline(task=...) from "
+                                   "Python; pass the same task again") from None
         raise UnknownTaskError(f"unknown task {name!r}; available: "
-                               f"{', '.join(list_tasks())}") from None
+                               f"{', '.join(list_tasks())} (or an import spec "
+                               "\"package.module:factory\" returning a Task)") from None
+
+
+def create_task(name: str, **kwargs: Any) -> Task:
+    """A new task of the registered name or import spec ``name``.
+
+    Raises:
+        UnknownTaskError: unknown name, a spec that cannot be imported, or one that does not
+            give a :class:`Task`.
+    """
+    factory = task_factory(name)
+    if is_spec(name):
+        try:
+            task = factory(**kwargs)
+        except Exception as err:  # noqa: BLE001 - the user's code failed: say where
+            raise UnknownTaskError(str(user_code_error(err, f"task {name!r}"))) from None
+    else:
+        task = factory(**kwargs)
+    if not isinstance(task, Task):
+        raise UnknownTaskError(f"task {name!r} gave a {type(task).__name__}, not an "
+                               "admmprune.tasks.Task")
+    if not task.name:
+        task.name = name
+    return task
 
 
 def list_tasks() -> list[str]:

@@ -1,0 +1,279 @@
+"""A user's own model and data, from a file of their own, through the command line:
+``--import FILE.py`` and import specs (``"module:factory"``) in recipes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from admmprune.cli import main
+from admmprune.imports import ImportSpecError, is_spec, parse_spec, resolve_spec
+from admmprune.projection import survivor_count
+
+# A user's file: a registered model with BatchNorm and a residual block, and a dataset
+# factory returning map-style datasets (referred to by a spec naming the file's module).
+USER_CODE = '''
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from admmprune.models import register_model
+from admmprune.tasks import create_task
+
+
+class Block(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.conv = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(width)
+
+    def forward(self, x):
+        return torch.relu(x + self.bn(self.conv(x)))
+
+
+@register_model("{name}")
+def tiny_net(num_classes=3, width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), Block(width),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * width, num_classes))
+
+
+class Blobs(Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(3, (n,), generator=g)
+        self.x = torch.randn(n, 1, 8, 8, generator=g) + self.y.view(-1, 1, 1, 1).float()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def splits(seed):
+    return {{"train": Blobs(48, seed), "test": Blobs(16, seed + 1), "num_classes": 3}}
+
+
+def wide_net():
+    return tiny_net(width=6)
+
+
+def task():
+    return create_task("classification")
+
+
+def not_a_task():
+    return 42
+'''
+
+SMALL = {"batch_size": 16, "dense_epochs": 1, "k_step": 2, "epochs": 1, "retraining_epochs": 2,
+         "all_percent": 80.0, "workers": 0, "progress": False, "device": "cpu", "threads": 1,
+         "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def user_file(tmp_path_factory) -> Path:
+    """The user's file, written once per module: its model registers a name only once."""
+    path = tmp_path_factory.mktemp("user") / "yourmodel_cli_user.py"
+    path.write_text(USER_CODE.format(name="yourmodel-cli-net"))
+    return path
+
+
+def recipe(folder: Path, **keys) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"model": "yourmodel-cli-net",
+                                    "dataset": "yourmodel_cli_user:splits", **SMALL, **keys}))
+    return path
+
+
+def prunable_total(run_dir: Path) -> int:
+    return json.loads((run_dir / "summary.json").read_text())["total"]
+
+
+def test_import_prune_eval_export_report(tmp_path, user_file, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["prune", str(recipe(tmp_path, task="yourmodel_cli_user:task")),
+                 "--import", str(user_file), "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # conv 1·4·9 + block conv 4·4·9 + linear 16·3 (BatchNorm is not pruned)
+    assert summary["total"] == 36 + 144 + 48
+    assert summary["kept"] == survivor_count(228, 80.0)  # exactly K
+    state = torch.load(run_dir / "model.pt")
+    nonzero = sum(int(state[k].count_nonzero()) for k in
+                  ("0.weight", "2.conv.weight", "5.weight"))
+    assert nonzero == summary["kept"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["imports"] == [str(user_file.resolve())]
+    assert config["dataset"] == "yourmodel_cli_user:splits"
+    sources = json.loads((run_dir / "sources.json").read_text())
+    assert list(sources) == [str(user_file.resolve())]
+    assert summary["sources"] == sources
+    capsys.readouterr()
+
+    assert main(["eval", str(run_dir)]) == 0  # the recorded import is run again
+    assert f"sparsity {100 * (228 - summary['kept']) / 228:.3f}%" in capsys.readouterr().out
+    assert main(["export", str(run_dir), "--import", str(user_file)]) == 0
+    assert (run_dir / "model.apz").is_file()
+    from admmprune.export import load
+
+    model = load(run_dir / "model.apz")  # rebuilt from the registered name it records
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    capsys.readouterr()
+    assert main(["report", str(run_dir), "--no-plots"]) == 0
+    assert "model.apz" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_bitwise(tmp_path, user_file, interrupt_training):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    path = recipe(tmp_path)
+    assert main(["prune", str(path), "--import", str(user_file), "--run-dir",
+                 str(straight)]) == 0
+    interrupt_training(3)  # dense epoch, first W-step, then Ctrl-C in the second W-step
+    assert main(["prune", str(path), "--import", str(user_file), "--run-dir",
+                 str(resumed)]) == 130
+    assert not (resumed / "model.pt").exists()
+    interrupt_training(None)
+    assert main(["prune", "--resume", str(resumed), "--import", str(user_file)]) == 0
+    a, b = torch.load(straight / "model.pt"), torch.load(resumed / "model.pt")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_changed_spec_or_file_is_refused_on_resume(tmp_path, interrupt_training, capsys):
+    # a model spec naming a local file of its own: that file's sha256 is recorded
+    path = tmp_path / "yourmodel_changed_user.py"
+    path.write_text(USER_CODE.format(name="yourmodel-changed-net"))
+    run_dir = tmp_path / "run"
+    args = [str(recipe(tmp_path, model="yourmodel_changed_user:tiny_net",
+                       dataset="yourmodel_changed_user:splits")),
+            "--import", str(path), "--run-dir", str(run_dir)]
+    interrupt_training(2)
+    assert main(["prune", *args]) == 130
+    interrupt_training(None)
+    sources = json.loads((run_dir / "sources.json").read_text())
+    assert list(sources) == [str(path.resolve())]  # the file and the specs' module: once
+    capsys.readouterr()
+
+    assert main(["prune", "--resume", str(run_dir), "--model-args", "{width: 6}"]) == 2
+    err = capsys.readouterr().err
+    assert "model_args" in err and "resuming cannot change" in err
+    assert main(["prune", "--resume", str(run_dir), "--model",
+                 "yourmodel_changed_user:wide_net"]) == 2
+    assert "model: 'yourmodel_changed_user:tiny_net' -> 'yourmodel_changed_user:wide_net'" \
+        in capsys.readouterr().err
+
+    path.write_text(path.read_text() + "\n# edited after the run started\n")
+    assert main(["prune", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path.resolve()} changed since the run started" in err
+    assert "Traceback" not in err
+
+
+def test_bad_specs_and_imports_exit_2_with_a_message(tmp_path, user_file, capsys):
+    cases = [
+        (["--model", "no_such_module_xyz:build"], "no module named 'no_such_module_xyz'"),
+        (["--dataset", "yourmodel_cli_user:nothing"], "has no 'nothing'"),
+        (["--task", "yourmodel_cli_user:not_a_task"], "gave a int, not an admmprune.tasks.Task"),
+        (["--task", "yourmodel_cli_user:Blobs"], "missing 2 required positional arguments"),
+    ]
+    for extra, message in cases:
+        code = main(["prune", str(recipe(tmp_path)), "--import", str(user_file),
+                     "--run-dir", str(tmp_path / "never"), *extra])
+        assert code == 2, extra
+        assert message in capsys.readouterr().err, extra
+    broken = tmp_path / "yourmodel_broken.py"
+    broken.write_text("x = 1\nraise RuntimeError('no GPU here')\n")
+    assert main(["prune", str(recipe(tmp_path)), "--import", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken.resolve()}, line 2" in err and "no GPU here" in err
+    assert main(["eval", str(tmp_path), "--import", str(tmp_path / "missing.py")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_spec_rule():
+    assert is_spec("pkg.mod:factory") and is_spec("mod:Outer.build")
+    assert not is_spec("lenet5") and not is_spec("yolov4-tiny") and not is_spec("a:b:c")
+    assert parse_spec("pkg.mod:Outer.build") == ("pkg.mod", "Outer.build")
+    assert resolve_spec("collections:OrderedDict") is __import__("collections").OrderedDict
+    with pytest.raises(ImportSpecError, match="not an import spec"):
+        parse_spec("lenet5")
+
+
+class Tied(torch.nn.Module):
+    """An embedding and an output layer sharing one weight, as a language model ties them."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.body = torch.nn.Linear(3, 3)
+        self.head = torch.nn.Linear(3, 5, bias=False)
+        self.head.weight = self.embed.weight
+
+
+@pytest.mark.parametrize("form", ["pt", "safetensors", "hf-safetensors", "hf-bin"])
+def test_pretrained_reads_state_dicts_in_every_form(tmp_path, form):
+    from safetensors.torch import save_file
+
+    from admmprune.runs.build import load_weights
+
+    torch.manual_seed(0)
+    source = Tied()
+    # a Hugging Face file stores the tied weight once
+    state = {k: v for k, v in source.state_dict().items() if k != "head.weight"}
+    if form == "pt":
+        path = tmp_path / "dense.pt"
+        torch.save({"model": state}, path)
+    elif form == "safetensors":
+        path = tmp_path / "dense.safetensors"
+        save_file(state, str(path))
+    else:
+        path = tmp_path / "hf"
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+        if form == "hf-bin":
+            torch.save(state, path / "pytorch_model.bin")
+        else:
+            save_file(state, str(path / "model.safetensors"))
+    target = Tied()
+    load_weights(target, path, torch.device("cpu"), "tied-test")
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+
+
+def test_pretrained_that_does_not_fit_names_the_difference(tmp_path):
+    from admmprune.runs.build import load_weights
+    from admmprune.runs.rundir import RunError
+
+    path = tmp_path / "dense.pt"
+    state = Tied().state_dict()
+    state["body.weight"] = torch.zeros(4, 3)
+    torch.save(state, path)
+    with pytest.raises(RunError, match=r"body.weight: shape \(3, 3\) here, \(4, 3\) saved"):
+        load_weights(Tied(), path, torch.device("cpu"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match="needs config.json and model.safetensors"):
+        load_weights(Tied(), tmp_path / "empty", torch.device("cpu"))
+
+
+def test_your_model_example_runs_tiny(tmp_path, capsys):
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    # one recipe, one command: its imports and specs bring the model and the data
+    assert main(["prune", str(REPO / "examples/your_model/recipe.yaml"), "--run-dir",
+                 str(run_dir), "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs",
+                 "1", "--train-subset", "64", "--test-subset", "32", "--no-progress",
+                 "--threads", "1"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["model"] == "your_resnet:tiny_resnet"
+    assert summary["kept"] == survivor_count(summary["total"], 95.0)
+    assert {"layers.1.shortcut.0.weight", "layers.0.conv2.weight"} <= \
+        {layer["name"] for layer in summary["layers"]}  # residual blocks, BatchNorm skipped
+    assert main(["export", str(run_dir)]) == 0
+    assert (run_dir / "model.apz").is_file()
