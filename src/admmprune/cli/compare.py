@@ -59,7 +59,11 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
         run_results,
         write_results,
     )
+    from ..runs.rundir import check_output_path
 
+    check_output_path(args.out)
+    if args.save_results is not None:
+        check_output_path(args.save_results, "--save-results")
     try:
         if not args.run_dirs and not args.results:
             raise ValueError("nothing to plot: give finished run directories or --results CSV")

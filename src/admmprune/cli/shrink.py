@@ -20,8 +20,10 @@ from ..channels.shrink import (
 __all__ = ["default_path", "shrink_run", "format_shrink_summary"]
 
 
-def default_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "model-shrunk.safetensors"
+def default_path(run_dir: Path, weights: str | Path | None = None) -> Path:
+    """RUN_DIR/model-shrunk.safetensors, named after the weights file when given."""
+    stem = Path(weights).stem if weights else "model"
+    return Path(run_dir) / f"{stem}-shrunk.safetensors"
 
 
 def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
@@ -35,7 +37,10 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     x max(1, max |output|) although no constant was dropped."""
     from ..data import DatasetError
     from ..runs.build import load_run, model_args
+    from ..runs.rundir import check_output_path
 
+    path = check_output_path(Path(out) if out else default_path(run_dir, weights),
+                             "--out" if out else "the default output file")
     try:
         run = load_run(run_dir, overrides={"data_dir": data_dir} if data_dir else {},
                        device=torch.device("cpu"), weights=weights)
@@ -54,8 +59,8 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     if not report.dropped and diff > tolerance * scale:
         raise ShrinkError(f"the shrunk model differs from the masked one by {diff:.3g} on a "
                           f"test batch (allowed {tolerance * scale:.3g}); please report it")
-    path = save_shrunk(report.model, Path(out) if out else default_path(run_dir),
-                       model_name=config.model, model_args=model_args(config, data.num_classes))
+    path = save_shrunk(report.model, path, model_name=config.model,
+                       model_args=model_args(config, data.num_classes))
     return {"report": report, "path": path, "batch": int(batch.shape[0]),
             "batch_max_abs_diff": diff}
 

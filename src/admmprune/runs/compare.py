@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, ConfigError
 from ..models import create_model
-from .pipeline import Run, run_pipeline
+from ..selection import prunable_parameters
 from ..tables import format_table
+from .config import Config, ConfigError
+from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RunDirectory
-from ..selection import prunable_parameters
 
 __all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
 

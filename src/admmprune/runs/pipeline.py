@@ -93,8 +93,29 @@ class Run:
         if resume:
             if not self.dir.has_checkpoint():
                 raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
+            distributed.on_main(self.dir.lock)
         else:
-            distributed.on_main(lambda: self.dir.check_fresh(config))
+            distributed.on_main(lambda: self._claim(config))
+        try:
+            self._start(config, resume, splits)
+        except BaseException:
+            self.dir.close()  # releases the lock: the directory is free again
+            raise
+
+    def _claim(self, config: Config) -> None:
+        """Rank 0 of a new run: lock the run directory (a second process on it refuses at
+        once), checking it is fit for a new run before (nothing is created for a bad path)
+        and again once locked (what another process may have written meanwhile)."""
+        self.dir.check_fresh(config)
+        self.dir.lock()
+        try:
+            self.dir.check_fresh(config)
+        except RunError:
+            self.dir.unlock()
+            raise
+
+    def _start(self, config: Config, resume: bool, splits: tuple[str, ...]) -> None:
+        """Everything after the run directory is held: data, model, restored state."""
         if config.threads:
             torch.set_num_threads(config.threads)
         elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .distill import Distillation
 from ..tasks import Task, create_task
+from .distill import Distillation
 
 __all__ = ["NonFiniteLossError", "train_epoch", "evaluate", "make_optimizer", "lr_factor",
            "autocast_for"]

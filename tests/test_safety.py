@@ -1,0 +1,141 @@
+"""Nothing a run wrote is overwritten, a run directory is held by one process at a time, a
+finished run rebuilds a lost model.pt, and --weights runs no code (issue 24: items 1, 4, 5,
+9, 10, 11)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, make_run_dir
+
+import admmprune
+import admmprune.runs.pipeline as pipeline
+from admmprune.cli import main
+from admmprune.runs.rundir import RunDirectory, RunError, check_output_path
+
+TINY = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64",
+        "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1", "--no-progress",
+        "--threads", "1", "--all-percent", "90"]
+RECIPE = "recipes/lenet5.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A finished-looking LeNet-5 run (synthetic data) with dense.pt and summary.json."""
+    torch.manual_seed(0)
+    model = admmprune.create_model("lenet5")
+    run = make_run_dir(tmp_path, model.state_dict())
+    torch.save(model.state_dict(), run / "dense.pt")
+    (run / "summary.json").write_text(json.dumps({"compression": 2.0, "model": "lenet5"}))
+    return run
+
+
+def snapshot(run):
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+# -- 1: no command writes over a run directory's own files -------------------------------
+@pytest.mark.parametrize("argv", [
+    ["export", "{run}", "--out", "{run}/model.pt"],
+    ["export", "{run}", "--format", "dense", "--out", "{run}/../run/summary.json"],
+    ["shrink", "{run}", "--out", "{run}/model.pt"],
+    ["tradeoff", "{run}", "--save-results", "{run}/summary.json", "--out", "{tmp}/t.png"],
+    ["tradeoff", "{run}", "--out", "{run}/config.yaml"],
+    ["draw", "{run}", "--out", "{run}/metrics.jsonl"],
+])
+def test_no_command_writes_over_a_run_file(run_dir, tmp_path, capsys, argv):
+    (run_dir / "metrics.jsonl").write_text("")
+    before = snapshot(run_dir)
+    argv = [a.format(run=run_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "own" in err and "destroy the run's results" in err and "Traceback" not in err
+    assert snapshot(run_dir) == before
+
+
+def test_check_output_path_finds_any_run_directory(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    for name in ["checkpoint.pt", "checkpoint.prev.pt", "admm.pt", "checkpoint.pt.new.tmp",
+                 "model.pt.tmp", "run.lock"]:
+        with pytest.raises(RunError, match="own"):
+            check_output_path(tmp_path / "sub" / ".." / name)
+    assert check_output_path(tmp_path / "model.apz") == tmp_path / "model.apz"
+    # the same names outside a run directory are ordinary files
+    (tmp_path / "other").mkdir()
+    assert check_output_path(tmp_path / "other" / "model.pt").name == "model.pt"
+
+
+def test_export_of_other_weights_is_named_after_them(run_dir, capsys):
+    assert main(["export", str(run_dir)]) == 0
+    pruned = (run_dir / "model.apz").read_bytes()
+    torch.manual_seed(1)
+    torch.save(admmprune.create_model("lenet5").state_dict(), run_dir / "dense.pt")
+    assert main(["export", str(run_dir), "--weights", str(run_dir / "dense.pt")]) == 0
+    assert "dense.apz" in capsys.readouterr().out
+    assert (run_dir / "model.apz").read_bytes() == pruned
+    assert (run_dir / "dense.apz").read_bytes() != pruned
+
+
+# -- 4: one process per run directory -----------------------------------------------------
+HOLD = ("import sys, time\nfrom admmprune.runs.rundir import RunDirectory\n"
+        "RunDirectory(sys.argv[1]).lock()\nprint('locked', flush=True)\ntime.sleep(120)\n")
+
+
+def test_a_second_process_refuses_a_held_run_dir_and_a_killed_one_leaves_no_lock(
+        tmp_path, capsys):
+    target = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["prune", RECIPE, "--run-dir", str(target), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by another admmprune process (PID {holder.pid})" in err
+        assert sorted(p.name for p in target.iterdir()) == ["run.lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the killed holder's lock died with it: the directory is free
+    assert main(["prune", RECIPE, "--run-dir", str(target), *TINY]) == 0
+    assert (target / "model.pt").is_file()
+
+
+def test_prune_holds_the_lock_while_it_runs_and_releases_it(tmp_path, monkeypatch):
+    target = tmp_path / "run"
+    refusals = []
+    real = pipeline.train_epoch
+
+    def epoch(*args, **kwargs):
+        try:
+            RunDirectory(target).lock()  # a second open file: flock conflicts like a process
+        except RunError as err:
+            refusals.append(str(err))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_epoch", epoch)
+    assert main(["prune", RECIPE, "--run-dir", str(target), *TINY]) == 0
+    assert len(refusals) == 3 and all(f"PID {os.getpid()}" in r for r in refusals)
+    other = RunDirectory(target)
+    other.lock()  # released at the end
+    other.close()
+    assert (target / "run.lock").is_file() and (target / "model.pt").is_file()
+
+
+def test_a_failed_start_releases_and_removes_what_the_lock_created(tmp_path, capsys):
+    target = tmp_path / "new" / "run"
+    assert main(["prune", RECIPE, "--run-dir", str(target), *TINY, "--include",
+                 "[nosuch]"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert not target.exists()
