@@ -139,3 +139,20 @@ def test_a_failed_start_releases_and_removes_what_the_lock_created(tmp_path, cap
                  "[nosuch]"]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert not target.exists()
+
+
+# -- 5: resuming a finished run whose model.pt was deleted --------------------------------
+def test_resume_rebuilds_a_deleted_model_pt_and_names_what_is_lost(tmp_path, capsys):
+    target = tmp_path / "run"
+    assert main(["prune", RECIPE, "--run-dir", str(target), *TINY]) == 0
+    final = torch.load(target / "model.pt")
+    (target / "model.pt").unlink()
+    (target / "dense.pt").unlink()
+    capsys.readouterr()
+    assert main(["prune", "--resume", str(target)]) == 0
+    err = capsys.readouterr().err
+    assert "rebuilt model.pt from the checkpoint" in err
+    assert "dense.pt missing" in err and "cannot be rebuilt" in err
+    rebuilt = torch.load(target / "model.pt")
+    assert all(torch.equal(final[k], rebuilt[k]) for k in final)
+    assert main(["eval", str(target)]) == 0

@@ -197,8 +197,43 @@ class Run:
             self._average.load_state_dict(state["average"])
         if self.progress.done and self.config.retraining_epochs > self.progress.retrain_epoch:
             self.progress.done = False  # epochs added to a finished retraining
+        if self.main:
+            self._rebuild_missing(state)
         # no rank writes a new checkpoint before every rank has read this one
         distributed.barrier()
+
+    def _rebuild_missing(self, state: dict) -> None:
+        """A resumed run whose saved weights were deleted: rebuild each from the checkpoint
+        when it still holds them (model.pt of a finished run; admm.pt before retraining;
+        dense.pt before ADMM), and name the ones lost for good."""
+        prog = self.progress
+        admm_started = prog.stage > 0 or prog.iteration > 0 or prog.stage_pruned
+        files = {  # name: (written by a finished phase, the checkpoint still holds it)
+            "dense.pt": (prog.dense_done, not admm_started and not prog.admm_done),
+            "admm.pt": (prog.admm_done, prog.retrain_epoch == 0 and not prog.done),
+            "model.pt": (prog.done, True),
+        }
+        rebuilt, lost = [], []
+        for name, (written, held) in files.items():
+            if not written or (self.run_dir / name).is_file():
+                continue
+            if not held:
+                lost.append(name)
+            elif name == "admm.pt":
+                self._save_weights(name, {"model": self.model.state_dict(),
+                                          "pruner": state["pruner"]})
+                rebuilt.append(name)
+            else:
+                self._save_weights(name, self.model.state_dict())
+                rebuilt.append(name)
+        if rebuilt:
+            print(f"admmprune: rebuilt {', '.join(rebuilt)} from the checkpoint (missing in "
+                  f"{self.run_dir})", file=sys.stderr)
+            self.log({"phase": "resume", "rebuilt": rebuilt})
+        if lost:
+            print(f"admmprune: {', '.join(lost)} missing in {self.run_dir} and cannot be "
+                  "rebuilt (the weights have changed since it was written); the run continues "
+                  "without it", file=sys.stderr)
 
     def _example(self) -> torch.Tensor | None:
         """Two inputs traced by the filter and live-weight projections (test images, else
