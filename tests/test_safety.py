@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, make_run_dir
 
 import admmprune
@@ -156,3 +157,66 @@ def test_resume_rebuilds_a_deleted_model_pt_and_names_what_is_lost(tmp_path, cap
     rebuilt = torch.load(target / "model.pt")
     assert all(torch.equal(final[k], rebuilt[k]) for k in final)
     assert main(["eval", str(target)]) == 0
+
+
+# -- 9: --weights runs no code unless the user says so ------------------------------------
+class _Marker:
+    """Unpickling it creates a file: proof that a file's code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def alexnet_run(tmp_path):
+    run = tmp_path / "alex"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"model": "alexnet", "dataset": "synthetic", "device": "cpu", "progress": False,
+         "model_args": {"num_classes": 10, "image_size": 67, "fc_width": 64}}))
+    torch.save(admmprune.create_model("alexnet", num_classes=10, image_size=67,
+                                      fc_width=64).state_dict(), run / "model.pt")
+    return run
+
+
+def test_weights_npy_is_not_unpickled_without_trust_pickle(tmp_path, capsys):
+    import numpy as np
+
+    run = alexnet_run(tmp_path)
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.npy"
+    np.save(evil, np.array(_Marker(marker), dtype=object), allow_pickle=True)
+    for command in (["export", str(run), "--out", str(tmp_path / "x.apz")],
+                    ["shrink", str(run), "--out", str(tmp_path / "x.safetensors")],
+                    ["eval", str(run)]):
+        assert main([*command, "--weights", str(evil)]) == 2
+        err = capsys.readouterr().err
+        assert not marker.exists(), command[0]
+        assert "unpickling" in err and "--trust-pickle" in err and "refused" in err
+    # the explicit switch is what lets it run (the file then fails as weights)
+    assert main(["export", str(run), "--out", str(tmp_path / "x.apz"), "--weights",
+                 str(evil), "--trust-pickle"]) == 2
+    assert marker.exists()
+    assert "cannot load" in capsys.readouterr().err
+
+
+def test_weights_safetensors_are_read(run_dir, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    state = torch.load(run_dir / "model.pt")
+    save_file(state, str(tmp_path / "w.safetensors"))
+    assert main(["eval", str(run_dir), "--weights", str(tmp_path / "w.safetensors")]) == 0
+
+
+# -- 11: eval --weights on a pickled object says what the file is ------------------------
+def test_eval_of_a_pickled_model_names_the_file_without_torch_advice(run_dir, capsys):
+    torch.save(admmprune.create_model("lenet5"), run_dir.parent / "whole.pt")
+    assert main(["eval", str(run_dir), "--weights", str(run_dir.parent / "whole.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "not a state dict readable without running code (a pickled object" in err
+    assert "weights_only=False" not in err and "Traceback" not in err
+    torch.save(torch.zeros(3), run_dir.parent / "tensor.pt")
+    assert main(["eval", str(run_dir), "--weights", str(run_dir.parent / "tensor.pt")]) == 2
+    assert "holds a Tensor, not a state dict" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
                 path: Path, weights: str | Path | None = None,
                 data_dir: str | None = None, evaluate: bool = True,
                 finetune_epochs: int = 0, finetune_lr: float = 1e-4,
-                dead_units: str = "auto") -> dict:
+                dead_units: str = "auto", trust_pickle: bool = False) -> dict:
     """Export RUN_DIR/model.pt (or ``weights``); returns a summary dict: path, bytes, the
     model.pt bytes, the size report (compressed), metrics before/after (quantized).
 
@@ -154,6 +154,7 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
         or drop_dead
     reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
     run = load_run(run_dir, overrides=overrides, device=device, weights=weights,
+                   trust_pickle=trust_pickle,
                    splits=("train", "test") if finetune_epochs else ("test",),
                    data="optional" if reads_data else "none")
     model, data, weights, num_classes = run.model, run.data, run.weights, run.num_classes
@@ -301,7 +302,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                              weights=args.weights, data_dir=args.data_dir,
                              evaluate=not args.no_eval,
                              finetune_epochs=args.finetune_epochs,
-                             finetune_lr=args.finetune_lr, dead_units=args.dead_units)
+                             finetune_lr=args.finetune_lr, dead_units=args.dead_units,
+                             trust_pickle=args.trust_pickle)
     except ExportError as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2

@@ -43,6 +43,15 @@ def recipe_overrides(args: argparse.Namespace) -> dict:
     return {k.removeprefix("key_"): v for k, v in vars(args).items() if k.startswith("key_")}
 
 
+def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
+    """--trust-pickle: the one switch that lets --weights run a file's code."""
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow --weights in a format read by unpickling (Caffe's "
+                             "bvlc_alexnet.npy), which runs any code the file holds: only for "
+                             "files from a source you trust. State dicts (torch.save of a "
+                             "state_dict, .safetensors) never need it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..runs.compare import METHODS
 
@@ -83,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, help="state dict to evaluate instead of "
                           "RUN_DIR/model.pt")
     evaluate.add_argument("--data-dir", help="dataset directory")
+    add_trust_pickle(evaluate)
 
     report = sub.add_parser("report", help="print a run's summary table and draw its plots",
                             description="Print the summary of a run directory and write "
@@ -247,6 +257,7 @@ def add_export_parser(sub) -> None:
     export.add_argument("--weights", type=Path, help="state dict to export instead of "
                         "RUN_DIR/model.pt")
     export.add_argument("--data-dir", help="dataset directory (test metrics, ONNX example)")
+    add_trust_pickle(export)
     export.add_argument("--no-eval", action="store_true", help="skip the test metrics of a "
                         "quantized export")
     export.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
@@ -281,3 +292,4 @@ def add_shrink_parser(sub) -> None:
     shrink.add_argument("--weights", type=Path, help="state dict to shrink instead of "
                         "RUN_DIR/model.pt")
     shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")
+    add_trust_pickle(shrink)

@@ -28,7 +28,7 @@ def default_path(run_dir: Path, weights: str | Path | None = None) -> Path:
 
 def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                weights: str | Path | None = None, data_dir: str | None = None,
-               tolerance: float = 1e-5) -> dict:
+               tolerance: float = 1e-5, trust_pickle: bool = False) -> dict:
     """Shrink RUN_DIR/model.pt (or ``weights``; zeros read from the weights), write it with
     :func:`save_shrunk` and check it against the masked model on the first test batch.
 
@@ -43,7 +43,8 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                              "--out" if out else "the default output file")
     try:
         run = load_run(run_dir, overrides={"data_dir": data_dir} if data_dir else {},
-                       device=torch.device("cpu"), weights=weights)
+                       device=torch.device("cpu"), weights=weights,
+                       trust_pickle=trust_pickle)
     except DatasetError as err:
         raise ShrinkError(f"shrinking traces the model on a test example and checks it on a "
                           f"test batch, and the test data cannot be read: {err}") from None
@@ -78,7 +79,7 @@ def format_shrink_summary(summary: dict) -> str:
 def cmd_shrink(args: argparse.Namespace) -> int:
     try:
         summary = shrink_run(args.run_dir, out=args.out, weights=args.weights,
-                             data_dir=args.data_dir)
+                             data_dir=args.data_dir, trust_pickle=args.trust_pickle)
     except ShrinkError as err:
         print(f"admmprune shrink: error: {err}", file=sys.stderr)
         return 2

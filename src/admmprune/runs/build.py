@@ -5,6 +5,8 @@ command (eval, export, shrink, draw) reads it the same way and words its errors 
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from torch import nn
 
 from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
-from ..models import create_model, weights_loader
+from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.registry import accepts_argument
 from ..pruner import ADMMPruner
 from ..selection import prunable_parameters
@@ -124,29 +126,62 @@ def check_selection(model: nn.Module, config: Config) -> None:
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, *, trust_pickle: bool = False) -> None:
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
-    (Caffe .npy, darknet .weights), else a PyTorch state dict read with weights_only=True."""
+    (Caffe .npy, darknet .weights), else a safetensors file or a PyTorch state dict read
+    with weights_only=True.
+
+    Args:
+        trust_pickle: allow a registered format read by unpickling (Caffe's .npy), which
+            runs whatever code a crafted file holds: only for files the user chose to trust
+            (a recipe's ``pretrained:``, ``--trust-pickle``).
+
+    Raises:
+        RunError: the file is missing, unreadable, needs unpickling without
+            ``trust_pickle``, or does not fit the model.
+    """
     if not path.is_file():
         raise RunError(f"pretrained checkpoint {path} does not exist")
     loader = weights_loader(model_name, path) if model_name else None
     if loader is not None:
+        if weights_loader_runs_code(model_name, path) and not trust_pickle:
+            raise RunError(f"{path}: {model_name}'s {path.suffix} files are read by unpickling, "
+                           "which runs any code a crafted file holds; refused. Pass "
+                           "--trust-pickle if you trust where the file comes from (or name "
+                           "it as pretrained: in your recipe), or give a state dict saved "
+                           "with torch.save(model.state_dict()) or a .safetensors file")
         try:
             loader(model, path)
         except ValueError as err:
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
         return
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise RunError(f"cannot read pretrained checkpoint {path}: {err}") from None
+    state = _read_state_dict(path, device)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
+    if not isinstance(state, Mapping):
+        raise RunError(f"{path} holds a {type(state).__name__}, not a state dict (a mapping "
+                       "of parameter names to tensors)")
     try:
         model.load_state_dict(state)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:
         raise RunError(f"{path} does not fit model: {err}") from None
+
+
+def _read_state_dict(path: Path, device: torch.device):
+    """torch.load(weights_only=True), which also reads .safetensors: no code runs."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            # torch's message advises weights_only=False, i.e. running the file's code
+            raise RunError(f"{path} is not a state dict readable without running code (a "
+                           "pickled object: a whole model, or other Python objects). Save "
+                           "the weights with torch.save(model.state_dict(), PATH) or as "
+                           ".safetensors and pass that file") from None
+        raise RunError(f"cannot read {path} as a PyTorch state dict: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a zip, a truncated file, random bytes...
+        raise RunError(f"cannot read {path} as a PyTorch state dict: {err}") from None
 
 
 @dataclass
@@ -169,8 +204,8 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, *, overrides: dict | None = None,
              splits: tuple[str, ...] = ("test",), data: str = "required",
-             device: torch.device | None = None, weights: str | Path | None = None
-             ) -> LoadedRun:
+             device: torch.device | None = None, weights: str | Path | None = None,
+             trust_pickle: bool = False) -> LoadedRun:
     """Read RUN_DIR's recipe (with ``overrides``), its data splits, and build its model with
     ``weights`` (default RUN_DIR/model.pt) loaded.
 
@@ -182,6 +217,7 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
             dataset leaves ``data`` None and the reason in ``data_error``) or ``"none"``.
         device: where data and model go; default the recipe's device.
         weights: the state dict to load; default RUN_DIR/model.pt.
+        trust_pickle: allow a weights format read by unpickling (see :func:`load_weights`).
 
     Raises:
         RunError: the run directory, its recipe or the weights cannot be read.
@@ -201,6 +237,6 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
     num_classes = splits_read.num_classes if splits_read is not None else None
     model = build_model(config, num_classes).to(device)
     path = Path(weights) if weights else run_dir / "model.pt"
-    load_weights(model, path, device, config.model)
+    load_weights(model, path, device, config.model, trust_pickle=trust_pickle)
     model.eval()
     return LoadedRun(run_dir, config, device, splits_read, model, path, data_error)

@@ -386,7 +386,9 @@ class Run:
             return
         start = time.perf_counter()
         if cfg.pretrained:
-            load_weights(self.model, Path(cfg.pretrained), self.device, cfg.model)
+            # the recipe's own choice of file: a format read by unpickling is trusted
+            load_weights(self.model, Path(cfg.pretrained), self.device, cfg.model,
+                         trust_pickle=True)
         else:
             optimizer = self._optimizer(cfg.learning_rate, resume_state=True)
             for epoch in range(prog.dense_epoch, cfg.dense_epochs):
