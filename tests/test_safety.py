@@ -4,6 +4,7 @@ finished run rebuilds a lost model.pt, and --weights runs no code (issue 24: ite
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -220,3 +221,115 @@ def test_eval_of_a_pickled_model_names_the_file_without_torch_advice(run_dir, ca
     torch.save(torch.zeros(3), run_dir.parent / "tensor.pt")
     assert main(["eval", str(run_dir), "--weights", str(run_dir.parent / "tensor.pt")]) == 2
     assert "holds a Tensor, not a state dict" in capsys.readouterr().err
+
+
+# -- 10: a message and exit code 2, not a traceback ---------------------------------------
+@pytest.fixture
+def finished(tmp_path):
+    target = tmp_path / "finished"
+    assert main(["prune", RECIPE, "--run-dir", str(target), *TINY]) == 0
+    return target
+
+
+def no_training(monkeypatch):
+    def refuse(*_, **__):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline, "train_epoch", refuse)
+
+
+def exits_2(argv, capsys, *expected):
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--seeds", "", "--seeds lists no seed"),
+    ("--methods", "", "--methods lists no method"),
+    ("--methods", " , ", "choose from"),
+])
+def test_compare_with_an_empty_list(tmp_path, capsys, monkeypatch, flag, value, message):
+    no_training(monkeypatch)
+    exits_2(["compare", RECIPE, flag, value, "--out", str(tmp_path / "cmp"), *TINY], capsys,
+            message)
+
+
+def test_tradeoff_bad_picture_and_unfinished_summary(run_dir, tmp_path, capsys):
+    exits_2(["tradeoff", str(run_dir), "--out", str(tmp_path / "x.txt")], capsys,
+            "cannot draw a picture as .txt", ".png")
+    assert not (tmp_path / "x.txt").exists()
+    (run_dir / "summary.json").write_text(json.dumps({"model": "lenet5"}))
+    exits_2(["tradeoff", str(run_dir), "--out", str(tmp_path / "x.png")], capsys,
+            "has no compression", "not a finished pruning run")
+
+
+def test_bad_patterns_and_devices_are_config_errors(tmp_path, capsys, monkeypatch):
+    no_training(monkeypatch)
+    exits_2(["inspect", RECIPE, "--include", "[[fc1]]"], capsys,
+            "include must be a list of name patterns (strings)")
+    exits_2(["prune", RECIPE, "--exclude", "{a: 1}", "--run-dir", str(tmp_path / "r"),
+             *TINY], capsys, "exclude must be a list of name patterns")
+    exits_2(["prune", RECIPE, "--device", "cuda:abc", "--run-dir", str(tmp_path / "r"),
+             *TINY], capsys, "device must be auto or a device torch knows", "'cuda:abc'")
+    assert not (tmp_path / "r").exists()
+
+
+def test_export_out_a_directory_or_below_a_file(run_dir, tmp_path, capsys):
+    target = tmp_path / "existing"
+    target.mkdir()
+    exits_2(["export", str(run_dir), "--out", f"{target}/"], capsys, "is a directory")
+    assert list(tmp_path.glob("*.tmp")) == [] and list(target.iterdir()) == []
+    (tmp_path / "a_file").write_text("x")
+    exits_2(["export", str(run_dir), "--out", str(tmp_path / "a_file" / "x.apz")], capsys,
+            "a_file is a file, not a directory")
+
+
+def test_report_reads_up_to_a_torn_line_and_refuses_a_corrupt_summary(finished, capsys):
+    with (finished / "metrics.jsonl").open("a") as handle:
+        handle.write('{"phase": "retr')
+    capsys.readouterr()
+    assert main(["report", str(finished), "--no-plots"]) == 0
+    assert main(["report", str(finished)]) == 0
+    assert "the last line is torn" in capsys.readouterr().err
+    (finished / "metrics.jsonl").write_text('{"phase": "dense"\n{"phase": "admm"}\n')
+    exits_2(["report", str(finished)], capsys, "line 1, is not a JSON record")
+    (finished / "summary.json").write_text('{"model": "lenet5", "compre')
+    exits_2(["report", str(finished)], capsys, "summary.json is not valid JSON", "damaged")
+
+
+def _full_disk(*_, **__):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_disk_full_during_prune_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        real_save(obj, handle, *args, **kwargs)  # bytes reach the temporary file, then:
+        _full_disk()
+
+    monkeypatch.setattr(torch, "save", save)
+    target = tmp_path / "run"
+    exits_2(["prune", RECIPE, "--run-dir", str(target), *TINY], capsys,
+            "no space left on device")
+    assert [p.name for p in target.iterdir() if ".tmp" in p.name or ".new" in p.name] == []
+
+
+def test_disk_full_during_export_leaves_no_temporary_file(run_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.setattr(os, "fsync", _full_disk)
+    exits_2(["export", str(run_dir), "--out", str(tmp_path / "m.apz")], capsys,
+            "no space left on device")
+    assert list(tmp_path.glob("m.apz*")) == []
+
+
+def test_pruner_on_meta_weights_is_a_pruner_error():
+    with torch.device("meta"):
+        model = admmprune.create_model("lenet5")
+    with pytest.raises(admmprune.PrunerError, match="meta device"):
+        admmprune.ADMMPruner(model, all_percent=90)
