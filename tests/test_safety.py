@@ -333,3 +333,49 @@ def test_pruner_on_meta_weights_is_a_pruner_error():
         model = admmprune.create_model("lenet5")
     with pytest.raises(admmprune.PrunerError, match="meta device"):
         admmprune.ADMMPruner(model, all_percent=90)
+
+
+# -- 11: minor ----------------------------------------------------------------------------
+def test_a_ratio_keeping_no_weight_is_refused_before_dense_training(tmp_path, capsys,
+                                                                   monkeypatch):
+    no_training(monkeypatch)
+    exits_2(["prune", RECIPE, "--run-dir", str(tmp_path / "r"), *TINY, "--all-percent",
+             "99.9999"], capsys, "all_percent=99.9999 removes all 430500 weights")
+    exits_2(["prune", RECIPE, "--run-dir", str(tmp_path / "r"), *TINY, "--all-percent",
+             "[50, 99.9999]"], capsys, "removes all")
+    assert not (tmp_path / "r").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"admmprune {admmprune.__version__}"
+
+
+def test_tradeoff_published_suggests_only_valid_choices(run_dir, tmp_path, capsys):
+    from admmprune.runs.records import PUBLISHED
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "model": "mlp"}))
+    (run_dir / "summary.json").write_text(json.dumps(
+        {"model": "mlp", "compression": 10.0, "pruned_accuracy": 0.9, "dense_accuracy": 0.95}))
+    err = exits_2(["tradeoff", str(run_dir), "--published", "lenet5", "--out",
+                   str(tmp_path / "t.png")], capsys, "plot it without --published")
+    assert "mlp" not in PUBLISHED and "--published mlp" not in err and "or none" not in err
+
+
+def test_imagenet_labels_reads_root_from_the_environment(tmp_path, capsys, monkeypatch):
+    from imagegen import make_mini_imagenet
+
+    from admmprune.data.imagenet import read_label_file
+
+    mini = make_mini_imagenet(tmp_path / "ilsvrc", ["n01440764", "n01443537"],
+                              train_per_class=1, val_count=4)
+    monkeypatch.delenv("ADMMPRUNE_IMAGENET_DIR", raising=False)
+    monkeypatch.setenv("ADMMPRUNE_DATA_DIR", str(tmp_path / "empty"))
+    exits_2(["imagenet-labels", "--devkit", str(mini.devkit)], capsys,
+            "--root ROOT", "ADMMPRUNE_IMAGENET_DIR")
+    monkeypatch.setenv("ADMMPRUNE_IMAGENET_DIR", str(mini.root))
+    assert main(["imagenet-labels", "--devkit", str(mini.devkit)]) == 0
+    assert read_label_file(mini.root / "val_labels.txt")[0] == mini.val_labels

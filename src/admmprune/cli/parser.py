@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ADMM weight pruning under one global removal ratio "
                     "(all_percent): the method finds each layer's share by itself.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"admmprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     prune = sub.add_parser(
@@ -181,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  admmprune imagenet-labels --root /data/ilsvrc2012 --devkit "
                "/data/ILSVRC2012_devkit_t12 --out /data/ilsvrc2012/val_labels.txt")
-    labels.add_argument("--root", type=Path, required=True,
-                        help="ImageNet ROOT holding train/<WNID>/ and val/*.JPEG")
+    labels.add_argument("--root", type=Path,
+                        help="ImageNet ROOT holding train/<WNID>/ and val/*.JPEG [default: "
+                             "$ADMMPRUNE_IMAGENET_DIR, else $ADMMPRUNE_DATA_DIR/imagenet]")
     source = labels.add_mutually_exclusive_group(required=True)
     source.add_argument("--devkit", type=Path, help="ILSVRC2012 devkit folder or its .tar.gz "
                         "(data/ILSVRC2012_validation_ground_truth.txt + data/meta.mat; reading "

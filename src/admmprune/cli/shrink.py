@@ -10,6 +10,7 @@ import torch
 
 from ..channels.graph import output_tensors
 from ..channels.shrink import (
+    STRUCTURE_HINT,
     ShrinkError,
     format_shrink_report,
     max_abs_difference,
@@ -17,7 +18,10 @@ from ..channels.shrink import (
     shrink,
 )
 
-__all__ = ["default_path", "shrink_run", "format_shrink_summary"]
+__all__ = ["default_path", "shrink_run", "format_shrink_summary", "SHRINKABLE"]
+
+# the structures whose zeros are whole filters / input channels, what shrinking removes
+SHRINKABLE = ("filter", "channel")
 
 
 def default_path(run_dir: Path, weights: str | Path | None = None) -> Path:
@@ -50,6 +54,10 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                           f"test batch, and the test data cannot be read: {err}") from None
     run_dir, config, data, model, device = run.run_dir, run.config, run.data, run.model, \
         run.device
+    if config.structure not in SHRINKABLE:
+        raise ShrinkError(f"{run_dir} was pruned with structure {config.structure!r}: its "
+                          "zeros are single weights (or N:M groups), not whole filters or "
+                          f"channels, so shrinking it is refused; {STRUCTURE_HINT}")
     batch, _ = next(iter(data.test))
     batch = batch.to(device).float()
     report = shrink(model, None, batch[:1])

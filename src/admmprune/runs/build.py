@@ -17,6 +17,7 @@ from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
 from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.registry import accepts_argument
+from ..projection import ProjectionError, survivor_count
 from ..pruner import ADMMPruner
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
@@ -117,12 +118,20 @@ def traces_model(config: Config) -> bool:
 
 
 def check_selection(model: nn.Module, config: Config) -> None:
-    """The prunable tensors exist and layer_percents fits them (raises before training)."""
+    """The prunable tensors exist, layer_percents fits them and every stage's all_percent
+    keeps at least one weight (raises before training, not after the dense phase)."""
     named = prunable_parameters(model, config.include, config.exclude)  # raises if empty
     if config.layer_percents is not None and len(config.layer_percents) != len(named):
         raise ConfigError(f"layer_percents has {len(config.layer_percents)} entries but "
                           f"{config.model} has {len(named)} prunable tensors: "
                           f"{', '.join(n for n, _ in named)}")
+    if config.structure == "unstructured" and config.layer_percents is None:
+        total = sum(p.numel() for _, p in named)
+        for stage in range(config.stages):
+            try:
+                survivor_count(total, config.stage_value("all_percent", stage))
+            except ProjectionError as err:
+                raise ConfigError(str(err)) from None
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device,
