@@ -194,8 +194,9 @@ def check_picture_path(path: str | Path, what: str = "--out") -> Path:
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
     if path.suffix.lower().lstrip(".") not in formats:
         kind = path.suffix or "a file without suffix"
-        raise RunError(f"{what} {path}: cannot draw a picture as {kind}; end the name in one "
-                       f"of {', '.join('.' + f for f in formats)} (e.g. .png, .pdf, .svg)")
+        raise RunError(f"{what} {path}: cannot draw a picture as {kind}; end the file name "
+                       f"with one of {', '.join('.' + f for f in formats)} (e.g. .png, .pdf, "
+                       ".svg)")
     return path
 
 
