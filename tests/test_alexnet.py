@@ -293,6 +293,9 @@ def test_unreadable_file_raises_value_error_and_the_pipeline_reports_it(tmp_path
     with pytest.raises(ValueError, match="cannot read .* as a .npy file"):
         load_caffe_alexnet(model, path)
     with pytest.raises(RunError, match="cannot load .* into alexnet"):
+        load_weights(model, path, torch.device("cpu"), model_name="alexnet",
+                     trust_pickle=True)
+    with pytest.raises(RunError, match="unpickling.*--trust-pickle"):
         load_weights(model, path, torch.device("cpu"), model_name="alexnet")
     truncated = tmp_path / "truncated.npy"
     good = save_npy(tmp_path / "good.npy", make_weights(seed=10, image_size=67))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from conftest import make_run_dir
 from torch import nn
 
@@ -298,7 +299,10 @@ def run_dir(tmp_path):
     torch.manual_seed(5)
     model = admmprune.create_model("lenet5")
     masked(model, filter_masks(model, {"conv1": 10, "conv2": 25, "fc1": 400}))
-    return make_run_dir(tmp_path, model.state_dict())
+    run = make_run_dir(tmp_path, model.state_dict())
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "structure": "filter"}))
+    return run
 
 
 def test_shrink_command_prints_the_report_and_writes_a_loadable_file(run_dir, capsys):
@@ -320,3 +324,16 @@ def test_shrink_command_refuses_an_unstructured_run(run_dir, capsys):
     torch.save(model.state_dict(), run_dir / "model.pt")
     assert main(["shrink", str(run_dir)]) == 2
     assert "structure: filter" in capsys.readouterr().err
+
+
+def test_shrink_command_refuses_a_run_pruned_unstructured(run_dir, capsys):
+    # the README's rule: an unstructured run is refused, even where some whole filters and
+    # channels happen to be zero (the weights here would shrink)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for structure in ("unstructured", "nm"):
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "structure": structure,
+                                                             "all_percent": 50}))
+        assert main(["shrink", str(run_dir)]) == 2
+        err = capsys.readouterr().err
+        assert f"pruned with structure {structure!r}" in err and "structure: filter" in err
+        assert not (run_dir / "model-shrunk.safetensors").exists()

@@ -148,6 +148,12 @@ class ADMMPruner:
         self.model = model
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        on_meta = [n for n, p in named if p.is_meta]
+        if on_meta:
+            raise PrunerError(f"{', '.join(on_meta[:3])}{' ...' if len(on_meta) > 3 else ''} "
+                              "are on the meta device (shapes without values): there is "
+                              "nothing to prune. Materialize the model first (e.g. "
+                              "model.to_empty(device='cpu') and load its weights)")
         # Weights stored [in, out] (Hugging Face's Conv1D): N:M groups run along their dim 0
         self.transposed = _transposed_weights(model, self.names)
         if structure in ("filter", "channel") and any(self.transposed):

@@ -5,6 +5,7 @@ preparation); :mod:`.parser` builds the argument parser."""
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -65,12 +66,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DatasetError, RunError, PrunerError, SelectionError,
             NonFiniteLossError, FileNotFoundError, UnknownModelError, DistributedError,
             ImportSpecError) as err:
-        # every rank reports (an error may be one rank's own); rank > 0 says which it is
-        rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" \
-            else "0"
-        where = "" if rank == "0" else f" (rank {rank})"
-        print(f"admmprune {args.command}{where}: error: {err}", file=sys.stderr)
-        return 2
+        return _report(args.command, str(err))
+    except OSError as err:  # a full disk, a permission, a path that is no directory...
+        return _report(args.command, os_error_message(err))
+
+
+def os_error_message(err: OSError) -> str:
+    """What went wrong with a file, in words (no traceback): a full disk says "no space
+    left on device"."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on device{where}; the files being written were removed "
+                "(what was saved before stays intact): free some space and run the command "
+                "again")
+    if err.errno is not None and err.strerror:
+        return f"{err.strerror}{where}"
+    return str(err)
+
+
+def _report(command: str, message: str) -> int:
+    # every rank reports (an error may be one rank's own); rank > 0 says which it is
+    rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+    where = "" if rank == "0" else f" (rank {rank})"
+    print(f"admmprune {command}{where}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -27,10 +27,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     percents = _number_list(overrides.pop("all_percent", None) or 98.6, "--all-percent")
     config = load_config(args.recipe, {**overrides, "all_percent": percents[-1]})
     seeds = [int(s) for s in _number_list(args.seeds, "--seeds")]
+    if not seeds:
+        raise ConfigError(f"--seeds lists no seed (got {args.seeds!r}); give e.g. --seeds 0 "
+                          "or --seeds 0,1,2")
     variants = None
     if args.depths:
         variants = [{"depth": int(d)} for d in _number_list(args.depths, "--depths")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        from ..runs.compare import METHODS
+
+        raise ConfigError(f"--methods lists no method (got {args.methods!r}); choose from "
+                          f"{', '.join(METHODS)}")
     rows = run_compare(config, methods, percents, args.out, seeds=seeds, variants=variants)
     print(format_rows(rows))
     rows = merged_rows(rows, args.out)  # tables and plots cover earlier invocations too
@@ -60,7 +68,12 @@ def cmd_tradeoff(args: argparse.Namespace) -> int:
         run_results,
         write_results,
     )
+    from ..runs.report import check_picture_path
+    from ..runs.rundir import check_output_path
 
+    check_picture_path(check_output_path(args.out))
+    if args.save_results is not None:
+        check_output_path(args.save_results, "--save-results")
     try:
         if not args.run_dirs and not args.results:
             raise ValueError("nothing to plot: give finished run directories or --results CSV")

@@ -288,6 +288,9 @@ def draw_runs(run_dirs: Sequence[str | Path], out: str | Path, *, images: int = 
 
 
 def cmd_draw(args: argparse.Namespace) -> int:
+    from ..runs.rundir import check_output_path
+
+    check_output_path(args.out)  # the picture format is checked by draw_runs
     path = draw_runs(args.run_dirs, args.out, images=args.images, weights=args.weights,
                      compare_dense=args.compare_dense, conf=args.conf, data_dir=args.data_dir)
     print(f"wrote {path}")

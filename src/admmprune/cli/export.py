@@ -20,11 +20,15 @@ FORMATS = ("compressed", "dense", "onnx")
 DEAD_UNITS = ("auto", "drop", "keep")
 
 
-def default_path(run_dir: Path, fmt: str, bits: int = 32) -> Path:
-    """RUN_DIR/model.apz (model-4bit.apz when quantized), model.safetensors, model.onnx."""
+def default_path(run_dir: Path, fmt: str, bits: int = 32, weights: str | Path | None = None
+                 ) -> Path:
+    """RUN_DIR/model.apz (model-4bit.apz when quantized), model.safetensors, model.onnx;
+    named after the weights file instead of model when ``weights`` is given (``--weights
+    RUN/dense.pt`` writes RUN/dense.apz: a derived file's name says what it holds)."""
+    stem = Path(weights).stem if weights else "model"
     if fmt == "compressed":
-        return run_dir / ("model.apz" if bits == 32 else f"model-{bits}bit.apz")
-    return run_dir / {"dense": "model.safetensors", "onnx": "model.onnx"}[fmt]
+        return run_dir / (f"{stem}.apz" if bits == 32 else f"{stem}-{bits}bit.apz")
+    return run_dir / (stem + {"dense": ".safetensors", "onnx": ".onnx"}[fmt])
 
 
 def _evaluate(model: nn.Module, config, data, device, split: str = "test") -> dict:
@@ -86,9 +90,28 @@ def _finetune(model: nn.Module, config, data, device, *, bits: int, epochs: int,
 
 def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
                out: str | Path | None = None, weights: str | Path | None = None,
-               data_dir: str | None = None, evaluate: bool = True,
-               finetune_epochs: int = 0, finetune_lr: float = 1e-4,
-               dead_units: str = "auto") -> dict:
+               **options) -> dict:
+    """Export RUN_DIR/model.pt (or ``weights``) to ``out`` (default: :func:`default_path`);
+    ``options`` are :func:`_export_run`'s. A path that is one of a run directory's own
+    files is refused (:func:`admmprune.runs.rundir.check_output_path`), and a write that
+    fails (a full disk) leaves no temporary file behind."""
+    from ..runs.rundir import check_output_path
+
+    path = check_output_path(
+        Path(out) if out else default_path(Path(run_dir), fmt, bits, weights),
+        "--out" if out else "the default output file")
+    try:
+        return _export_run(run_dir, fmt, bits=bits, path=path, weights=weights, **options)
+    except BaseException:
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
+        raise
+
+
+def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
+                path: Path, weights: str | Path | None = None,
+                data_dir: str | None = None, evaluate: bool = True,
+                finetune_epochs: int = 0, finetune_lr: float = 1e-4,
+                dead_units: str = "auto", trust_pickle: bool = False) -> dict:
     """Export RUN_DIR/model.pt (or ``weights``); returns a summary dict: path, bytes, the
     model.pt bytes, the size report (compressed), metrics before/after (quantized).
 
@@ -131,6 +154,7 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
         or drop_dead
     reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
     run = load_run(run_dir, overrides=overrides, device=device, weights=weights,
+                   trust_pickle=trust_pickle,
                    splits=("train", "test") if finetune_epochs else ("test",),
                    data="optional" if reads_data else "none")
     model, data, weights, num_classes = run.model, run.data, run.weights, run.num_classes
@@ -152,7 +176,6 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     if drop_dead and data is not None and data.test is not None:
         summary["dead_units"] = _drop_dead_units(model, data, strict=dead_units == "drop")
     args = model_args(config, num_classes)
-    path = Path(out) if out else default_path(run_dir, fmt, bits)
     if fmt == "compressed" and finetune_epochs:
         measure = evaluate and data.test is not None
         if measure:
@@ -279,7 +302,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                              weights=args.weights, data_dir=args.data_dir,
                              evaluate=not args.no_eval,
                              finetune_epochs=args.finetune_epochs,
-                             finetune_lr=args.finetune_lr, dead_units=args.dead_units)
+                             finetune_lr=args.finetune_lr, dead_units=args.dead_units,
+                             trust_pickle=args.trust_pickle)
     except ExportError as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from ..runs.config import KEY_HELP, Config, load_config
+from ..runs.config import KEY_HELP, Config, ConfigError, load_config
 from .parser import recipe_overrides
 
 __all__ = ["cmd_models", "cmd_datasets", "cmd_keys", "cmd_inspect", "cmd_imagenet_labels",
@@ -57,10 +57,22 @@ def cmd_datasets(_: argparse.Namespace) -> int:
 
 
 def cmd_imagenet_labels(args: argparse.Namespace) -> int:
-    from ..data.imagenet import DEFAULT_LABELS_NAME, make_label_file, read_label_file
+    from ..data import DatasetError
+    from ..data.imagenet import (
+        DEFAULT_LABELS_NAME,
+        IMAGENET_DIR_ENV,
+        imagenet_root,
+        make_label_file,
+        read_label_file,
+    )
 
-    out = args.out or args.root / DEFAULT_LABELS_NAME
-    path = make_label_file(args.root, devkit=args.devkit, val_txt=args.val_txt,
+    try:
+        root = imagenet_root(args.root)  # the dataset's rule: --root, else the environment
+    except DatasetError:
+        raise ConfigError(f"give ImageNet's ROOT with --root ROOT (or set {IMAGENET_DIR_ENV}, "
+                          "or ADMMPRUNE_DATA_DIR with an imagenet/ folder in it)") from None
+    out = args.out or root / DEFAULT_LABELS_NAME
+    path = make_label_file(root, devkit=args.devkit, val_txt=args.val_txt,
                            loc_csv=args.loc_csv, out=out)
     labels, classes = read_label_file(path)
     print(f"wrote {path}: {len(labels)} validation images, {len(classes or [])} classes")

@@ -62,6 +62,15 @@ def add_import_flag(parser: argparse.ArgumentParser) -> None:
                              "it runs that code); the run records its sha256")
 
 
+def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
+    """--trust-pickle: the one switch that lets --weights run a file's code."""
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow --weights in a format read by unpickling (Caffe's "
+                             "bvlc_alexnet.npy), which runs any code the file holds: only for "
+                             "files from a source you trust. State dicts (torch.save of a "
+                             "state_dict, .safetensors) never need it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..runs.compare import METHODS
 
@@ -70,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="ADMM weight pruning under one global removal ratio "
                     "(all_percent): the method finds each layer's share by itself.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"admmprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     prune = sub.add_parser(
@@ -102,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, help="state dict to evaluate instead of "
                           "RUN_DIR/model.pt")
     evaluate.add_argument("--data-dir", help="dataset directory")
+    add_trust_pickle(evaluate)
 
     report = sub.add_parser("report", help="print a run's summary table and draw its plots",
                             description="Print the summary of a run directory and write "
@@ -194,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  admmprune imagenet-labels --root /data/ilsvrc2012 --devkit "
                "/data/ILSVRC2012_devkit_t12 --out /data/ilsvrc2012/val_labels.txt")
-    labels.add_argument("--root", type=Path, required=True,
-                        help="ImageNet ROOT holding train/<WNID>/ and val/*.JPEG")
+    labels.add_argument("--root", type=Path,
+                        help="ImageNet ROOT holding train/<WNID>/ and val/*.JPEG [default: "
+                             "$ADMMPRUNE_IMAGENET_DIR, else $ADMMPRUNE_DATA_DIR/imagenet]")
     source = labels.add_mutually_exclusive_group(required=True)
     source.add_argument("--devkit", type=Path, help="ILSVRC2012 devkit folder or its .tar.gz "
                         "(data/ILSVRC2012_validation_ground_truth.txt + data/meta.mat; reading "
@@ -272,6 +286,7 @@ def add_export_parser(sub) -> None:
     export.add_argument("--weights", type=Path, help="state dict to export instead of "
                         "RUN_DIR/model.pt")
     export.add_argument("--data-dir", help="dataset directory (test metrics, ONNX example)")
+    add_trust_pickle(export)
     export.add_argument("--no-eval", action="store_true", help="skip the test metrics of a "
                         "quantized export")
     export.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
@@ -306,3 +321,4 @@ def add_shrink_parser(sub) -> None:
     shrink.add_argument("--weights", type=Path, help="state dict to shrink instead of "
                         "RUN_DIR/model.pt")
     shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")
+    add_trust_pickle(shrink)

@@ -94,7 +94,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..train import evaluate as evaluate_model
 
     run = load_run(args.run_dir, overrides={"data_dir": args.data_dir} if args.data_dir else {},
-                   weights=args.weights)  # test split only: no training files needed
+                   weights=args.weights,  # test split only: no training files needed
+                   trust_pickle=args.trust_pickle)
     config, model = run.config, run.model
     task = create_task(config.task)
     task.bind(model)

@@ -10,6 +10,7 @@ import torch
 
 from ..channels.graph import output_tensors
 from ..channels.shrink import (
+    STRUCTURE_HINT,
     ShrinkError,
     format_shrink_report,
     max_abs_difference,
@@ -17,16 +18,21 @@ from ..channels.shrink import (
     shrink,
 )
 
-__all__ = ["default_path", "shrink_run", "format_shrink_summary"]
+__all__ = ["default_path", "shrink_run", "format_shrink_summary", "SHRINKABLE"]
+
+# the structures whose zeros are whole filters / input channels, what shrinking removes
+SHRINKABLE = ("filter", "channel")
 
 
-def default_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "model-shrunk.safetensors"
+def default_path(run_dir: Path, weights: str | Path | None = None) -> Path:
+    """RUN_DIR/model-shrunk.safetensors, named after the weights file when given."""
+    stem = Path(weights).stem if weights else "model"
+    return Path(run_dir) / f"{stem}-shrunk.safetensors"
 
 
 def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                weights: str | Path | None = None, data_dir: str | None = None,
-               tolerance: float = 1e-5) -> dict:
+               tolerance: float = 1e-5, trust_pickle: bool = False) -> dict:
     """Shrink RUN_DIR/model.pt (or ``weights``; zeros read from the weights), write it with
     :func:`save_shrunk` and check it against the masked model on the first test batch.
 
@@ -35,15 +41,23 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     x max(1, max |output|) although no constant was dropped."""
     from ..data import DatasetError
     from ..runs.build import load_run, model_args
+    from ..runs.rundir import check_output_path
 
+    path = check_output_path(Path(out) if out else default_path(run_dir, weights),
+                             "--out" if out else "the default output file")
     try:
         run = load_run(run_dir, overrides={"data_dir": data_dir} if data_dir else {},
-                       device=torch.device("cpu"), weights=weights)
+                       device=torch.device("cpu"), weights=weights,
+                       trust_pickle=trust_pickle)
     except DatasetError as err:
         raise ShrinkError(f"shrinking traces the model on a test example and checks it on a "
                           f"test batch, and the test data cannot be read: {err}") from None
     run_dir, config, data, model, device = run.run_dir, run.config, run.data, run.model, \
         run.device
+    if config.structure not in SHRINKABLE:
+        raise ShrinkError(f"{run_dir} was pruned with structure {config.structure!r}: its "
+                          "zeros are single weights (or N:M groups), not whole filters or "
+                          f"channels, so shrinking it is refused; {STRUCTURE_HINT}")
     batch, _ = next(iter(data.test))
     batch = batch.to(device).float()
     report = shrink(model, None, batch[:1])
@@ -54,8 +68,8 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     if not report.dropped and diff > tolerance * scale:
         raise ShrinkError(f"the shrunk model differs from the masked one by {diff:.3g} on a "
                           f"test batch (allowed {tolerance * scale:.3g}); please report it")
-    path = save_shrunk(report.model, Path(out) if out else default_path(run_dir),
-                       model_name=config.model, model_args=model_args(config, data.num_classes))
+    path = save_shrunk(report.model, path, model_name=config.model,
+                       model_args=model_args(config, data.num_classes))
     return {"report": report, "path": path, "batch": int(batch.shape[0]),
             "batch_max_abs_diff": diff}
 
@@ -73,7 +87,7 @@ def format_shrink_summary(summary: dict) -> str:
 def cmd_shrink(args: argparse.Namespace) -> int:
     try:
         summary = shrink_run(args.run_dir, out=args.out, weights=args.weights,
-                             data_dir=args.data_dir)
+                             data_dir=args.data_dir, trust_pickle=args.trust_pickle)
     except ShrinkError as err:
         print(f"admmprune shrink: error: {err}", file=sys.stderr)
         return 2

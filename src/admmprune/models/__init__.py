@@ -8,7 +8,8 @@ from .registry import (
     register_model,
     register_weights_loader,
     weights_loader,
+    weights_loader_runs_code,
 )
 
 __all__ = ["create_model", "list_models", "register_model", "UnknownModelError",
-           "register_weights_loader", "weights_loader"]
+           "register_weights_loader", "weights_loader", "weights_loader_runs_code"]

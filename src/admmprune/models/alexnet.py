@@ -254,7 +254,7 @@ def caffe_alexnet_state_dict(weights: Mapping, model: nn.Module) -> dict[str, to
     return state
 
 
-@register_weights_loader("alexnet", ".npy")
+@register_weights_loader("alexnet", ".npy", runs_code=True)
 def load_caffe_alexnet(model: nn.Module, path: str | Path) -> None:
     """Fill ``model`` in place from a Caffe-converted ``bvlc_alexnet.npy``.
 

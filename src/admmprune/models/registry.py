@@ -19,12 +19,14 @@ from torch import nn
 from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec
 
 __all__ = ["register_model", "create_model", "model_factory", "list_models", "UnknownModelError",
-           "register_weights_loader", "weights_loader"]
+           "register_weights_loader", "weights_loader", "weights_loader_runs_code"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # (model name, lower-case suffix such as ".npy") -> loader(model, path) filling the model in place
 WeightsLoader = Callable[[nn.Module, Path], None]
 _WEIGHTS_LOADERS: dict[tuple[str, str], WeightsLoader] = {}
+# the keys of loaders that unpickle (a crafted file runs code): only for files one trusts
+_RUNS_CODE: set[tuple[str, str]] = set()
 
 
 class UnknownModelError(KeyError):
@@ -99,16 +101,22 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def register_weights_loader(model_name: str, suffix: str
+def register_weights_loader(model_name: str, suffix: str, *, runs_code: bool = False
                             ) -> Callable[[WeightsLoader], WeightsLoader]:
     """Decorator: ``loader(model, path)`` reads ``model_name``'s weights from files ending in
-    ``suffix`` (e.g. ``".npy"``); it raises ``ValueError`` with a clear message on a bad file."""
+    ``suffix`` (e.g. ``".npy"``); it raises ``ValueError`` with a clear message on a bad file.
+
+    ``runs_code=True`` marks a loader that unpickles (``np.load(allow_pickle=True)``,
+    ``torch.load(weights_only=False)``): a crafted file can run code, so the command line
+    uses it only for a recipe's ``pretrained:`` or behind ``--trust-pickle``."""
 
     def decorator(loader: WeightsLoader) -> WeightsLoader:
         key = (model_name, suffix.lower())
         if key in _WEIGHTS_LOADERS:
             raise ValueError(f"a {suffix} loader for model {model_name!r} is registered twice")
         _WEIGHTS_LOADERS[key] = loader
+        if runs_code:
+            _RUNS_CODE.add(key)
         return loader
 
     return decorator
@@ -120,6 +128,12 @@ def weights_loader(model_name: str, path: str | Path) -> WeightsLoader | None:
         return None
     _load_builtin()
     return _WEIGHTS_LOADERS.get((model_name, Path(path).suffix.lower()))
+
+
+def weights_loader_runs_code(model_name: str, path: str | Path) -> bool:
+    """Whether the loader registered for ``path``'s suffix and this model unpickles."""
+    _load_builtin()
+    return (model_name, Path(path).suffix.lower()) in _RUNS_CODE
 
 
 def _load_builtin() -> None:

@@ -5,6 +5,7 @@ command (eval, export, shrink, draw) reads it the same way and words its errors 
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from torch import nn
 from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
 from ..imports import ImportSpecError, is_spec, user_code_error
-from ..models import create_model, weights_loader
+from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.registry import accepts_argument
+from ..projection import ProjectionError, survivor_count
 from ..pruner import ADMMPruner
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
@@ -135,12 +137,20 @@ def traces_model(config: Config) -> bool:
 
 
 def check_selection(model: nn.Module, config: Config) -> None:
-    """The prunable tensors exist and layer_percents fits them (raises before training)."""
+    """The prunable tensors exist, layer_percents fits them and every stage's all_percent
+    keeps at least one weight (raises before training, not after the dense phase)."""
     named = prunable_parameters(model, config.include, config.exclude)  # raises if empty
     if config.layer_percents is not None and len(config.layer_percents) != len(named):
         raise ConfigError(f"layer_percents has {len(config.layer_percents)} entries but "
                           f"{config.model} has {len(named)} prunable tensors: "
                           f"{', '.join(n for n, _ in named)}")
+    if config.structure == "unstructured" and config.layer_percents is None:
+        total = sum(p.numel() for _, p in named)
+        for stage in range(config.stages):
+            try:
+                survivor_count(total, config.stage_value("all_percent", stage))
+            except ProjectionError as err:
+                raise ConfigError(str(err)) from None
 
 
 # a Hugging Face model directory: config.json and one of these weight files
@@ -162,13 +172,16 @@ def _read_state(path: Path, device: torch.device) -> dict:
             from safetensors.torch import load_file
 
             return load_file(str(path), device=str(device))
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = _read_state_dict(path, device)
+    except RunError:
+        raise
     except Exception as err:  # noqa: BLE001
         raise RunError(f"cannot read pretrained checkpoint {path}: {err}") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
-        raise RunError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise RunError(f"{path} holds a {type(state).__name__}, not a state dict (a mapping "
+                       "of parameter names to tensors)")
     return state
 
 
@@ -205,15 +218,31 @@ def load_state(model: nn.Module, state: dict, source: str) -> None:
 
 
 def load_weights(model: nn.Module, path: Path, device: torch.device,
-                 model_name: str | None = None) -> None:
+                 model_name: str | None = None, *, trust_pickle: bool = False) -> None:
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
     (Caffe .npy, darknet .weights), else a state dict: ``.safetensors``, a Hugging Face
     model directory (config.json + model.safetensors or pytorch_model.bin), or a file of
-    torch.save, read with weights_only=True."""
+    torch.save, read with weights_only=True.
+
+    Args:
+        trust_pickle: allow a registered format read by unpickling (Caffe's .npy), which
+            runs whatever code a crafted file holds: only for files the user chose to trust
+            (a recipe's ``pretrained:``, ``--trust-pickle``).
+
+    Raises:
+        RunError: the file is missing, unreadable, needs unpickling without
+            ``trust_pickle``, or does not fit the model.
+    """
     if not path.exists():
         raise RunError(f"pretrained checkpoint {path} does not exist")
     loader = weights_loader(model_name, path) if model_name and path.is_file() else None
-    if loader is not None:
+    if loader is not None and model_name:
+        if weights_loader_runs_code(model_name, path) and not trust_pickle:
+            raise RunError(f"{path}: {model_name}'s {path.suffix} files are read by unpickling, "
+                           "which runs any code a crafted file holds; refused. Pass "
+                           "--trust-pickle if you trust where the file comes from (or name "
+                           "it as pretrained: in your recipe), or give a state dict saved "
+                           "with torch.save(model.state_dict()) or a .safetensors file")
         try:
             loader(model, path)
         except ValueError as err:
@@ -221,6 +250,22 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
         model.to(device)
         return
     load_state(model, _read_state(path, device), str(path))
+
+
+def _read_state_dict(path: Path, device: torch.device):
+    """torch.load(weights_only=True), which also reads .safetensors: no code runs."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" in str(err).lower():
+            # torch's message advises weights_only=False, i.e. running the file's code
+            raise RunError(f"{path} is not a state dict readable without running code (a "
+                           "pickled object: a whole model, or other Python objects). Save "
+                           "the weights with torch.save(model.state_dict(), PATH) or as "
+                           ".safetensors and pass that file") from None
+        raise RunError(f"cannot read {path} as a PyTorch state dict: {err}") from None
+    except Exception as err:  # noqa: BLE001 - a zip, a truncated file, random bytes...
+        raise RunError(f"cannot read {path} as a PyTorch state dict: {err}") from None
 
 
 @dataclass
@@ -243,8 +288,8 @@ class LoadedRun:
 
 def load_run(run_dir: str | Path, *, overrides: dict | None = None,
              splits: tuple[str, ...] = ("test",), data: str = "required",
-             device: torch.device | None = None, weights: str | Path | None = None
-             ) -> LoadedRun:
+             device: torch.device | None = None, weights: str | Path | None = None,
+             trust_pickle: bool = False) -> LoadedRun:
     """Read RUN_DIR's recipe (with ``overrides``), its data splits, and build its model with
     ``weights`` (default RUN_DIR/model.pt) loaded.
 
@@ -256,6 +301,7 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
             dataset leaves ``data`` None and the reason in ``data_error``) or ``"none"``.
         device: where data and model go; default the recipe's device.
         weights: the state dict to load; default RUN_DIR/model.pt.
+        trust_pickle: allow a weights format read by unpickling (see :func:`load_weights`).
 
     Raises:
         RunError: the run directory, its recipe or the weights cannot be read.
@@ -275,6 +321,6 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
     num_classes = splits_read.num_classes if splits_read is not None else None
     model = build_model(config, num_classes).to(device)
     path = Path(weights) if weights else run_dir / "model.pt"
-    load_weights(model, path, device, config.model)
+    load_weights(model, path, device, config.model, trust_pickle=trust_pickle)
     model.eval()
     return LoadedRun(run_dir, config, device, splits_read, model, path, data_error)

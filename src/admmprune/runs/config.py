@@ -252,6 +252,13 @@ class Config:
                "resize", f"({self.resize}) must be >= image_size ({self.image_size}): images "
                "are resized, then cropped")
         self._check_registered()
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            _check(value is None or isinstance(value, list)
+                   and all(isinstance(p, str) for p in value), key,
+                   f"must be a list of name patterns (strings), e.g. [fc1, 'conv*'], got "
+                   f"{value!r}")
+        _check(_device_problem(self.device) is None, "device", _device_problem(self.device) or "")
         for key in ("learning_rate", "retraining_learning_rate"):
             value = getattr(self, key)
             _check(value is None and key != "learning_rate" or is_number(value) and value > 0,
@@ -343,6 +350,21 @@ class Config:
             _check(self.task in list_tasks(), "task",
                    f"must be one of {', '.join(list_tasks())} or an import spec "
                    f"\"package.module:factory\"; got {self.task!r}")
+
+
+def _device_problem(name: Any) -> str | None:
+    """Why ``name`` is no device a recipe may name (auto, cpu, cuda, cuda:1, mps...), or
+    None."""
+    if name == "auto":
+        return None
+    import torch
+
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        return (f"must be auto or a device torch knows (cpu, cuda, cuda:1, mps, ...), got "
+                f"{name!r}")
+    return None
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -131,8 +131,31 @@ class Run:
         if resume:
             if not self.dir.has_checkpoint():
                 raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
+            distributed.on_main(self.dir.lock)
         else:
-            distributed.on_main(lambda: self.dir.check_fresh(config))
+            distributed.on_main(lambda: self._claim(config))
+        try:
+            self._start(config, resume, splits, model, data)
+        except BaseException:
+            self.dir.close()  # releases the lock: the directory is free again
+            raise
+
+    def _claim(self, config: Config) -> None:
+        """Rank 0 of a new run: lock the run directory (a second process on it refuses at
+        once), checking it is fit for a new run before (nothing is created for a bad path)
+        and again once locked (what another process may have written meanwhile)."""
+        self.dir.check_fresh(config)
+        self.dir.lock()
+        try:
+            self.dir.check_fresh(config)
+        except RunError:
+            self.dir.unlock()
+            raise
+
+    def _start(self, config: Config, resume: bool, splits: tuple[str, ...],
+               model: nn.Module | None, data: Mapping | DataSplits | None) -> None:
+        """Everything after the run directory is held: data, model, restored state (the
+        caller's ``model`` and ``data`` objects when given)."""
         if config.threads:
             torch.set_num_threads(config.threads)
         elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
@@ -231,8 +254,43 @@ class Run:
             self._average.load_state_dict(state["average"])
         if self.progress.done and self.config.retraining_epochs > self.progress.retrain_epoch:
             self.progress.done = False  # epochs added to a finished retraining
+        if self.main:
+            self._rebuild_missing(state)
         # no rank writes a new checkpoint before every rank has read this one
         distributed.barrier()
+
+    def _rebuild_missing(self, state: dict) -> None:
+        """A resumed run whose saved weights were deleted: rebuild each from the checkpoint
+        when it still holds them (model.pt of a finished run; admm.pt before retraining;
+        dense.pt before ADMM), and name the ones lost for good."""
+        prog = self.progress
+        admm_started = prog.stage > 0 or prog.iteration > 0 or prog.stage_pruned
+        files = {  # name: (written by a finished phase, the checkpoint still holds it)
+            "dense.pt": (prog.dense_done, not admm_started and not prog.admm_done),
+            "admm.pt": (prog.admm_done, prog.retrain_epoch == 0 and not prog.done),
+            "model.pt": (prog.done, True),
+        }
+        rebuilt, lost = [], []
+        for name, (written, held) in files.items():
+            if not written or (self.run_dir / name).is_file():
+                continue
+            if not held:
+                lost.append(name)
+            elif name == "admm.pt":
+                self._save_weights(name, {"model": self.model.state_dict(),
+                                          "pruner": state["pruner"]})
+                rebuilt.append(name)
+            else:
+                self._save_weights(name, self.model.state_dict())
+                rebuilt.append(name)
+        if rebuilt:
+            print(f"admmprune: rebuilt {', '.join(rebuilt)} from the checkpoint (missing in "
+                  f"{self.run_dir})", file=sys.stderr)
+            self.log({"phase": "resume", "rebuilt": rebuilt})
+        if lost:
+            print(f"admmprune: {', '.join(lost)} missing in {self.run_dir} and cannot be "
+                  "rebuilt (the weights have changed since it was written); the run continues "
+                  "without it", file=sys.stderr)
 
     def _example(self) -> torch.Tensor | None:
         """Two inputs traced by the filter and live-weight projections (test images, else
@@ -386,7 +444,9 @@ class Run:
             return
         start = time.perf_counter()
         if cfg.pretrained:
-            load_weights(self.model, Path(cfg.pretrained), self.device, cfg.model)
+            # the recipe's own choice of file: a format read by unpickling is trusted
+            load_weights(self.model, Path(cfg.pretrained), self.device, cfg.model,
+                         trust_pickle=True)
         else:
             optimizer = self._optimizer(cfg.learning_rate, resume_state=True)
             for epoch in range(prog.dense_epoch, cfg.dense_epochs):

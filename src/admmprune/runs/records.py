@@ -107,6 +107,12 @@ def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
         summary = read_summary(run_dir)
         metric = summary.get("metric", "accuracy")
         scale = 100 if metric in percent_keys(summary) else 1
+        missing = [k for k in ("compression", f"pruned_{metric}", f"dense_{metric}")
+                   if not isinstance(summary.get(k), (int, float))]
+        if missing:
+            raise ValueError(f"{run_dir / 'summary.json'} has no {', '.join(missing)}: not a "
+                             "finished pruning run (finish it with admmprune prune --resume "
+                             f"{run_dir}, or leave it out)")
         name, seed, model = _run_info(run_dir)
         results.append(RunResult(name, seed, model, float(summary["compression"]),
                                  scale * summary[f"pruned_{metric}"],
@@ -185,9 +191,12 @@ def pool_results(results: Iterable[RunResult], model: str | None = None,
     groups: dict[tuple[str, float], list[RunResult]] = {}
     for result in results:
         if model is not None and result.model != model:
+            advice = (f"plot it with --published {result.model}" if result.model in PUBLISHED
+                      else f"there are no published points for {result.model!r}: plot it "
+                           "without --published")
             raise ValueError(f"run {result.name!r} (seed {result.seed}) prunes "
                              f"{result.model!r}, but the published points are for {model!r}: "
-                             f"plot it with --published {result.model} or none")
+                             f"{advice}")
         key = (renames.get(result.name, result.name), round(result.compression, 1))
         groups.setdefault(key, []).append(result)
     return [TradeoffPoint(name, compression, tuple(r.accuracy for r in runs),

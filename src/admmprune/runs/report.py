@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..tables import format_table
 from .direction import direction_note, format_value, higher_is_better, percent_keys
+from .rundir import RunError
 
 __all__ = ["format_table", "format_summary", "format_metrics", "summary_metric",
-           "read_metrics", "read_summary", "plot_run", "plot_residuals", "save_figure"]
+           "read_metrics", "read_summary", "plot_run", "plot_residuals", "save_figure",
+           "check_picture_path"]
 
 
 def format_metrics(metrics: dict, labels: dict | None = None,
@@ -85,7 +88,21 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a run directory?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1)
+             if line.strip()]
+    records = []
+    for n, line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n != lines[-1][0]:
+                raise RunError(f"{path}, line {n}, is not a JSON record: the file is "
+                               "damaged") from None
+            # the last record was being written when the process died; resuming the run
+            # truncates it, reading stops before it
+            print(f"admmprune: {path}: the last line is torn (the run was interrupted "
+                  "while writing it); read up to it", file=sys.stderr)
+    return records
 
 
 def read_summary(run_dir: str | Path) -> dict:
@@ -93,7 +110,15 @@ def read_summary(run_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the run has not finished "
                                 "(resume it with `admmprune prune --resume RUN_DIR`)")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(f"{path} is not valid JSON ({err}): the file is damaged; `admmprune "
+                       "prune --resume RUN_DIR` on the finished run writes it again") from None
+    if not isinstance(summary, dict):
+        raise RunError(f"{path} does not hold a run summary (a JSON object): the file is "
+                       "damaged")
+    return summary
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -160,6 +185,24 @@ def plot_residuals(records: Sequence[dict], path: Path, title: str = "") -> Path
     ax_rho.set_xlabel("ADMM iteration")
     ax_rho.set_title("ρ")
     return save_figure(fig, path)
+
+
+def check_picture_path(path: str | Path, what: str = "--out") -> Path:
+    """Refuse a picture file name whose suffix matplotlib cannot write (before any work).
+
+    Raises:
+        RunError: the suffix is missing or not a format matplotlib writes.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(path)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if path.suffix.lower().lstrip(".") not in formats:
+        kind = path.suffix or "a file without suffix"
+        raise RunError(f"{what} {path}: cannot draw a picture as {kind}; end the file name "
+                       f"with one of {', '.join('.' + f for f in formats)} (e.g. .png, .pdf, "
+                       ".svg)")
+    return path
 
 
 def save_figure(fig, path: Path) -> Path:

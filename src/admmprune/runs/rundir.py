@@ -14,8 +14,15 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not protected from each other
+    fcntl = None
 
 import torch
 import yaml
@@ -24,14 +31,21 @@ from .config import Config, apply_overrides
 
 __all__ = ["RunError", "CheckpointError", "RunDirectory", "new_run_dir", "load_run_config",
            "atomic_save", "save_checked", "load_checked", "verify_checked", "CHECKPOINT",
-           "PREVIOUS_CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes"]
+           "PREVIOUS_CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes", "check_output_path",
+           "LOCK_FILE"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+# Held (fcntl.flock) by the process running a job in the directory; holds its PID.
+LOCK_FILE = "run.lock"
 # What a run writes; a fresh run refuses a directory holding anything else.
 RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "dense.pt",
              "admm.pt", "model.pt", "summary.json", "admm_residuals.png", "accuracy.png",
-             "kept_per_layer.png", "sources.json"}
+             "kept_per_layer.png", "sources.json", LOCK_FILE}
+# The temporary names those files pass through while being written.
+_TEMPORARY_SUFFIXES = ("", ".tmp", ".new", ".new.tmp")
+# A directory holding one of these is a run directory.
+_RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 # Keys a resumed run may change: where and how fast it runs, and epochs to add. Everything
 # else defines what the run is (model, data, ratio, selection, optimisation) and is refused.
 RESUME_SAFE_KEYS = {"threads", "device", "progress", "workers", "data_dir", "val_labels",
@@ -65,11 +79,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def _removed_on_error(tmp: Path) -> Iterator[None]:
+    """Delete the temporary file ``tmp`` when writing it fails (a full disk, Ctrl-C): the
+    target keeps its previous state and no half-written ``*.tmp`` is left behind."""
+    try:
+        yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file, fsync, then rename: a crash (or power loss) mid-write
     never corrupts ``path``."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
+    with _removed_on_error(tmp), tmp.open("wb") as handle:
         torch.save(obj, handle)
         handle.flush()
         os.fsync(handle.fileno())
@@ -136,7 +161,7 @@ def save_checked(obj: Any, path: Path) -> None:
     """``torch.save(obj)`` with a sha256 of the bytes in a header, written atomically
     (temporary file, fsync, rename); read it back with :func:`load_checked`."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
+    with _removed_on_error(tmp), tmp.open("wb") as handle:
         handle.write(b"\0" * _HEADER_SIZE)  # the header is known only at the end
         writer = _HashingWriter(handle)
         torch.save(obj, writer)
@@ -190,6 +215,46 @@ def load_checked(path: Path, device: torch.device | str = "cpu") -> Any:
             return torch.load(source, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
         raise CheckpointError(f"cannot read {path} ({err}): the file is corrupt") from None
+
+
+def check_output_path(path: str | Path, what: str = "--out") -> Path:
+    """Refuse to write ``path`` when it is one of a run directory's own files.
+
+    The one rule every writing command applies to the files it is asked to write: no
+    command writes over what a run wrote (config.yaml, metrics.jsonl, checkpoints,
+    dense.pt, admm.pt, model.pt, summary.json, its plots and lock, or their temporary
+    names). A directory is a run directory when it holds config.yaml or metrics.jsonl.
+
+    Args:
+        path: the file a command is about to write.
+        what: the option that named it, for the message.
+
+    Returns:
+        ``path`` as a Path.
+
+    Also refused, as no file can be written there: an existing directory, and a path
+    whose parent is a file.
+
+    Raises:
+        RunError: ``path`` (after resolving links and ``..``) is a run directory's own file,
+            a directory, or below a file.
+    """
+    path = Path(path)
+    target = path.expanduser().resolve()
+    parent = target.parent
+    if target.is_dir():
+        raise RunError(f"{what} {path} is a directory; give the name of a file to write "
+                       f"(e.g. {path / 'NAME'})")
+    blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise RunError(f"{what} {path}: {blocking} is a file, not a directory; choose a path "
+                       "in a directory")
+    own = {name + suffix for name in RUN_FILES for suffix in _TEMPORARY_SUFFIXES}
+    if target.name in own and any((parent / marker).is_file() for marker in _RUN_MARKERS):
+        raise RunError(f"{what} {path} is {parent}'s own {target.name} (a file the run "
+                       "wrote); writing it would destroy the run's results. Choose another "
+                       "file name (e.g. one outside the run directory)")
+    return path
 
 
 def new_run_dir(config: Config) -> Path:
@@ -265,6 +330,8 @@ class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._metrics = None
+        self._lock: int | None = None
+        self._created = False
 
     @property
     def checkpoint(self) -> Path:
@@ -288,7 +355,7 @@ class RunDirectory:
         if self.path.is_dir():
             # Allowed: an empty directory, or one where a run of this very config wrote its
             # config and failed before finishing any work (nothing to lose).
-            present = sorted(p.name for p in self.path.iterdir())
+            present = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
             unstarted = set(present) <= {"config.yaml", "metrics.jsonl"} and (
                 not (self.path / "metrics.jsonl").exists()
                 or (self.path / "metrics.jsonl").stat().st_size == 0)
@@ -314,7 +381,8 @@ class RunDirectory:
 
     def write_config(self, config: Config) -> None:
         tmp = self.path / "config.yaml.tmp"
-        tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        with _removed_on_error(tmp):
+            tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         os.replace(tmp, self.path / "config.yaml")
 
     def metrics_size(self) -> int:
@@ -380,9 +448,56 @@ class RunDirectory:
         self.write_json("summary.json", summary)
 
     def write_json(self, name: str, obj: Any) -> None:
-        (self.path / name).write_text(json.dumps(obj, indent=2))
+        """Write RUN_DIR/NAME atomically (a temporary file renamed over it)."""
+        tmp = self.path / f"{name}.tmp"
+        with _removed_on_error(tmp):
+            tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, self.path / name)
+
+    def lock(self) -> None:
+        """Hold the run directory for this process (created if missing): an OS lock on
+        RUN_DIR/run.lock, released when the process ends however it ends (a killed run
+        leaves no stale lock), with this process's PID written into the file.
+
+        Raises:
+            RunError: another process holds it (its PID is in the message).
+        """
+        if fcntl is None or self._lock is not None:
+            return
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunError(f"cannot lock the run directory {self.path}: {err}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunError(f"{self.path} is in use by another admmprune process (PID "
+                           f"{holder}); wait for it to end (or stop it), or choose another "
+                           "--run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock, self._created = fd, created
+
+    def unlock(self) -> None:
+        """Release :meth:`lock`; a directory it created that holds only the lock file (a run
+        that failed before writing anything) is removed with it."""
+        if self._lock is None:
+            return
+        try:
+            if self._created and [p.name for p in self.path.iterdir()] == [LOCK_FILE]:
+                (self.path / LOCK_FILE).unlink()
+                self.path.rmdir()
+        except OSError:
+            pass  # the directory stays; the lock is released all the same
+        os.close(self._lock)  # closing the descriptor releases the flock
+        self._lock = None
 
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+        self.unlock()
