@@ -16,15 +16,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import Config, ConfigError
 from ..models import create_model
-from .pipeline import Run, run_pipeline
+from ..selection import prunable_parameters
 from ..tables import format_table
+from .config import STAGE_KEYS, Config, ConfigError
+from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RunDirectory
-from ..selection import prunable_parameters
 
-__all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare"]
+__all__ = ["METHODS", "run_compare", "method_config", "single_stage", "summarize",
+           "plot_compare"]
 
 # name -> (description, recipe keys it sets)
 METHODS: dict[str, tuple[str, dict]] = {
@@ -80,19 +81,25 @@ def fixed_percent(config: Config, method: str) -> float | None:
     return 100.0 * (1 - kept / sum(sizes))
 
 
+def single_stage(config: Config, all_percent: float) -> Config:
+    """``config`` as one stage at ``all_percent`` (not validated): a sweep point has one ratio,
+    so per-stage lists (a progressive recipe) keep their final stage's value."""
+    config = replace(config, all_percent=float(all_percent))
+    for key in STAGE_KEYS:
+        value = getattr(config, key)
+        if key != "all_percent" and isinstance(value, list):
+            setattr(config, key, value[-1])
+    return config
+
+
 def method_config(base: Config, method: str, all_percent: float) -> Config:
     """The config of one method at one ratio; one-shot pruning gets the W-step epochs as
     extra retraining, so every method trains for the same number of epochs."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     # methods that name no structure are unstructured, whatever the base recipe says
-    config = replace(base, **{"structure": "unstructured", **METHODS[method][1]},
-                     all_percent=float(all_percent))
-    # per-stage lists make no sense for a single-ratio sweep point
-    for key in ("k_step", "epochs", "rho", "rho_growth", "rho_max"):
-        value = getattr(config, key)
-        if isinstance(value, list):
-            setattr(config, key, value[-1])
+    config = single_stage(replace(base, **{"structure": "unstructured", **METHODS[method][1]}),
+                          all_percent)
     if config.pruning == "oneshot":
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
