@@ -16,15 +16,18 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 from ..models import create_model
 from ..selection import prunable_parameters
 from ..tables import format_table
-from .config import STAGE_KEYS, Config, ConfigError
+from .config import STAGE_KEYS, Config, ConfigError, counts_live_weights
 from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
-from .rundir import RunDirectory
+from .rundir import RESUME_SAFE_KEYS, RunDirectory
 
-__all__ = ["METHODS", "run_compare", "method_config", "single_stage", "summarize",
+__all__ = ["METHODS", "run_compare", "method_config", "method_notes", "single_stage",
+           "check_reusable", "REUSE_IGNORED", "DENSE_UNUSED", "summarize",
            "plot_compare"]
 
 # name -> (description, recipe keys it sets)
@@ -57,6 +60,59 @@ METHODS: dict[str, tuple[str, dict]] = {
     "channel": ("global channel ADMM: whole input channels ranked across all layers",
                 {"structure": "channel", "projection": "global", "score": "magnitude"}),
 }
+
+
+# Keys that say how or where a run executes, not what it computes: a finished run made with
+# other values of these is reused as it is.
+REUSE_IGNORED = frozenset(RESUME_SAFE_KEYS - {"retraining_epochs"})
+# Keys the dense phase never reads: the dense model of a seed is shared by every method and
+# ratio of the compare, so these may differ between the invocations that share it.
+DENSE_UNUSED = frozenset({
+    "pruning", "all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max",
+    "adaptive_rho", "p_lambda", "projection", "layer_percents", "score", "structure",
+    "group_score", "nm_n", "nm_m", "include", "exclude", "z_init", "admm_lr_schedule",
+    "hard_prune_support", "stage_retraining_epochs", "allow_regrowth", "live_weights",
+    "distill_weight", "distill_temperature", "retraining_epochs", "retraining_learning_rate",
+    "retraining_augment_shift", "retraining_average_epochs", "retraining_lr_schedule",
+    "retraining_regrow", "retraining_regrow_every", "retraining_regrow_until"})
+
+
+def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REUSE_IGNORED
+                   ) -> None:
+    """Refuse to reuse the finished run in ``run_dir`` unless its saved config equals
+    ``wanted`` on every key but ``ignored``.
+
+    Args:
+        run_dir: a run directory holding config.yaml.
+        wanted: the config this compare would run there.
+        ignored: keys that may differ.
+
+    Raises:
+        ConfigError: naming the keys that differ, and what to do.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{run_dir} holds a finished run but no readable config.yaml, so it "
+                          "cannot be checked against this compare: give another --out, or "
+                          f"delete {run_dir} to run it again")
+    defaults = Config().to_dict()  # a key newer than the run ran at its default there
+    differ = []
+    for key, value in wanted.to_dict().items():
+        old = saved.get(key, defaults.get(key))
+        if key == "pretrained" and old and value:  # the same file, however it is spelt
+            old, value = str(Path(old).resolve()), str(Path(value).resolve())
+        if key not in ignored and old != value:
+            differ.append(f"{key}: saved {old!r}, now {value!r}")
+    if differ:
+        raise ConfigError(
+            f"{run_dir} holds a finished run of another configuration ({'; '.join(differ)}); "
+            "compare does not mix it into this table: give another --out, or delete "
+            f"{run_dir} to run it again with this configuration")
 
 
 def admm_epochs(config: Config) -> int:
@@ -92,14 +148,33 @@ def single_stage(config: Config, all_percent: float) -> Config:
     return config
 
 
-def method_config(base: Config, method: str, all_percent: float) -> Config:
-    """The config of one method at one ratio; one-shot pruning gets the W-step epochs as
-    extra retraining, so every method trains for the same number of epochs."""
+def _adjusted_keys(base: Config, method: str) -> dict[str, tuple[object, str]]:
+    """Recipe keys a method must change beyond its own to run from ``base``:
+    key -> (value, why)."""
+    keys = {"structure": "unstructured", **METHODS[method][1]}  # no structure: unstructured
+    if base.live_weights and not counts_live_weights(keys["projection"], keys["structure"]):
+        return {"live_weights": (False, "its projection cannot count live weights only")}
+    return {}
+
+
+def method_notes(base: Config, method: str) -> str:
+    """What :func:`method_config` changes in ``base`` beyond the method's own keys, for the
+    table's notes ("" when nothing)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    # methods that name no structure are unstructured, whatever the base recipe says
-    config = single_stage(replace(base, **{"structure": "unstructured", **METHODS[method][1]}),
-                          all_percent)
+    return "; ".join(f"{key} {str(value).lower()} ({why})"
+                     for key, (value, why) in _adjusted_keys(base, method).items())
+
+
+def method_config(base: Config, method: str, all_percent: float) -> Config:
+    """The config of one method at one ratio; one-shot pruning gets the W-step epochs as
+    extra retraining, so every method trains for the same number of epochs. Keys of the
+    recipe a method cannot run with are changed (:func:`method_notes` says which)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    adjusted = {key: value for key, (value, _) in _adjusted_keys(base, method).items()}
+    config = single_stage(replace(base, **{"structure": "unstructured", **METHODS[method][1]},
+                                  **adjusted), all_percent)
     if config.pruning == "oneshot":
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
@@ -153,8 +228,9 @@ def run_compare(
                     run_config = method_config(replace(config, pretrained=str(dense_path)),
                                                method, percent)
                     run_dir = out_dir / f"{method}-{label}-p{_tag(percent)}"
-                    rows.append(_row(method, run_config, percent, variant,
-                                     _run_once(run_config, run_dir)))
+                    rows.append({**_row(method, run_config, percent, variant,
+                                        _run_once(run_config, run_dir)),
+                                 "notes": method_notes(config, method)})
             _write_results(rows, out_dir)
     _write_results(rows, out_dir)
     return rows
@@ -165,6 +241,7 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
     its path, its test results (``dense_<metric>``, plus ``metric``) and the seconds spent."""
     summary_path = run_dir / "dense.json"
     if summary_path.is_file():
+        check_reusable(run_dir, replace(config, pretrained=None), REUSE_IGNORED | DENSE_UNUSED)
         saved = json.loads(summary_path.read_text())
         results = saved.get("results") or {"dense_accuracy": saved["dense_accuracy"]}
         return run_dir / "dense.pt", {"metric": saved.get("metric", "accuracy"), **results}, \
@@ -188,6 +265,7 @@ def _run_once(config: Config, run_dir: Path) -> dict:
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("complete"):
+            check_reusable(run_dir, config)
             return summary
     return run_pipeline(config, run_dir=run_dir, resume=RunDirectory(run_dir).has_checkpoint())
 
@@ -248,8 +326,10 @@ def _isnan(value) -> bool:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Methods as rows, ratios as columns, cells "mean ± std" of the headline test metric
-    in %."""
+    """Methods as rows, all_percent as columns, cells "mean ± std (compression)" of the
+    headline test metric in %: methods that round per layer or remove whole groups reach
+    another compression at the same all_percent. Notes list the recipe keys a method
+    changed (:func:`method_notes`)."""
     summary = summarize(rows)
     variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
     percents = sorted({r["all_percent"] for r in summary if r["all_percent"] is not None})
@@ -258,7 +338,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
         subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
         title = ", ".join(f"{k.removeprefix('model_')} = {v}" for k, v in
                           zip(variant_keys, variant, strict=True))
-        headers = ["method"] + [f"{p:g}% ({_compression(subset, p)})" for p in percents]
+        headers = ["method"] + [f"{p:g}%" for p in percents]
         table_rows = []
         for method in dict.fromkeys(r["method"] for r in subset):
             cells = [method]
@@ -269,18 +349,20 @@ def markdown_table(rows: Sequence[dict]) -> str:
             table_rows.append(cells)
         table = format_table(headers, table_rows, markdown=True)
         blocks.append((f"**{title}**\n\n" if title else "") + table)
+    notes = {r["method"]: r["notes"] for r in rows if r.get("notes")}
+    if notes:
+        blocks.append("Notes:\n\n" + "\n".join(f"- {method}: {text}"
+                                                for method, text in notes.items()))
     return "\n\n".join(blocks) + "\n"
-
-
-def _compression(rows: Sequence[dict], percent: float) -> str:
-    values = [r["compression"] for r in rows if r["all_percent"] == percent]
-    return f"{values[0]:.0f}x" if values else "-"
 
 
 def _fmt_acc(row: dict) -> str:
     text = f"{100 * row['mean']:.2f}"
     if row["std"] is not None:
         text += f" ± {100 * row['std']:.2f}"
+    compression = row["compression"]
+    if compression is not None and compression != 1:
+        text += f" ({compression:.1f}x)"
     return text
 
 
@@ -305,8 +387,9 @@ def _write_results(rows: Sequence[dict], out_dir: Path) -> None:
             writer.writerow({**row, "kept_per_layer": json.dumps(row["kept_per_layer"])})
     metric = row_metric(rows[0]) if rows else "accuracy"
     (out_dir / "results.md").write_text(
-        f"Test {metric} (%) after pruning and retraining; mean ± std over seeds; the column "
-        "header gives all_percent and the compression ratio N/K.\n\n" + markdown_table(rows))
+        f"Test {metric} (%) after pruning and retraining; mean ± std over seeds, then the "
+        "compression ratio N/K the run reached; the column header gives all_percent.\n\n"
+        + markdown_table(rows))
 
 
 def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | None = None
