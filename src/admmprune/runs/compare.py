@@ -27,7 +27,7 @@ from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RESUME_SAFE_KEYS, RunDirectory
 
 __all__ = ["METHODS", "run_compare", "method_config", "method_notes", "single_stage",
-           "check_reusable", "REUSE_IGNORED", "DENSE_UNUSED", "summarize",
+           "check_reusable", "method_of", "REUSE_IGNORED", "DENSE_UNUSED", "summarize",
            "plot_compare"]
 
 # name -> (description, recipe keys it sets)
@@ -60,6 +60,25 @@ METHODS: dict[str, tuple[str, dict]] = {
     "channel": ("global channel ADMM: whole input channels ranked across all layers",
                 {"structure": "channel", "projection": "global", "score": "magnitude"}),
 }
+
+
+def _signature(keys: dict) -> tuple:
+    """What tells methods apart, with the defaults a method that does not set a key gets."""
+    layer_percents = keys.get("layer_percents")
+    return (keys.get("pruning", "admm"), keys.get("projection", "global"),
+            keys.get("structure", "unstructured"), keys.get("score", "magnitude"),
+            tuple(map(float, layer_percents)) if layer_percents else None)
+
+
+def method_of(config: Config) -> str:
+    """The name of the compare method a run's config is (``admm``, ``layerwise``, ...), also
+    for runs not made by compare; a config that is none of them gets its pruning,
+    projection, structure and score joined by "-" (e.g. ``admm-global-nm-magnitude``)."""
+    signature = _signature(config.to_dict())
+    for name, (_, keys) in METHODS.items():
+        if name != "dense" and _signature(keys) == signature:
+            return name
+    return "-".join(signature[:4]) + ("-layer_percents" if signature[4] else "")
 
 
 # Keys that say how or where a run executes, not what it computes: a finished run made with

@@ -1,10 +1,11 @@
 """Accuracy against compression: finished runs next to published pruning results.
 
 ``admmprune tradeoff RUN_DIR... --published lenet5 --out plot.png`` groups the runs by recipe
-name and compression (seeds of one recipe become one point: mean, with the worst and best seed
-as the bar) and marks the published figures of the literature on the same axes. The runs'
-results can be kept in a CSV file (``--save-results``) and plotted again from it
-(``--results``) once the run directories are gone.
+name, method and compression (seeds of one recipe and method become one point: mean, with the
+worst and best seed as the bar; the method is read from the run's config, so the runs of
+``admmprune compare`` stay apart) and marks the published figures of the literature on the
+same axes. The runs' results can be kept in a CSV file (``--save-results``, with a method
+column) and plotted again from it (``--results``) once the run directories are gone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from ..tables import format_table
+from .compare import method_of
 from .report import read_summary, save_figure
 from .rundir import load_run_config
 
@@ -55,6 +57,7 @@ PUBLISHED: dict[str, tuple[PublishedPoint, ...]] = {
 @dataclass(frozen=True)
 class TradeoffPoint:
     label: str
+    method: str  # "" where unknown (results files written before the method column)
     compression: float
     accuracies: tuple[float, ...]  # test top-1 of each run, percent
     dense: tuple[float, ...]
@@ -74,14 +77,15 @@ class RunResult:
     compression: float
     accuracy: float
     dense: float
+    method: str = ""  # compare's method name (see method_of); "" where unknown
 
 
-def _run_info(run_dir: Path) -> tuple[str, int, str]:
+def _run_info(run_dir: Path) -> tuple[str, int, str, str]:
     config = load_run_config(run_dir)
     name = config.name
     for tag in (f"-s{config.seed}", f"-seed{config.seed}"):  # runs named per seed pool together
         name = name.removesuffix(tag)
-    return name, config.seed, config.model
+    return name, config.seed, config.model, method_of(config)
 
 
 def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
@@ -92,14 +96,15 @@ def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
         if summary.get("metric", "accuracy") != "accuracy":
             raise ValueError(f"{run_dir} is a {summary.get('task')} run: the trade-off plot "
                              "is for classification accuracy")
-        name, seed, model = _run_info(run_dir)
+        name, seed, model, method = _run_info(run_dir)
         results.append(RunResult(name, seed, model, float(summary["compression"]),
                                  100 * summary["pruned_accuracy"],
-                                 100 * summary["dense_accuracy"]))
+                                 100 * summary["dense_accuracy"], method))
     return results
 
 
 _COLUMNS = tuple(f.name for f in fields(RunResult))
+_OLD_COLUMNS = _COLUMNS[:-1]  # files written before the method column
 
 
 def write_results(results: Sequence[RunResult], path: str | Path) -> Path:
@@ -114,25 +119,30 @@ def write_results(results: Sequence[RunResult], path: str | Path) -> Path:
 
 
 def read_results(path: str | Path) -> list[RunResult]:
-    """Results written by :func:`write_results` (or by hand, with the same columns)."""
+    """Results written by :func:`write_results` (or by hand, with the same columns; files
+    without the last column, ``method``, read with the method unknown)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such results file")
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    if not rows or tuple(c.strip() for c in rows[0]) != _COLUMNS:
+    header = tuple(c.strip() for c in rows[0]) if rows else ()
+    if header not in (_COLUMNS, _OLD_COLUMNS):
         raise ValueError(f"{path}: the first line must be the header {','.join(_COLUMNS)}")
     results = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         try:
-            name, seed, model, compression, accuracy, dense = (cell.strip() for cell in row)
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} columns")
+            name, seed, model, compression, accuracy, dense, *method = (cell.strip()
+                                                                        for cell in row)
             result = RunResult(name, int(seed), model, float(compression), float(accuracy),
-                               float(dense))
+                               float(dense), *method)
         except ValueError as err:
-            raise ValueError(f"{path}, line {line}: expected {len(_COLUMNS)} columns "
-                             f"{','.join(_COLUMNS)} with numbers where numbers go ({err})"
+            raise ValueError(f"{path}, line {line}: expected {len(header)} columns "
+                             f"{','.join(header)} with numbers where numbers go ({err})"
                              ) from None
         numbers = (result.compression, result.accuracy, result.dense)
         if not name or not all(math.isfinite(x) for x in numbers) or result.compression < 1 \
@@ -145,22 +155,25 @@ def read_results(path: str | Path) -> list[RunResult]:
 
 def pool_results(results: Iterable[RunResult], model: str | None = None,
                  renames: dict[str, str] | None = None) -> list[TradeoffPoint]:
-    """One point per (name, compression); several seeds of one recipe are pooled.
-    ``renames`` maps names to the labels shown (several names may share a label).
+    """One point per (name, method, compression); several seeds of one recipe and method
+    are pooled. ``renames`` maps names to the labels shown (several names may share a
+    label).
 
     ``model``: refuse runs of another model (published points of one network only)."""
     renames = renames or {}
-    groups: dict[tuple[str, float], list[RunResult]] = {}
+    groups: dict[tuple[str, str, float], list[RunResult]] = {}
     for result in results:
         if model is not None and result.model != model:
             raise ValueError(f"run {result.name!r} (seed {result.seed}) prunes "
                              f"{result.model!r}, but the published points are for {model!r}: "
                              f"plot it with --published {result.model} or none")
-        key = (renames.get(result.name, result.name), round(result.compression, 1))
+        key = (renames.get(result.name, result.name), result.method,
+               round(result.compression, 1))
         groups.setdefault(key, []).append(result)
-    return [TradeoffPoint(name, compression, tuple(r.accuracy for r in runs),
+    return [TradeoffPoint(name, method, compression, tuple(r.accuracy for r in runs),
                           tuple(r.dense for r in runs), tuple(r.seed for r in runs))
-            for (name, compression), runs in sorted(groups.items(), key=lambda kv: kv[0][::-1])]
+            for (name, method, compression), runs in sorted(groups.items(),
+                                                            key=lambda kv: kv[0][::-1])]
 
 
 def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
@@ -172,12 +185,13 @@ def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
 
 def format_tradeoff(points: Sequence[TradeoffPoint],
                     published: Sequence[PublishedPoint] = ()) -> str:
-    rows = [(p.label, f"{p.compression:.1f}x", ",".join(map(str, p.seeds)), f"{p.mean:.2f}",
-             f"{min(p.accuracies):.2f}", f"{max(p.accuracies):.2f}") for p in points]
-    rows += [(f"{q.method} ({q.reference})", f"{q.compression:g}x", "", f"{q.accuracy:.2f}",
-              "", "") for q in published]
-    return format_table(["run / published", "compression", "seeds", "top-1 %", "worst",
-                         "best"], rows)
+    rows = [(p.label, p.method or "?", f"{p.compression:.1f}x", ",".join(map(str, p.seeds)),
+             f"{p.mean:.2f}", f"{min(p.accuracies):.2f}", f"{max(p.accuracies):.2f}")
+            for p in points]
+    rows += [(f"{q.method} ({q.reference})", "", f"{q.compression:g}x", "",
+              f"{q.accuracy:.2f}", "", "") for q in published]
+    return format_table(["run / published", "method", "compression", "seeds", "top-1 %",
+                         "worst", "best"], rows)
 
 
 def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
@@ -191,13 +205,14 @@ def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label in dict.fromkeys(p.label for p in points):
-        mine = sorted((p for p in points if p.label == label), key=lambda p: p.compression)
+    for label, method in dict.fromkeys((p.label, p.method) for p in points):
+        mine = sorted((p for p in points if (p.label, p.method) == (label, method)),
+                      key=lambda p: p.compression)
         ys = [p.mean for p in mine]
         low = [p.mean - min(p.accuracies) for p in mine]
         high = [max(p.accuracies) - p.mean for p in mine]
         ax.errorbar([p.compression for p in mine], ys, yerr=[low, high], marker="o",
-                    capsize=3, label=f"admmprune: {label}")
+                    capsize=3, label=f"admmprune: {label}" + (f" ({method})" if method else ""))
     for q in published:
         ax.plot(q.compression, q.accuracy, marker="*", markersize=12, linestyle="none",
                 color="black")
