@@ -19,6 +19,7 @@ and in memory, and whether data loading keeps up.
 
     .venv/bin/python benchmarks/alexnet.py
     .venv/bin/python benchmarks/alexnet.py --steps 5 --batch 16 --threads 2 --skip-data
+    .venv/bin/python benchmarks/alexnet.py --image-size 67 --fc-width 32 --classes 10  # tiny
 
 Wall-clock figures: on a machine shared with other jobs they vary from run to run.
 """
@@ -88,8 +89,8 @@ def bench_penalty(pruner: ADMMPruner, repeats: int) -> list[list[float]]:
 def bench_step(model: nn.Module, pruner: ADMMPruner, batch: int, steps: int
                ) -> list[list[float]]:
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 227, 227, generator=generator)
-    y = torch.randint(0, 1000, (batch,), generator=generator)
+    x = torch.randn(batch, 3, model.image_size, model.image_size, generator=generator)
+    y = torch.randint(0, model.fc8.out_features, (batch,), generator=generator)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
@@ -140,15 +141,17 @@ def bench_loading(model: nn.Module, batch: int, images: int, train_rate: float
     rows = [["AlexNet plain training (part d)", f"{train_rate:.1f}", "1.00"]]
     with tempfile.TemporaryDirectory() as tmp:
         write_jpegs(Path(tmp), images)
-        dataset = ImageFolderDataset(Path(tmp) / "train", train=True)
+        size = model.image_size
+        dataset = ImageFolderDataset(Path(tmp) / "train", train=True, crop=size,
+                                     resize=max(size, 256))
         for workers in (1, 2):
             rate = loading_rate(dataset, batch, workers)
             rows.append([f"loading alone, {workers} worker(s)", f"{rate:.1f}",
                          f"{rate / train_rate:.2f}"])
         steps = max(4, images // batch)
         generator = torch.Generator().manual_seed(1)
-        memory_batches = [(torch.rand(batch, 3, 227, 227, generator=generator) * 255 - 117,
-                           torch.randint(1000, (batch,), generator=generator))
+        memory_batches = [(torch.rand(batch, 3, size, size, generator=generator) * 255 - 117,
+                           torch.randint(model.fc8.out_features, (batch,), generator=generator))
                           for _ in range(steps)]
         from_memory = fed_epoch(model, memory_batches, steps)
         rows.append(["training epoch fed from memory", f"{from_memory:.1f}", "1.00"])
@@ -173,20 +176,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--skip-data", action="store_true", help="skip part (e)")
     parser.add_argument("--images", type=int, default=96,
                         help="generated JPEGs for part (e) (default: 96)")
+    group = parser.add_argument_group("size (defaults: Caffe's AlexNet, 61M prunable weights)")
+    group.add_argument("--image-size", type=int, default=227, help="input side (default: 227)")
+    group.add_argument("--fc-width", type=int, default=4096,
+                       help="width of fc6 and fc7 (default: 4096)")
+    group.add_argument("--classes", type=int, default=1000, help="outputs of fc8 "
+                       "(default: 1000)")
     args = parser.parse_args(argv)
-    if min(args.repeats, args.steps, args.batch, args.threads) < 1:
-        parser.error("--repeats, --steps, --batch and --threads must be >= 1")
+    if min(args.repeats, args.steps, args.batch, args.threads, args.fc_width,
+           args.classes, args.images) < 1:
+        parser.error("--repeats, --steps, --batch, --threads, --fc-width, --classes and "
+                     "--images must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = admmprune.create_model("alexnet")
-    print(f"alexnet: torch {torch.__version__}, {args.threads} thread(s), "
+    try:
+        model = admmprune.create_model("alexnet", image_size=args.image_size,
+                                       fc_width=args.fc_width, num_classes=args.classes)
+    except ValueError as err:
+        parser.error(str(err))
+    print(f"alexnet {args.image_size}x{args.image_size}, fc width {args.fc_width}, "
+          f"{args.classes} classes: torch {torch.__version__}, {args.threads} thread(s), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     pruner = ADMMPruner(model, all_percent=args.all_percent, rho=1e-3, rho_growth=2.0)
     shapes = [tuple(p.shape) for p in pruner.params]
     expected = [shape for _, shape, _ in ALEXNET_SHAPES]
     if shapes != expected:
-        print(f"note: prunable shapes {shapes} differ from Caffe's AlexNet {expected}")
+        print(f"note: prunable shapes {shapes} differ from Caffe's AlexNet {expected}",
+              flush=True)
     total = pruner.total
     print(f"N = {total:,} prunable weights, K = {pruner.keep:,}", flush=True)
     with torch.no_grad():  # make U non-zero, as after a few iterations
@@ -229,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_step:
         pruner = ADMMPruner(model, all_percent=args.all_percent, rho=1e-3, rho_growth=2.0)
         pruner.admm_step()
-        print(f"\ntraining step, batch {args.batch} x 3 x 227 x 227, SGD momentum, "
+        print(f"\ntraining step, batch {args.batch} x 3 x {args.image_size} x "
+              f"{args.image_size}, SGD momentum, "
               f"{args.steps} of each, alternated ...", flush=True)
         plain, wstep = bench_step(model, pruner, args.batch, args.steps)
         p_med = print_wstep_table(plain, wstep)
@@ -246,4 +264,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # a timeout keeps every line printed
     sys.exit(main())

@@ -5,6 +5,8 @@ gain), at batch 1 and batch 64, ratios measured in the same run.
     .venv/bin/python benchmarks/inference.py                       # LeNet-5 250x + AlexNet
     .venv/bin/python benchmarks/inference.py --lenet-run runs/lenet5-250x-...   # a real run
     .venv/bin/python benchmarks/inference.py --skip-alexnet --repeats 20
+    .venv/bin/python benchmarks/inference.py --alexnet-image-size 67 --alexnet-fc-width 32 \
+        --alexnet-percents 90 --batch 4 --repeats 1                  # small, seconds
 
 Models: LeNet-5 from a run directory's model.pt (``--lenet-run``), else random weights
 pruned to 250x (99.6%) by global LAMP scores (plain magnitude on random initial weights
@@ -24,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -96,18 +99,25 @@ def latency(dense: nn.Module, sparse: nn.Module, x: torch.Tensor, repeats: int
     return statistics.median(d), statistics.median(s)
 
 
+SIZE_HEADERS = ["model", "format", "bytes", "vs model.pt"]
+TIME_HEADERS = ["model", "what", "batch", "dense ms", "sparse ms", "speed-up", "max |diff|"]
+
+
 def bench(label: str, model: nn.Module, name: str, args: dict, shape: tuple[int, ...],
           layers: list[str], repeats: int, bits: list[int], onnx: bool,
-          size_rows: list, time_rows: list) -> None:
+          size_rows: list, time_rows: list, batch_sizes: Sequence[int] = (1, 64)) -> None:
+    """Measure one model and print its rows at once (a timeout keeps what was measured)."""
+    first_size, first_time = len(size_rows), len(time_rows)
     model.eval()
     example = torch.randn(1, *shape)
     sizes = file_sizes(model, name, args, example, bits, onnx)
     reference = sizes["model.pt (torch.save)"]
     for fmt, size in sizes.items():
         size_rows.append((label, fmt, size, f"{reference / size:.1f}x"))
+    print(format_table(SIZE_HEADERS, size_rows[first_size:]), end="\n\n", flush=True)
     sparse = sparsify(copy.deepcopy(model))
     chosen = {n: (m.sparse_single, m.sparse_batched) for n, m in sparse_layers(sparse)}
-    for batch in (1, 64):
+    for batch in batch_sizes:
         x = torch.randn(batch, *shape)
         with torch.no_grad():
             err = float((sparse(x) - model(x)).abs().max())
@@ -122,18 +132,30 @@ def bench(label: str, model: nn.Module, name: str, args: dict, shape: tuple[int,
             used = chosen.get(layer, (False, False))[0 if batch == 1 else 1]
             time_rows.append((label, f"{layer} (sparse {'used' if used else 'not used'})",
                               batch, f"{1e3 * d:.3f}", f"{1e3 * s:.3f}", f"{d / s:.2f}x", ""))
+    print(format_table(TIME_HEADERS, time_rows[first_time:]), end="\n\n", flush=True)
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lenet-run", type=Path, help="run directory of a LeNet-5 run")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-alexnet", action="store_true")
     parser.add_argument("--alexnet-percents", default="90,95,99")
-    args = parser.parse_args()
+    parser.add_argument("--alexnet-image-size", type=int, default=227,
+                        help="AlexNet's input side [default: 227; 67 is the smallest]")
+    parser.add_argument("--alexnet-fc-width", type=int, default=4096,
+                        help="width of AlexNet's fc6 and fc7 [default: 4096]")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="the larger batch timed besides batch 1 [default: 64]")
+    args = parser.parse_args(argv)
+    if min(args.repeats, args.threads, args.alexnet_fc_width, args.batch) < 1:
+        parser.error("--repeats, --threads, --alexnet-fc-width and --batch must be >= 1")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    batches = (1, args.batch)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n", flush=True)
     size_rows: list = []
     time_rows: list = []
 
@@ -148,25 +170,25 @@ def main() -> int:
         prune(lenet, 99.6, "lamp")
         label = "LeNet-5 random, 250x"
     bench(label, lenet, "lenet5", {}, (1, 28, 28), ["fc1", "fc2"], args.repeats * 5,
-          [32, 8, 4], True, size_rows, time_rows)
+          [32, 8, 4], True, size_rows, time_rows, batches)
 
     if not args.skip_alexnet:
         for percent in (float(p) for p in args.alexnet_percents.split(",")):
             torch.manual_seed(0)
-            alex = admmprune.create_model("alexnet")
+            size = args.alexnet_image_size
+            alex_args = {"image_size": size, "fc_width": args.alexnet_fc_width}
+            alex = admmprune.create_model("alexnet", **alex_args)
             prune(alex, percent, "lamp")
-            bench(f"AlexNet random, {percent:g}%", alex, "alexnet", {}, (3, 227, 227),
-                  ["fc6", "fc7"], args.repeats, [32, 4], False, size_rows, time_rows)
+            bench(f"AlexNet random, {percent:g}%", alex, "alexnet", alex_args, (3, size, size),
+                  ["fc6", "fc7"], args.repeats, [32, 4], False, size_rows, time_rows, batches)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("all models:\n")
+    print(format_table(SIZE_HEADERS, size_rows))
     print()
-    print(format_table(["model", "format", "bytes", "vs model.pt"], size_rows))
-    print()
-    print(format_table(["model", "what", "batch", "dense ms", "sparse ms", "speed-up",
-                        "max |diff|"], time_rows))
+    print(format_table(TIME_HEADERS, time_rows))
     return 0
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # a timeout keeps every line printed
     sys.exit(main())

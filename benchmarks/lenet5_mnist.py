@@ -110,7 +110,8 @@ def w_step_overhead(config: Config, epochs: int, steps: int | None, warmup_steps
 
     start = time.perf_counter()
     warm = epoch(None, warmup_steps, "dense warm-up")
-    pruner = build_pruner(model, config, 0)
+    # the live-weight and filter projections trace the model on a batch, as the pipeline does
+    pruner = build_pruner(model, config, 0, next(iter(test_batches))[0][:2].to(device))
     # A few W-steps too, so neither timed loop pays first-call costs.
     epoch(pruner.penalty, max(1, warmup_steps // 10), "W-step warm-up")
     accuracy = evaluate(model, test_batches, device=device)["accuracy"]
@@ -273,4 +274,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # a timeout keeps every line printed
     sys.exit(main())

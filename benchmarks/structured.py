@@ -30,6 +30,7 @@ import math
 import os
 import statistics
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -116,14 +117,21 @@ def latency(dense: nn.Module, small: nn.Module, x: torch.Tensor, repeats: int
     return statistics.median(times[0]), statistics.median(times[1])
 
 
+HEADERS = ["model, removed", "batch", "params", "shrunk", "ratio", "MACs/example", "shrunk",
+           "ratio", "dense ms", "shrunk ms", "speed-up", "kept zero ch.", "out channels after",
+           "max |diff|"]
+
+
 def bench(label: str, model: nn.Module, shape: tuple[int, ...], repeats: int,
-          rows: list) -> None:
+          rows: list, batch_sizes: Sequence[int] = (1, 64)) -> None:
+    """Measure one model and print its rows at once (a timeout keeps what was measured)."""
+    first = len(rows)
     model.eval()
     report = shrink(model, None, torch.randn(1, *shape))
     small = report.model
     kept = sum(report.kept.values())
     widths = "/".join(str(layer.after[0]) for layer in report.layers)
-    for batch in (1, 64):
+    for batch in batch_sizes:
         x = torch.randn(batch, *shape)
         with torch.no_grad():
             diff = float((small(x) - model(x)).abs().max())
@@ -132,6 +140,7 @@ def bench(label: str, model: nn.Module, shape: tuple[int, ...], repeats: int,
                      f"{report.param_ratio:.2f}x", report.macs_before, report.macs_after,
                      f"{report.mac_ratio:.2f}x", f"{1e3 * d:.3f}", f"{1e3 * s:.3f}",
                      f"{d / s:.2f}x", kept, widths, f"{diff:.1e}"))
+    print(format_table(HEADERS, rows[first:]), end="\n\n", flush=True)
 
 
 def run_model(run_dir: Path) -> tuple[str, nn.Module, tuple[int, ...]]:
@@ -145,47 +154,55 @@ def run_model(run_dir: Path) -> tuple[str, nn.Module, tuple[int, ...]]:
     return f"{config.model} {run_dir.name}", model, tuple(x.shape[1:])
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--percents", default="50,75,90",
                         help="removed shares of the prunable weights [default: %(default)s]")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--alexnet-image-size", type=int, default=115)
+    parser.add_argument("--alexnet-fc-width", type=int, default=4096,
+                        help="width of AlexNet's fc6 and fc7 (smaller: a quicker run)")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="the larger batch timed besides batch 1 [default: 64]")
     parser.add_argument("--skip-alexnet", action="store_true")
     parser.add_argument("--layerwise", action="store_true",
                         help="remove the share in every layer (default: one global budget)")
     parser.add_argument("--run-dir", type=Path, help="shrink this run's model.pt instead")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.repeats, args.threads, args.alexnet_fc_width, args.batch) < 1:
+        parser.error("--repeats, --threads, --alexnet-fc-width and --batch must be >= 1")
     torch.set_num_threads(args.threads)
+    batches = (1, args.batch)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n", flush=True)
     rows: list = []
     if args.run_dir:
         label, model, shape = run_model(args.run_dir)
-        bench(label, model, shape, args.repeats, rows)
+        bench(label, model, shape, args.repeats, rows, batches)
     else:
         percents = [float(p) for p in args.percents.split(",")]
         for percent in percents:
             torch.manual_seed(0)
             lenet = admmprune.create_model("lenet5")
             prune_filters(lenet, percent, "fc2", args.layerwise)
-            bench(f"LeNet-5 {percent:g}%", lenet, (1, 28, 28), args.repeats * 5, rows)
+            bench(f"LeNet-5 {percent:g}%", lenet, (1, 28, 28), args.repeats * 5, rows,
+                  batches)
         size = args.alexnet_image_size
         for percent in [] if args.skip_alexnet else percents:
             torch.manual_seed(0)
-            alex = admmprune.create_model("alexnet", image_size=size)
+            alex = admmprune.create_model("alexnet", image_size=size,
+                                          fc_width=args.alexnet_fc_width)
             prune_filters(alex, percent, "fc8", args.layerwise)
             bench(f"AlexNet@{size} {percent:g}%", copy.deepcopy(alex), (3, size, size),
-                  args.repeats, rows)
+                  args.repeats, rows, batches)
         print(f"filters chosen by: {filter_rule()[0]}, "
               f"{'the same share in every layer' if args.layerwise else 'one global budget'}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print()
-    print(format_table(["model, removed", "batch", "params", "shrunk", "ratio",
-                        "MACs/example", "shrunk", "ratio", "dense ms", "shrunk ms", "speed-up",
-                        "kept zero ch.", "out channels after", "max |diff|"], rows))
+    print(format_table(HEADERS, rows))
     return 0
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # a timeout keeps every line printed
     sys.exit(main())

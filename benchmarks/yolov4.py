@@ -13,6 +13,7 @@ what global ADMM costs per iteration and per training step.
 
     .venv/bin/python benchmarks/yolov4.py
     .venv/bin/python benchmarks/yolov4.py --size 160 --steps 5 --threads 2
+    .venv/bin/python benchmarks/yolov4.py --model yolov4-tiny --size 64 --steps 1  # small
 
 Wall-clock figures: on a machine shared with other jobs they vary from run to run.
 """
@@ -85,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--all-percent", type=float, default=92.86,
                         help="global removal ratio (default: 92.86, 14x)")
     parser.add_argument("--skip-step", action="store_true", help="skip part (b)")
+    parser.add_argument("--model", choices=("yolov4", "yolov4-tiny"), default="yolov4",
+                        help="network size: yolov4 (64M weights, default) or yolov4-tiny "
+                             "(6M)")
     args = parser.parse_args(argv)
     if min(args.repeats, args.steps, args.batch, args.threads, args.boxes) < 1:
         parser.error("--repeats, --steps, --batch, --boxes and --threads must be >= 1")
@@ -93,10 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    model = admmprune.create_model("yolov4", image_size=args.size)
+    model = admmprune.create_model(args.model, image_size=args.size)
     params = sum(p.numel() for p in model.parameters())
-    print(f"yolov4: torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{args.model}: torch {torch.__version__}, {args.threads} thread(s), "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     pruner = ADMMPruner(model, all_percent=args.all_percent, rho=1e-3, rho_growth=2.0)
     print(f"{params:,} parameters; N = {pruner.total:,} prunable weights in "
           f"{len(pruner.params)} tensors, K = {pruner.keep:,} ({pruner.total / pruner.keep:.1f}x)",
@@ -128,4 +132,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # a timeout keeps every line printed
     sys.exit(main())

@@ -1,32 +1,90 @@
-"""Shared fixtures. Real MNIST comes from $ADMMPRUNE_DATA_DIR (test.sh sets it to
-../shared/data/mnist when that exists); tests that need it fail, not skip, without it."""
+"""Shared fixtures. Real MNIST (and Fashion-MNIST) is found the way run.sh finds it:
+$ADMMPRUNE_DATA_DIR, else ../shared/data next to the clone (scripts/env.sh), else the cache
+~/.cache/admmprune (or $ADMMPRUNE_CACHE_DIR), else a download into that cache with checksums.
+Tests that need it fail, not skip, when none of these works."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import pytest
 import torch
 
+import admmprune.data.mnist as mnist_module
+from admmprune.data import (
+    FASHION_MNIST,
+    IDX_SPECS,
+    MNIST,
+    DatasetError,
+    IDXSpec,
+    default_cache_dir,
+    find_mnist,
+)
+
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"  # the project's machines: offline, no download
+
+
+def real_idx_dir(spec: IDXSpec = MNIST, shared: Path = SHARED_DATA) -> Path | None:
+    """The folder holding ``spec``'s four IDX files, or None.
+
+    Args:
+        spec: the IDX set (MNIST or FASHION_MNIST).
+        shared: the data folder scripts/env.sh uses when $ADMMPRUNE_DATA_DIR is unset.
+
+    Returns:
+        The folder; None when the configured location lacks the files (a location named on
+        purpose is not passed over) or when the download failed.
+    """
+    configured = os.environ.get("ADMMPRUNE_DATA_DIR")
+    if not configured and (shared / "mnist").is_dir():
+        configured = str(shared)
+    try:
+        return find_mnist(configured or default_cache_dir(spec), spec)
+    except DatasetError:
+        if configured:
+            return None
+    try:  # looked up at call time, so a test can stand in for the network
+        return Path(mnist_module.download_mnist(default_cache_dir(spec), spec=spec))
+    except (DatasetError, OSError):
+        return None
+
+
+@functools.cache
+def _real_dir(spec_name: str) -> Path | None:
+    # Looked up once, with the environment of the first caller: test modules that clear
+    # $ADMMPRUNE_DATA_DIR or point the cache elsewhere must not start a download.
+    return real_idx_dir(IDX_SPECS[spec_name])
 
 
 def real_mnist_dir() -> Path | None:
-    candidates = [os.environ.get("ADMMPRUNE_DATA_DIR"), REPO.parent / "shared/data/mnist"]
-    for candidate in candidates:
-        for folder in (Path(candidate), Path(candidate) / "mnist") if candidate else ():
-            if (folder / "t10k-labels-idx1-ubyte.gz").exists():
-                return folder
-    return None
+    return _real_dir(MNIST.name)
+
+
+def _not_found(title: str) -> str:
+    return (f"real {title} not found: $ADMMPRUNE_DATA_DIR, {SHARED_DATA}, the cache "
+            f"{default_cache_dir().parent} and the download all failed; set "
+            "ADMMPRUNE_DATA_DIR to a directory holding the IDX files, or allow the download")
+
+
+# Session scope: set up before any test's own (function-scoped) environment changes.
+@pytest.fixture(scope="session")
+def _real_mnist() -> Path | None:
+    return real_mnist_dir()
+
+
+@pytest.fixture(scope="session")
+def _real_fashion() -> Path | None:
+    return _real_dir(FASHION_MNIST.name)
 
 
 @pytest.fixture
-def mnist_dir() -> Path:
-    found = real_mnist_dir()
+def mnist_dir(_real_mnist) -> Path:
+    found = _real_mnist
     if found is None:
-        pytest.fail("real MNIST not found: set ADMMPRUNE_DATA_DIR to a directory holding the "
-                    "four IDX files (run the tests through ./test.sh)")
+        pytest.fail(_not_found("MNIST"))
     return found
 
 
@@ -40,14 +98,11 @@ def _few_threads():
 
 
 @pytest.fixture
-def fashion_dir() -> Path:
-    candidates = [os.environ.get("ADMMPRUNE_DATA_DIR"), REPO.parent / "shared/data"]
-    for candidate in candidates:
-        folder = Path(candidate) / "fashion-mnist" if candidate else None
-        if folder is not None and (folder / "t10k-labels-idx1-ubyte.gz").exists():
-            return folder
-    pytest.fail("real Fashion-MNIST not found: set ADMMPRUNE_DATA_DIR to a directory holding "
-                "fashion-mnist/ (run the tests through ./test.sh)")
+def fashion_dir(_real_fashion) -> Path:
+    found = _real_fashion
+    if found is None:
+        pytest.fail(_not_found("Fashion-MNIST"))
+    return found
 
 
 # Command-line overrides that make a yolov4-tiny detection run take seconds.
@@ -63,8 +118,7 @@ def digit_set(tmp_path_factory) -> Path:
 
     found = real_mnist_dir()
     if found is None:
-        pytest.fail("real MNIST not found: set ADMMPRUNE_DATA_DIR (run the tests through "
-                    "./test.sh)")
+        pytest.fail(_not_found("MNIST"))
     out = tmp_path_factory.mktemp("det") / "digits"
     assert main(["make-detection-set", "--out", str(out), "--mnist-dir", str(found),
                  "--train-images", "24", "--val-images", "8", "--canvas", "64",

@@ -1,11 +1,20 @@
 """The compare machinery on tiny generated data."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from admmprune.runs.compare import METHODS, markdown_table, method_config, plot_compare, run_compare
-from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.compare import (
+    METHODS,
+    fixed_percent,
+    markdown_table,
+    method_config,
+    method_notes,
+    plot_compare,
+    run_compare,
+)
+from admmprune.runs.config import ConfigError, counts_live_weights, load_config
 
 TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64,
         "dense_epochs": 1, "k_step": 2, "epochs": 1, "retraining_epochs": 1,
@@ -76,7 +85,7 @@ def test_compare_runs_every_method_from_one_dense_model(tmp_path):
     for name in ["results.json", "results.csv", "results.md"]:
         assert (tmp_path / name).is_file()
     table = (tmp_path / "results.md").read_text()
-    assert "| layerwise" in table and "97% (" in table
+    assert "| layerwise" in table and "97%" in table and "x)" in table
     written = plot_compare(rows, tmp_path)
     assert {p.name for p in written} == {"accuracy_vs_compression.png", "kept_per_layer.png",
                                          "admm_residuals.png"}
@@ -101,3 +110,74 @@ def test_depth_sweep_gives_one_block_per_depth(tmp_path):
     assert len(rows[1]["kept_per_layer"]) == 4  # 3 hidden + classifier
     table = markdown_table(rows)
     assert "depth = 1" in table and "depth = 3" in table
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "dense"])
+def test_every_method_runs_from_the_default_recipe(method):
+    base = load_config("recipes/lenet5.yaml")
+    assert base.live_weights  # the default recipe counts live weights
+    percent = fixed_percent(base, method)  # N:M methods run at the ratio N:M implies
+    config = method_config(base, method, base.final_percent() if percent is None else percent)
+    assert config.validate() is config
+    changed = method_notes(base, method)
+    if not counts_live_weights(config.projection, config.structure):
+        assert not config.live_weights and "live_weights false" in changed
+    else:
+        assert config.live_weights and changed == ""
+
+
+def test_the_table_notes_say_which_keys_a_method_changed():
+    base = load_config("recipes/lenet5.yaml")
+    row = {"method": "layerwise", "all_percent": 98.6, "seed": 0, "metric": "accuracy",
+           "pruned_accuracy": 0.99, "compression": 71.4, "notes": method_notes(base,
+                                                                               "layerwise")}
+    table = markdown_table([row])
+    assert "layerwise: live_weights false" in table
+
+
+def test_table_cells_show_their_own_compression():
+    def row(method, compression, accuracy, seed=0):
+        return {"method": method, "all_percent": 98.6, "seed": seed, "metric": "accuracy",
+                "pruned_accuracy": accuracy, "compression": compression}
+
+    table = markdown_table([row("admm", 71.43, 0.9931), row("admm", 71.43, 0.9929, seed=1),
+                            row("filter-layerwise", 38.7, 0.9812),
+                            row("channel", 61.9, 0.9790)])
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines()
+             if line.startswith("|")}
+    assert "(71x)" not in lines["method"] and "98.6%" in lines["method"]
+    assert "71.4x" in lines["admm"] and "99.30 ± 0.01" in lines["admm"]
+    assert "38.7x" in lines["filter-layerwise"] and "71" not in lines["filter-layerwise"]
+    assert "61.9x" in lines["channel"]
+
+
+def test_a_finished_run_of_another_config_is_not_reused(tmp_path):
+    config = tiny_config(live_weights=True)
+    run_compare(config, ["admm"], [90.0], tmp_path, seeds=[0])
+    summary = tmp_path / "admm-seed0-p90" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    # the issue's case: following the advice `--live-weights false` into the same --out
+    with pytest.raises(ConfigError, match=r"live_weights: saved True, now False.*another --out"):
+        run_compare(replace(config, live_weights=False), ["admm"], [90.0], tmp_path)
+    with pytest.raises(ConfigError, match=r"admm-seed0-p90.*rho: saved 0.001, now 0.002"):
+        run_compare(replace(config, rho=2e-3), ["admm"], [90.0], tmp_path)
+    # the dense model is shared: a key it trains with differs
+    with pytest.raises(ConfigError, match=r"dense-seed0.*learning_rate"):
+        run_compare(replace(config, learning_rate=2e-3), ["admm"], [90.0], tmp_path)
+    # keys that change how a run executes, not its results, do not count; nor does another
+    # ratio for the shared dense model
+    rows = run_compare(replace(config, threads=2, progress=True, workers=0), ["admm"],
+                       [90.0], tmp_path)
+    assert summary.stat().st_mtime_ns == stamp and len(rows) == 1
+
+
+def test_the_ignored_keys_are_recipe_keys():
+    from dataclasses import fields
+
+    from admmprune.runs.compare import DENSE_UNUSED, REUSE_IGNORED
+    from admmprune.runs.config import Config
+
+    names = {f.name for f in fields(Config)}
+    assert REUSE_IGNORED <= names and DENSE_UNUSED <= names
+    assert {"threads", "progress", "workers", "data_dir"} <= REUSE_IGNORED
+    assert not {"seed", "dense_epochs", "learning_rate", "steps_per_epoch"} & DENSE_UNUSED

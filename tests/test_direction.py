@@ -34,7 +34,7 @@ def test_lower_bpb_is_picked_and_labelled_best():
     table = markdown_table(rows)
     admm_line = next(line for line in table.splitlines() if line.startswith("| admm"))
     magnitude_line = next(line for line in table.splitlines() if line.startswith("| magnitude"))
-    assert "**1.9500 ± 0.0707**" in admm_line  # not a percentage, and in bold
+    assert "**1.9500 ± 0.0707 (10.0x)**" in admm_line  # not a percentage, and in bold
     assert "**" not in magnitude_line
     assert "lower is better" in table_caption(rows)
     assert "%" not in table_caption(rows).split("after")[0]
@@ -45,7 +45,7 @@ def test_higher_accuracy_is_still_best():
     rows = [fake_row("admm", 0.90, metric="accuracy", higher=True),
             fake_row("magnitude", 0.95, metric="accuracy", higher=True)]
     assert best_methods(summarize(rows)) == {((), 90.0): "magnitude"}
-    assert "**95.00**" in markdown_table(rows)
+    assert "**95.00 (10.0x)**" in markdown_table(rows)
     assert "higher is better" in table_caption(rows)
 
 

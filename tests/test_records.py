@@ -17,11 +17,12 @@ from admmprune.runs.records import (
 )
 
 
-def _run(parent, name, seed, compression, accuracy, model="lenet5", dense=0.9935):
-    run_dir = parent / f"{name}-{seed}-{compression}"
+def _run(parent, name, seed, compression, accuracy, model="lenet5", dense=0.9935, dirname=None,
+         **keys):
+    run_dir = parent / (dirname or f"{name}-{seed}-{compression}")
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": name, "seed": seed,
-                                                          "model": model}))
+                                                          "model": model, **keys}))
     (run_dir / "summary.json").write_text(json.dumps({
         "metric": "accuracy", "task": "classification", "compression": compression,
         "pruned_accuracy": accuracy, "dense_accuracy": dense}))
@@ -122,3 +123,32 @@ def test_tradeoff_needs_something_to_plot(tmp_path, capsys):
     assert main(["tradeoff", "--results", str(tmp_path / "missing.csv"),
                  "--out", str(tmp_path / "x.png")]) == 2
     assert "no such results file" in capsys.readouterr().err
+
+
+def test_compare_runs_pool_per_method(tmp_path, capsys):
+    """compare's run directories of one recipe and seed: one point per method, not one
+    point "seeds 0,0,0,0"."""
+    methods = {"admm": {}, "layerwise": {"projection": "layerwise"},
+               "magnitude": {"pruning": "oneshot"}, "lamp": {"score": "lamp"},
+               "filter-layerwise": {"structure": "filter", "projection": "layerwise"}}
+    runs = [_run(tmp_path, "lenet5", seed, 71.43, 0.99 - i / 1000, dirname=f"{m}-seed{seed}-p98p6",
+                 **keys) for i, (m, keys) in enumerate(methods.items()) for seed in (0, 1)]
+    points = tradeoff_points(runs)
+    assert sorted(p.method for p in points) == sorted(methods)
+    assert all(p.label == "lenet5" and p.seeds == (0, 1) for p in points)
+    csv_out = tmp_path / "r.csv"
+    assert main(["tradeoff", *map(str, runs), "--out", str(tmp_path / "t.png"),
+                 "--save-results", str(csv_out)]) == 0
+    out = capsys.readouterr().out
+    assert "filter-layerwise" in out and "0,0" not in out
+    header = csv_out.read_text().splitlines()[0]
+    assert header.split(",")[-1] == "method"
+    assert sorted(p.method for p in pool_results(read_results(csv_out))) == sorted(methods)
+
+
+def test_results_csv_without_a_method_column_still_reads(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_text("name,seed,model,compression,accuracy,dense\n"
+                   "rec,0,lenet5,250,99.1,99.4\nrec,1,lenet5,250,99.0,99.4\n")
+    (point,) = pool_results(read_results(old))
+    assert point.seeds == (0, 1) and point.method == ""

@@ -21,11 +21,25 @@ def _number_list(value, what: str) -> list[float]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ..runs.compare import format_rows, markdown_table, merged_rows, plot_compare, run_compare
+    from ..runs.compare import (
+        format_rows,
+        markdown_table,
+        merged_rows,
+        plot_compare,
+        run_compare,
+        single_stage,
+    )
 
     overrides = recipe_overrides(args)
-    percents = _number_list(overrides.pop("all_percent", None) or 98.6, "--all-percent")
-    config = load_config(args.recipe, {**overrides, "all_percent": percents[-1]})
+    flag = overrides.pop("all_percent", None)
+    recipe = load_config(args.recipe, overrides)
+    if flag is None:  # the recipe's own ratio (a progressive recipe: its final stage's)
+        percents = [recipe.final_percent()]
+    else:  # 0 is a ratio like any other, not "missing"
+        percents = _number_list(flag, "--all-percent")
+        if not percents:
+            raise ConfigError("--all-percent needs at least one number, e.g. 90,95,98.6")
+    config = single_stage(recipe, percents[-1]).validate()
     seeds = [int(s) for s in _number_list(args.seeds, "--seeds")]
     if not seeds:
         raise ConfigError(f"--seeds lists no seed (got {args.seeds!r}); give e.g. --seeds 0 "

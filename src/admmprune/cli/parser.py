@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run pruning methods side by side and write results.json, results.csv, "
                     "results.md and plots into --out. Methods: " + "; ".join(
                         f"{k}: {v[0]}" for k, v in METHODS.items()) + ". Finished runs "
-                    "in --out are reused, so an interrupted sweep resumes.",
+                    "in --out are reused when their config equals this compare's, so an "
+                    "interrupted sweep resumes; without --all-percent the recipe's ratio is "
+                    "used.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  admmprune compare recipes/lenet5.yaml --methods "
                "dense,admm,layerwise,magnitude,lamp --all-percent 90,95,99 --seeds 0,1 "

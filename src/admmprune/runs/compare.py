@@ -16,17 +16,20 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import yaml
+
 from ..models import create_model
 from ..selection import prunable_parameters
 from ..tables import format_table
-from .config import Config, ConfigError
+from .config import STAGE_KEYS, Config, ConfigError, counts_live_weights
 from .direction import best_index, direction_note, higher_is_better, percent_keys, task_fields
 from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
-from .rundir import RunDirectory
+from .rundir import RESUME_SAFE_KEYS, RunDirectory
 
-__all__ = ["METHODS", "run_compare", "method_config", "summarize", "plot_compare",
-           "best_methods", "markdown_table", "format_rows"]
+__all__ = ["METHODS", "run_compare", "method_config", "method_notes", "single_stage",
+           "check_reusable", "method_of", "REUSE_IGNORED", "DENSE_UNUSED", "summarize",
+           "plot_compare", "best_methods", "markdown_table", "format_rows"]
 
 # name -> (description, recipe keys it sets)
 METHODS: dict[str, tuple[str, dict]] = {
@@ -81,6 +84,78 @@ METHODS: dict[str, tuple[str, dict]] = {
 ONE_SHOT = ("oneshot", "wanda")
 
 
+def _signature(keys: dict) -> tuple:
+    """What tells methods apart, with the defaults a method that does not set a key gets."""
+    layer_percents = keys.get("layer_percents")
+    return (keys.get("pruning", "admm"), keys.get("projection", "global"),
+            keys.get("structure", "unstructured"), keys.get("score", "magnitude"),
+            tuple(map(float, layer_percents)) if layer_percents else None)
+
+
+def method_of(config: Config) -> str:
+    """The name of the compare method a run's config is (``admm``, ``layerwise``, ...), also
+    for runs not made by compare; a config that is none of them gets its pruning,
+    projection, structure and score joined by "-" (e.g. ``admm-global-nm-magnitude``)."""
+    signature = _signature(config.to_dict())
+    for name, (_, keys) in METHODS.items():
+        if name != "dense" and _signature(keys) == signature:
+            return name
+    return "-".join(signature[:4]) + ("-layer_percents" if signature[4] else "")
+
+
+# Keys that say how or where a run executes, not what it computes: a finished run made with
+# other values of these is reused as it is.
+REUSE_IGNORED = frozenset(RESUME_SAFE_KEYS - {"retraining_epochs"})
+# Keys the dense phase never reads: the dense model of a seed is shared by every method and
+# ratio of the compare, so these may differ between the invocations that share it.
+DENSE_UNUSED = frozenset({
+    "pruning", "all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max",
+    "adaptive_rho", "p_lambda", "projection", "layer_percents", "score", "structure",
+    "group_score", "nm_n", "nm_m", "include", "exclude", "z_init", "admm_lr_schedule",
+    "hard_prune_support", "stage_retraining_epochs", "allow_regrowth", "live_weights",
+    "distill_weight", "distill_temperature", "retraining_epochs", "retraining_learning_rate",
+    "retraining_augment_shift", "retraining_average_epochs", "retraining_lr_schedule",
+    "retraining_regrow", "retraining_regrow_every", "retraining_regrow_until"})
+
+
+def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REUSE_IGNORED
+                   ) -> None:
+    """Refuse to reuse the finished run in ``run_dir`` unless its saved config equals
+    ``wanted`` on every key but ``ignored``.
+
+    Args:
+        run_dir: a run directory holding config.yaml.
+        wanted: the config this compare would run there.
+        ignored: keys that may differ.
+
+    Raises:
+        ConfigError: naming the keys that differ, and what to do.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{run_dir} holds a finished run but no readable config.yaml, so it "
+                          "cannot be checked against this compare: give another --out, or "
+                          f"delete {run_dir} to run it again")
+    defaults = Config().to_dict()  # a key newer than the run ran at its default there
+    differ = []
+    for key, value in wanted.to_dict().items():
+        old = saved.get(key, defaults.get(key))
+        if key == "pretrained" and old and value:  # the same file, however it is spelt
+            old, value = str(Path(old).resolve()), str(Path(value).resolve())
+        if key not in ignored and old != value:
+            differ.append(f"{key}: saved {old!r}, now {value!r}")
+    if differ:
+        raise ConfigError(
+            f"{run_dir} holds a finished run of another configuration ({'; '.join(differ)}); "
+            "compare does not mix it into this table: give another --out, or delete "
+            f"{run_dir} to run it again with this configuration")
+
+
 def admm_epochs(config: Config) -> int:
     """Training epochs spent in W-steps over all stages."""
     return sum(config.stage_value("k_step", s) * config.stage_value("epochs", s)
@@ -106,19 +181,46 @@ def fixed_percent(config: Config, method: str) -> float | None:
     return 100.0 * (1 - kept / sum(sizes))
 
 
-def method_config(base: Config, method: str, all_percent: float) -> Config:
-    """The config of one method at one ratio; one-shot pruning gets the W-step epochs as
-    extra retraining, so every method trains for the same number of epochs."""
+def single_stage(config: Config, all_percent: float) -> Config:
+    """``config`` as one stage at ``all_percent`` (not validated): a sweep point has one ratio,
+    so per-stage lists (a progressive recipe) keep their final stage's value."""
+    config = replace(config, all_percent=float(all_percent))
+    for key in STAGE_KEYS:
+        value = getattr(config, key)
+        if key != "all_percent" and isinstance(value, list):
+            setattr(config, key, value[-1])
+    return config
+
+
+def _adjusted_keys(base: Config, method: str) -> dict[str, tuple[object, str]]:
+    """Recipe keys a method must change beyond its own to run from ``base``:
+    key -> (value, why)."""
+    keys = {"structure": "unstructured", **METHODS[method][1]}  # no structure: unstructured
+    if base.live_weights and not counts_live_weights(keys["projection"], keys["structure"]):
+        return {"live_weights": (False, "its projection cannot count live weights only")}
+    return {}
+
+
+def method_notes(base: Config, method: str) -> str:
+    """What :func:`method_config` changes in ``base`` beyond the method's own keys, for the
+    table's notes ("" when nothing)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return "; ".join(f"{key} {str(value).lower()} ({why})"
+                     for key, (value, why) in _adjusted_keys(base, method).items())
+
+
+def method_config(base: Config, method: str, all_percent: float) -> Config:
+    """The config of one method at one ratio; one-shot pruning (magnitude, Wanda) gets the
+    W-step epochs as extra retraining, so every method trains for the same number of epochs,
+    unless the method fixes its retraining itself (Wanda without retraining). Keys of the
+    recipe a method cannot run with are changed (:func:`method_notes` says which)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    adjusted = {key: value for key, (value, _) in _adjusted_keys(base, method).items()}
     # methods that name no structure are unstructured, whatever the base recipe says
-    config = replace(base, **{"structure": "unstructured", **METHODS[method][1]},
-                     all_percent=float(all_percent))
-    # per-stage lists make no sense for a single-ratio sweep point
-    for key in ("k_step", "epochs", "rho", "rho_growth", "rho_max"):
-        value = getattr(config, key)
-        if isinstance(value, list):
-            setattr(config, key, value[-1])
+    config = single_stage(replace(base, **{"structure": "unstructured", **METHODS[method][1]},
+                                  **adjusted), all_percent)
     if config.pruning in ONE_SHOT and "retraining_epochs" not in METHODS[method][1]:
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
@@ -172,8 +274,9 @@ def run_compare(
                     run_config = method_config(replace(config, pretrained=str(dense_path)),
                                                method, percent)
                     run_dir = out_dir / f"{method}-{label}-p{_tag(percent)}"
-                    rows.append(_row(method, run_config, percent, variant,
-                                     _run_once(run_config, run_dir)))
+                    rows.append({**_row(method, run_config, percent, variant,
+                                        _run_once(run_config, run_dir)),
+                                 "notes": method_notes(config, method)})
             _write_results(rows, out_dir)
     _write_results(rows, out_dir)
     return rows
@@ -184,6 +287,7 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
     its path, its test results (``dense_<metric>``, plus ``metric``) and the seconds spent."""
     summary_path = run_dir / "dense.json"
     if summary_path.is_file():
+        check_reusable(run_dir, replace(config, pretrained=None), REUSE_IGNORED | DENSE_UNUSED)
         saved = json.loads(summary_path.read_text())
         results = saved.get("results") or {"dense_accuracy": saved["dense_accuracy"]}
         info = {k: saved[k] for k in ("task", "higher_is_better", "percent_metrics")
@@ -210,6 +314,7 @@ def _run_once(config: Config, run_dir: Path) -> dict:
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("complete"):
+            check_reusable(run_dir, config)
             return summary
     return run_pipeline(config, run_dir=run_dir, resume=RunDirectory(run_dir).has_checkpoint())
 
@@ -289,8 +394,11 @@ def best_methods(summary: Sequence[dict]) -> dict[tuple, str]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """Methods as rows, ratios as columns, cells "mean ± std" of the headline test metric
-    (in % where it is a fraction); the best method of each column is in bold."""
+    """Methods as rows, all_percent as columns, cells "mean ± std (compression)" of the
+    headline test metric (in % where it is a fraction): methods that round per layer or
+    remove whole groups reach another compression at the same all_percent. The best method
+    of each column is in bold; notes list the recipe keys a method changed
+    (:func:`method_notes`)."""
     summary = summarize(rows)
     best = best_methods(summary)
     variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
@@ -300,7 +408,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
         subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
         title = ", ".join(f"{k.removeprefix('model_')} = {v}" for k, v in
                           zip(variant_keys, variant, strict=True))
-        headers = ["method"] + [f"{p:g}% ({_compression(subset, p)})" for p in percents]
+        headers = ["method"] + [f"{p:g}%" for p in percents]
         table_rows = []
         for method in dict.fromkeys(r["method"] for r in subset):
             cells = [method]
@@ -314,12 +422,11 @@ def markdown_table(rows: Sequence[dict]) -> str:
             table_rows.append(cells)
         table = format_table(headers, table_rows, markdown=True)
         blocks.append((f"**{title}**\n\n" if title else "") + table)
+    notes = {r["method"]: r["notes"] for r in rows if r.get("notes")}
+    if notes:
+        blocks.append("Notes:\n\n" + "\n".join(f"- {method}: {text}"
+                                                for method, text in notes.items()))
     return "\n\n".join(blocks) + "\n"
-
-
-def _compression(rows: Sequence[dict], percent: float) -> str:
-    values = [r["compression"] for r in rows if r["all_percent"] == percent]
-    return f"{values[0]:.0f}x" if values else "-"
 
 
 def _scale(row: dict) -> tuple[float, int]:
@@ -332,6 +439,9 @@ def _fmt_value(row: dict) -> str:
     text = f"{scale * row['mean']:.{digits}f}"
     if row["std"] is not None:
         text += f" ± {scale * row['std']:.{digits}f}"
+    compression = row["compression"]
+    if compression is not None and compression != 1:
+        text += f" ({compression:.1f}x)"
     return text
 
 
@@ -363,9 +473,9 @@ def table_caption(rows: Sequence[dict]) -> str:
     metric = row_metric(first)
     unit = " (%)" if metric in percent_keys(first) else ""
     return (f"Test {metric}{unit} after pruning and retraining, "
-            f"{direction_note(higher_is_better(first))}; mean ± std over seeds; the best "
-            "method of each column in bold; the column header gives all_percent and the "
-            "compression ratio N/K.")
+            f"{direction_note(higher_is_better(first))}; mean ± std over seeds, then the "
+            "compression ratio N/K the run reached; the best method of each column in bold; "
+            "the column header gives all_percent.")
 
 
 def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | None = None

@@ -19,7 +19,8 @@ import yaml
 from ..checks import NM_PERCENT_TOLERANCE, is_int, is_number, rho_schedule_problem
 from ..projection import ProjectionError, validate_nm
 
-__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "STAGE_KEYS", "KEY_HELP"]
+__all__ = ["Config", "ConfigError", "counts_live_weights", "load_config", "apply_overrides",
+           "STAGE_KEYS", "KEY_HELP"]
 
 STAGE_KEYS = ("all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max")
 
@@ -283,8 +284,8 @@ class Config:
 
 
     def _check_structure(self) -> None:
-        _check(not self.live_weights or self.projection == "global"
-               and self.structure in ("unstructured", "filter"), "live_weights",
+        _check(not self.live_weights or counts_live_weights(self.projection, self.structure),
+               "live_weights",
                f"counts live weights of the global unstructured and filter projections, not "
                f"of projection {self.projection!r} with structure {self.structure!r}: set "
                "live_weights false (--live-weights false)")
@@ -365,6 +366,19 @@ def _device_problem(name: Any) -> str | None:
         return (f"must be auto or a device torch knows (cpu, cuda, cuda:1, mps, ...), got "
                 f"{name!r}")
     return None
+
+
+def counts_live_weights(projection: str, structure: str) -> bool:
+    """Whether a projection can count live weights only (``live_weights: true``).
+
+    Args:
+        projection: ``global`` or ``layerwise``.
+        structure: ``unstructured``, ``filter``, ``channel`` or ``nm``.
+
+    Returns:
+        True for the global unstructured and global filter projections.
+    """
+    return projection == "global" and structure in ("unstructured", "filter")
 
 
 def _check(ok: bool, key: str, message: str) -> None:

@@ -1,10 +1,11 @@
 """Accuracy against compression: finished runs next to published pruning results.
 
 ``admmprune tradeoff RUN_DIR... --published lenet5 --out plot.png`` groups the runs by recipe
-name and compression (seeds of one recipe become one point: mean, with the worst and best seed
-as the bar) and marks the published figures of the literature on the same axes. The runs'
-results can be kept in a CSV file (``--save-results``) and plotted again from it
-(``--results``) once the run directories are gone.
+name, method and compression (seeds of one recipe and method become one point: mean, with the
+worst and best seed as the bar; the method is read from the run's config, so the runs of
+``admmprune compare`` stay apart) and marks the published figures of the literature on the
+same axes. The runs' results can be kept in a CSV file (``--save-results``, with a method
+column) and plotted again from it (``--results``) once the run directories are gone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from ..tables import format_table
+from .compare import method_of
 from .direction import direction_note, higher_is_better, percent_keys
 from .report import read_summary, save_figure
 from .rundir import load_run_config
@@ -56,6 +58,7 @@ PUBLISHED: dict[str, tuple[PublishedPoint, ...]] = {
 @dataclass(frozen=True)
 class TradeoffPoint:
     label: str
+    method: str  # "" where unknown (results files written before the method column)
     compression: float
     accuracies: tuple[float, ...]  # the headline metric of each run (accuracy: percent)
     dense: tuple[float, ...]
@@ -90,14 +93,15 @@ class RunResult:
     dense: float
     metric: str = "accuracy"
     higher_is_better: bool = True
+    method: str = ""  # compare's method name (see method_of); "" where unknown
 
 
-def _run_info(run_dir: Path) -> tuple[str, int, str]:
+def _run_info(run_dir: Path) -> tuple[str, int, str, str]:
     config = load_run_config(run_dir)
     name = config.name
     for tag in (f"-s{config.seed}", f"-seed{config.seed}"):  # runs named per seed pool together
         name = name.removesuffix(tag)
-    return name, config.seed, config.model
+    return name, config.seed, config.model, method_of(config)
 
 
 def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
@@ -113,16 +117,16 @@ def run_results(run_dirs: Iterable[str | Path]) -> list[RunResult]:
             raise ValueError(f"{run_dir / 'summary.json'} has no {', '.join(missing)}: not a "
                              "finished pruning run (finish it with admmprune prune --resume "
                              f"{run_dir}, or leave it out)")
-        name, seed, model = _run_info(run_dir)
+        name, seed, model, method = _run_info(run_dir)
         results.append(RunResult(name, seed, model, float(summary["compression"]),
                                  scale * summary[f"pruned_{metric}"],
                                  scale * summary[f"dense_{metric}"], metric,
-                                 higher_is_better(summary)))
+                                 higher_is_better(summary), method))
     return results
 
 
 _COLUMNS = tuple(f.name for f in fields(RunResult))
-_LEGACY_COLUMNS = _COLUMNS[:6]  # files written before the metric columns: accuracy
+_LEGACY_COLUMNS = _COLUMNS[:6]  # files written before the metric and method columns
 
 
 def write_results(results: Sequence[RunResult], path: str | Path) -> Path:
@@ -137,7 +141,8 @@ def write_results(results: Sequence[RunResult], path: str | Path) -> Path:
 
 
 def read_results(path: str | Path) -> list[RunResult]:
-    """Results written by :func:`write_results` (or by hand, with the same columns)."""
+    """Results written by :func:`write_results` (or by hand, with the same columns; files
+    without the last column, ``method``, read with the method unknown)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such results file")
@@ -155,11 +160,11 @@ def read_results(path: str | Path) -> list[RunResult]:
             if len(cells) != len(header):
                 raise ValueError(f"{len(cells)} columns")
             name, seed, model, compression, accuracy, dense = cells[:6]
-            metric, higher = cells[6:] or ("accuracy", "True")
+            metric, higher, method = cells[6:] or ("accuracy", "True", "")
             if higher not in ("True", "False"):
                 raise ValueError(f"higher_is_better must be True or False, got {higher!r}")
             result = RunResult(name, int(seed), model, float(compression), float(accuracy),
-                               float(dense), metric, higher == "True")
+                               float(dense), metric, higher == "True", method)
         except ValueError as err:
             raise ValueError(f"{path}, line {line}: expected {len(header)} columns "
                              f"{','.join(header)} with numbers where numbers go ({err})"
@@ -177,8 +182,9 @@ def read_results(path: str | Path) -> list[RunResult]:
 
 def pool_results(results: Iterable[RunResult], model: str | None = None,
                  renames: dict[str, str] | None = None) -> list[TradeoffPoint]:
-    """One point per (name, compression); several seeds of one recipe are pooled.
-    ``renames`` maps names to the labels shown (several names may share a label).
+    """One point per (name, method, compression); several seeds of one recipe and method
+    are pooled. ``renames`` maps names to the labels shown (several names may share a
+    label).
 
     ``model``: refuse runs of another model (published points of one network only)."""
     renames = renames or {}
@@ -188,7 +194,7 @@ def pool_results(results: Iterable[RunResult], model: str | None = None,
         raise ValueError("the runs have different headline metrics ("
                          + ", ".join(sorted(m for m, _ in metrics))
                          + "): plot each task on its own")
-    groups: dict[tuple[str, float], list[RunResult]] = {}
+    groups: dict[tuple[str, str, float], list[RunResult]] = {}
     for result in results:
         if model is not None and result.model != model:
             advice = (f"plot it with --published {result.model}" if result.model in PUBLISHED
@@ -197,12 +203,14 @@ def pool_results(results: Iterable[RunResult], model: str | None = None,
             raise ValueError(f"run {result.name!r} (seed {result.seed}) prunes "
                              f"{result.model!r}, but the published points are for {model!r}: "
                              f"{advice}")
-        key = (renames.get(result.name, result.name), round(result.compression, 1))
+        key = (renames.get(result.name, result.name), result.method,
+               round(result.compression, 1))
         groups.setdefault(key, []).append(result)
-    return [TradeoffPoint(name, compression, tuple(r.accuracy for r in runs),
+    return [TradeoffPoint(name, method, compression, tuple(r.accuracy for r in runs),
                           tuple(r.dense for r in runs), tuple(r.seed for r in runs),
                           runs[0].metric, runs[0].higher_is_better)
-            for (name, compression), runs in sorted(groups.items(), key=lambda kv: kv[0][::-1])]
+            for (name, method, compression), runs in sorted(groups.items(),
+                                                            key=lambda kv: kv[0][::-1])]
 
 
 def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
@@ -215,13 +223,13 @@ def tradeoff_points(run_dirs: Sequence[str | Path], model: str | None = None,
 def format_tradeoff(points: Sequence[TradeoffPoint],
                     published: Sequence[PublishedPoint] = ()) -> str:
     digits = 2 if not points or points[0].metric == "accuracy" else 4
-    rows = [(p.label, f"{p.compression:.1f}x", ",".join(map(str, p.seeds)),
+    rows = [(p.label, p.method or "?", f"{p.compression:.1f}x", ",".join(map(str, p.seeds)),
              f"{p.mean:.{digits}f}", f"{p.worst:.{digits}f}", f"{p.best:.{digits}f}")
             for p in points]
-    rows += [(f"{q.method} ({q.reference})", f"{q.compression:g}x", "", f"{q.accuracy:.2f}",
-              "", "") for q in published]
-    return format_table(["run / published", "compression", "seeds", _axis_label(points),
-                         "worst", "best"], rows)
+    rows += [(f"{q.method} ({q.reference})", "", f"{q.compression:g}x", "",
+              f"{q.accuracy:.2f}", "", "") for q in published]
+    return format_table(["run / published", "method", "compression", "seeds",
+                         _axis_label(points), "worst", "best"], rows)
 
 
 def _axis_label(points: Sequence[TradeoffPoint]) -> str:
@@ -254,13 +262,14 @@ def plot_tradeoff(points: Sequence[TradeoffPoint], out: str | Path,
     import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for label in dict.fromkeys(p.label for p in points):
-        mine = sorted((p for p in points if p.label == label), key=lambda p: p.compression)
+    for label, method in dict.fromkeys((p.label, p.method) for p in points):
+        mine = sorted((p for p in points if (p.label, p.method) == (label, method)),
+                      key=lambda p: p.compression)
         ys = [p.mean for p in mine]
         low = [p.mean - min(p.accuracies) for p in mine]  # the bar spans every seed
         high = [max(p.accuracies) - p.mean for p in mine]
         ax.errorbar([p.compression for p in mine], ys, yerr=[low, high], marker="o",
-                    capsize=3, label=f"admmprune: {label}")
+                    capsize=3, label=f"admmprune: {label}" + (f" ({method})" if method else ""))
     for q in published:
         ax.plot(q.compression, q.accuracy, marker="*", markersize=12, linestyle="none",
                 color="black")
