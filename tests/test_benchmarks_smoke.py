@@ -51,6 +51,8 @@ SMOKE = {
                          "--warmup-steps", "2", "--steps", "2", "--overhead-epochs", "1",
                          "--threads", "1"],
                         ["W-step / plain", "compression N/K"]),
+    "penalty_form.py": (["--models", "alexnet,lenet5", "--steps", "1", "--batch", "2",
+                         "--alexnet-width", "16"], ["fused / plain", "gradient / plain"]),
     "projection.py": (["--sizes", "10K", "--repeats", "1"], ["10K with 1 thread(s)"]),
     "structured.py": (["--percents", "50", "--repeats", "1", "--alexnet-image-size", "67",
                        "--alexnet-fc-width", "32", "--batch", "4"],

@@ -91,6 +91,34 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def check_processes(config: Config, world: int) -> None:
+    """Refuse what cannot run data-parallel over ``world`` processes (before any work)."""
+    if world == 1:
+        return
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size {config.batch_size} is the global batch and must "
+                          f"split evenly across the {world} processes; use a "
+                          f"multiple of {world} (e.g. {-(-config.batch_size // world) * world})")
+    if config.pruning == "wanda":
+        raise ConfigError("pruning wanda scores each process's own training batches, so "
+                          "the masks would differ between processes; run one process")
+    if config.retraining_regrow:
+        raise ConfigError("retraining_regrow grows weights by each process's own "
+                          "gradients, so the masks would differ between processes; run "
+                          "one process or set retraining_regrow: 0")
+
+
+def apply_threads(config: Config) -> None:
+    """torch's thread count: the recipe's ``threads``, else what the CPU affinity and a
+    cgroup quota allow when the environment sets none."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
+        # torch was imported before admmprune could set its thread defaults: still
+        # respect the CPU affinity and cgroup quota (the wait policy cannot change now)
+        torch.set_num_threads(runtime.available_cpus())
+
+
 class Run:
     """One run directory and the job it holds: the phases dense -> ADMM stages -> masked
     retraining, each checkpointed. Use :func:`run_pipeline`.
@@ -108,18 +136,7 @@ class Run:
         self.run_dir = self.dir.path
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.main = self.rank == 0
-        if self.world > 1 and config.batch_size % self.world:
-            raise ConfigError(f"batch_size {config.batch_size} is the global batch and must "
-                              f"split evenly across the {self.world} processes; use a "
-                              f"multiple of {self.world} (e.g. "
-                              f"{-(-config.batch_size // self.world) * self.world})")
-        if self.world > 1 and config.pruning == "wanda":
-            raise ConfigError("pruning wanda scores each process's own training batches, so "
-                              "the masks would differ between processes; run one process")
-        if self.world > 1 and config.retraining_regrow:
-            raise ConfigError("retraining_regrow grows weights by each process's own "
-                              "gradients, so the masks would differ between processes; run "
-                              "one process or set retraining_regrow: 0")
+        check_processes(config, self.world)
         self.device = resolve_device(config.device)
         self.task = build_task(config, None if isinstance(task, str) else task)
         self.progress = Progress()
@@ -156,14 +173,24 @@ class Run:
                model: nn.Module | None, data: Mapping | DataSplits | None) -> None:
         """Everything after the run directory is held: data, model, restored state (the
         caller's ``model`` and ``data`` objects when given)."""
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        elif not (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")):
-            # torch was imported before admmprune could set its thread defaults: still
-            # respect the CPU affinity and cgroup quota (the wait policy cannot change now)
-            torch.set_num_threads(runtime.available_cpus())
+        apply_threads(config)
         # Data first: an unreadable data set fails before anything is written, and the model
-        # learns its class count from it. Rank 0 first: it may download into a shared cache.
+        # learns its class count from it.
+        self._open_data(config, splits, data)
+        self._open_model(config, model)
+        # the user's code this run ran (every spec's module is imported by now)
+        self.sources = run_sources(config)
+        if resume:
+            self._restore()
+        else:
+            self._create(config)
+        if self.world > 1:
+            self._train_model()  # now: building DDP (seconds, once) is no phase's time
+
+    def _open_data(self, config: Config, splits: tuple[str, ...],
+                   data: Mapping | DataSplits | None) -> None:
+        """The splits (the caller's objects, or the recipe's dataset; rank 0 first: it may
+        download into a shared cache), this rank's shard of the training batches."""
         if isinstance(data, DataSplits):
             self.data = data
         elif data is not None:
@@ -180,6 +207,10 @@ class Run:
                 and not takes_shift(self.train_batches):
             raise ConfigError(f"retraining_augment_shift: dataset {config.dataset!r} has no "
                               "random shift to change; remove the key")
+
+    def _open_model(self, config: Config, model: nn.Module | None) -> None:
+        """The model (seeded), distillation's teacher, and the selection it is pruned by;
+        the selection and per-layer ratios fail now, not after hours of dense training."""
         _seed_everything(config.seed)
         built = model if model is not None else build_model(config, self.data.num_classes)
         self.model = built.to(self.device)
@@ -192,22 +223,16 @@ class Run:
             _seed_everything(config.seed + 7919 * self.rank)
         self.task.bind(self.model)
         self.pruner: ADMMPruner | None = None
-        # Selection and per-layer ratios fail now, not after hours of dense training.
         check_selection(self.model, config)
         self.selection = describe_selection(self.model, config.include, config.exclude)
-        # the user's code this run ran (every spec's module is imported by now)
-        self.sources = run_sources(config)
-        if resume:
-            self._restore()
-        else:
-            distributed.on_main(lambda: self.dir.create(config))
-            if self.main and self.sources:
-                self.dir.write_json(SOURCES_FILE, self.sources)
-            if self.main and config.progress:
-                # what will be pruned and what not, before hours of work rather than after
-                print(format_selection(*self.selection), flush=True)
-        if self.world > 1:
-            self._train_model()  # now: building DDP (seconds, once) is no phase's time
+
+    def _create(self, config: Config) -> None:
+        """A new run's files (rank 0), and what will be pruned, before the work starts."""
+        distributed.on_main(lambda: self.dir.create(config))
+        if self.main and self.sources:
+            self.dir.write_json(SOURCES_FILE, self.sources)
+        if self.main and config.progress:
+            print(format_selection(*self.selection), flush=True)
 
     # -- bookkeeping -----------------------------------------------------------------------
     def _restore(self) -> None:
