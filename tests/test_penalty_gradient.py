@@ -93,3 +93,21 @@ def test_pure_function_matches_the_fused_node_on_non_contiguous_tensors():
         assert float((g - w).abs().max()) <= 1e-6
     with pytest.raises(ValueError, match="shape"):
         add_penalty_gradient(weights[:1], [torch.zeros(3)], anchors[:1], 1.0)
+
+
+def test_a_held_mask_gets_no_gradient_in_a_later_stage():
+    """Progressive stage 2 keeps stage 1's mask: like the fused penalty's gradient, which the
+    mask hooks zero in backward, the added term is 0 at pruned entries (no optimizer state
+    builds up there) and equals autograd's elsewhere."""
+    pruner = ADMMPruner(lenet(), all_percent=80.0, rho=1e-2)
+    move(pruner, 1)
+    pruner.admm_step()
+    pruner.hard_prune()
+    pruner.start_stage(90.0)
+    move(pruner, 2)
+    pruner.admm_step()
+    want = autograd_gradients(pruner)  # through the hooks: 0 at pruned entries
+    got = added_gradients(pruner)
+    for g, w, mask in zip(got, want, pruner.masks, strict=True):
+        assert torch.equal(g[~mask], torch.zeros_like(g[~mask]))
+        assert torch.allclose(g, w, atol=1e-6)

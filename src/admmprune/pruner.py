@@ -322,6 +322,12 @@ class ADMMPruner:
         rho = 0.0 if self.pruned else self.rho
         admm.add_penalty_gradient(params, [p.grad for p in params], anchors, rho,
                                   self.p_lambda)
+        if self.masks is not None:
+            # a held mask (a later progressive stage): pruned entries get no gradient, as the
+            # gradient hooks give the fused penalty's, so no optimizer state builds up there
+            for p, mask in zip(self.params, self.masks, strict=True):
+                if p.requires_grad and p.grad is not None:
+                    p.grad.masked_fill_(~mask.to(p.grad.device, torch.bool), 0.0)
 
     @torch.no_grad()
     def admm_step(self) -> dict:

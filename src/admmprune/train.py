@@ -96,6 +96,7 @@ def train_epoch(
     task: Task | None = None,
     device: torch.device | str = "cpu",
     penalty: Callable[[], torch.Tensor] | None = None,
+    penalty_gradients: Callable[[], None] | None = None,
     after_step: Callable[[], None] | None = None,
     max_steps: int | None = None,
     lr_at: Callable[[float], float] | None = None,
@@ -112,7 +113,11 @@ def train_epoch(
 
     ``task`` (default: classification) gives the loss. ``accumulate`` mini-batches make one
     optimizer step (gradient accumulation: an effective batch ``accumulate`` times larger);
-    ``penalty`` and ``after_step`` act once per optimizer step. ``amp`` runs the forward pass
+    ``penalty`` and ``after_step`` act once per optimizer step. ``penalty_gradients`` is the
+    other form of a penalty: called once per optimizer step after the last backward pass
+    (after the DDP all-reduce and the AMP unscale), it adds the penalty's gradient to
+    ``.grad`` (``ADMMPruner.add_penalty_gradients``; faster than a penalty node in the
+    loss, ``benchmarks/penalty_form.py``). ``amp`` runs the forward pass
     in bf16/fp16 (fp16 with a gradient scaler, CUDA only); the penalty stays in float32.
     ``lr_at(fraction_of_epoch_done)`` sets the learning rate before every optimizer step.
     Raises ``NonFiniteLossError`` as soon as the loss is NaN/inf, before the step that would
@@ -177,6 +182,10 @@ def train_epoch(
                 )
             (scaler.scale(loss) if scaler else loss).backward()
         if last_micro:
+            if penalty_gradients is not None:
+                if scaler:
+                    scaler.unscale_(optimizer)  # the term is added unscaled
+                penalty_gradients()
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

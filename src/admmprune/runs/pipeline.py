@@ -402,7 +402,7 @@ class Run:
         self.optimizer_state = None
         return optimizer
 
-    def _epoch(self, optimizer, desc, lr, schedule, *, penalty=None, enforce=False,
+    def _epoch(self, optimizer, desc, lr, schedule, *, penalty_gradients=None, enforce=False,
                phase_progress=(0, 1), refiner: MaskRefiner | None = None):
         """One training epoch; ``phase_progress=(done, total)`` epochs places it in its
         phase so the learning-rate schedule spans the whole phase."""
@@ -426,7 +426,7 @@ class Run:
             weight = lambda step, n: n * world / batches.global_batch_size(step)  # noqa: E731
         stats = train_epoch(
             self._train_model(), self.train_batches, optimizer, task=self.task,
-            device=self.device, penalty=penalty, after_step=after,
+            device=self.device, penalty_gradients=penalty_gradients, after_step=after,
             max_steps=cfg.steps_per_epoch, desc=desc, progress=cfg.progress and self.main,
             amp=cfg.amp, accumulate=cfg.accumulate, loss_weight=weight,
             distill=self._distillation(),
@@ -534,7 +534,8 @@ class Run:
                     # cosine: the learning rate restarts at every ADMM iteration
                     stats = self._epoch(optimizer, f"{label} iter {k + 1}/{k_step}",
                                         cfg.learning_rate, cfg.admm_lr_schedule,
-                                        penalty=pruner.penalty, enforce=enforce,
+                                        penalty_gradients=pruner.add_penalty_gradients,
+                                        enforce=enforce,
                                         phase_progress=(e, epochs))
                 self._check_replicas()
                 record = pruner.admm_step()
