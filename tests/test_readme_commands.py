@@ -23,7 +23,8 @@ from admmprune.cli import build_parser, main
 REPO = Path(__file__).resolve().parents[1]
 
 PLACEHOLDERS = {"RECIPE": "recipes/lenet5.yaml", "RUN_DIR...": "runs/a", "RUN_DIR": "runs/a",
-                "MODEL": "lenet5", "ROOT": "imagenet", "DIR": "somewhere", "FILE": "runs/a/model.pt"}
+                "MODEL": "lenet5", "ROOT": "imagenet", "DIR": "somewhere",
+                "FILE": "runs/a/model.pt"}
 # appended to commands that train, so that each takes seconds
 TINY = ["--train-subset", "256", "--test-subset", "128", "--dense-epochs", "1", "--k-step", "1",
         "--epochs", "1", "--retraining-epochs", "1", "--steps-per-epoch", "2", "--no-progress",
