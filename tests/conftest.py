@@ -24,6 +24,10 @@ from admmprune.data import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# a run of the default recipe on generated data in a second: the CLI tests' smallest job
+TINY_SYNTHETIC = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64",
+                  "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1",
+                  "--no-progress", "--threads", "1", "--all-percent", "90"]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the project's machines: offline, no download
 
 
@@ -176,3 +180,10 @@ def code_corpus(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("text") / "corpus.txt"
     path.write_text(" ".join(rng.choice(words) for _ in range(1500)))
     return path
+
+
+@pytest.fixture
+def in_repo(monkeypatch) -> Path:
+    """The repository as the working directory (recipes/ resolves as in the README)."""
+    monkeypatch.chdir(REPO)
+    return REPO

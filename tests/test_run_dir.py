@@ -9,19 +9,13 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import TINY_SYNTHETIC
 
 from admmprune.cli import main
 
-TINY = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64",
-        "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1", "--no-progress",
-        "--threads", "1", "--all-percent", "90"]
+TINY = TINY_SYNTHETIC
 RECIPE = "recipes/lenet5.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _repo_cwd(monkeypatch):
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 def snapshot(run_dir):

@@ -14,22 +14,16 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_run_dir
+from conftest import REPO, TINY_SYNTHETIC, make_run_dir
 
 import admmprune
 import admmprune.runs.pipeline as pipeline
 from admmprune.cli import main
 from admmprune.runs.rundir import RunDirectory, RunError, check_output_path
 
-TINY = ["--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64",
-        "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1", "--no-progress",
-        "--threads", "1", "--all-percent", "90"]
+TINY = TINY_SYNTHETIC
 RECIPE = "recipes/lenet5.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _repo_cwd(monkeypatch):
-    monkeypatch.chdir(REPO)
+pytestmark = pytest.mark.usefixtures("in_repo")
 
 
 @pytest.fixture
