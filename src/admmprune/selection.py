@@ -234,8 +234,9 @@ def _decide(model: nn.Module, include: Sequence[str], exclude: Sequence[str]
             skipped.append((e, f"frozen (requires_grad=False); name {e.names[0]!r} in "
                                "include to prune it anyway"))
         elif advised.intersection(e.owners) and not named_exactly:
-            skipped.append((e, f"left dense by the model's default (first conv, YOLO head "
-                               f"input); name {e.owners[0]!r} in include to prune it"))
+            skipped.append((e, f"left dense by the model's own advice (its "
+                               f"prune_exclude_default); name {e.owners[0]!r} in include to "
+                               "prune it"))
         elif not include and _dense_by_default(e, heads) is not None:
             skipped.append((e, _dense_by_default(e, heads)))
         elif include:

@@ -3,8 +3,8 @@
 The module tree is Hugging Face's ``GPT2LMHeadModel``'s (``transformer.h.0.attn.c_attn``,
 ``lm_head``...), so its state dict is that model's; ``forward`` returns the logits tensor
 ``[B, T, V]`` itself, which the training loop, the tasks and ONNX export take as they are.
-The LM head shares the token embedding's Parameter (tied: one tensor, counted once) and is
-left dense by default (``prune_exclude_default``).
+The LM head shares the token embedding's Parameter (tied: one tensor, counted once); like
+every embedding it is left dense by default (``admmprune.selection``).
 """
 
 from __future__ import annotations
@@ -69,9 +69,6 @@ def gpt2_config(n_layer: int = 4, n_embd: int = 256, n_head: int = 4, context: i
 
 class GPT(nn.Module):
     """GPT-2 blocks and a tied LM head; ``forward(tokens [B, T]) -> logits [B, T, V]``."""
-
-    # the LM head is the token embedding (tied): leave it dense unless named in include
-    prune_exclude_default = ("lm_head",)
 
     def __init__(self, config: Any) -> None:
         super().__init__()
