@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import numpy as np
+import onnxruntime  # the test extra installs it: a missing one fails, not skips
 import pytest
 import torch
 import yaml
@@ -71,7 +72,6 @@ def umask():
 
 
 def _write_every_format(directory: Path) -> list[Path]:
-    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     model = admmprune.create_model("mlp", depth=1, width=8, input_size=6, num_classes=3)
     return [save_compressed(model, directory / "m.apz"),
             save_compressed(model, directory / "m4.apz", bits=4),
@@ -126,7 +126,6 @@ def test_every_registered_model_has_a_smallest_onnx_case():
 
 @pytest.mark.parametrize("name", sorted(SMALLEST))
 def test_every_registered_model_exports_to_onnx_matching_pytorch(name, tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     args, shape = SMALLEST[name]
     torch.manual_seed(0)
     model = admmprune.create_model(name, **args).eval()
@@ -161,7 +160,6 @@ class _Nested(nn.Module):
 
 
 def test_tuple_and_nested_outputs_export_one_output_each(tmp_path):
-    onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     model = _Nested().eval()
     x = torch.randn(5, 4)
     assert save_onnx(model, tmp_path / "m.onnx", x[:2])["max_abs_diff"] < 1e-5
@@ -188,7 +186,6 @@ class _Dict(nn.Module):
 
 
 def test_a_failed_onnx_export_or_check_leaves_nothing_and_keeps_an_existing_file(tmp_path):
-    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     path = tmp_path / "m.onnx"
     with pytest.raises(ExportError, match="onnxruntime's output1 differs from PyTorch's"):
         save_onnx(_Noisy(), path, torch.zeros(1, 4))
@@ -207,7 +204,6 @@ def test_a_failed_onnx_export_or_check_leaves_nothing_and_keeps_an_existing_file
 
 
 def test_export_command_writes_a_checked_onnx_of_a_detection_run(tmp_path, digit_set, capsys):
-    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(

@@ -319,7 +319,6 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
 def test_files_claiming_gigabytes_are_refused_within_a_memory_limit(tmp_path):
     """In a child process that cannot take 768 MB more than it holds, each file (a few KB
     claiming 2 to 6.5 GB) is refused with the library's error, quickly."""

@@ -327,7 +327,7 @@ class ADMMPruner:
             # gradient hooks give the fused penalty's, so no optimizer state builds up there
             for p, mask in zip(self.params, self.masks, strict=True):
                 if p.requires_grad and p.grad is not None:
-                    p.grad.masked_fill_(~mask.to(p.grad.device, torch.bool), 0.0)
+                    p.grad.mul_(mask)  # the masks live on the weights' device
 
     @torch.no_grad()
     def admm_step(self) -> dict:

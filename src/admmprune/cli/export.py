@@ -100,11 +100,7 @@ def export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     path = check_output_path(
         Path(out) if out else default_path(Path(run_dir), fmt, bits, weights),
         "--out" if out else "the default output file")
-    try:
-        return _export_run(run_dir, fmt, bits=bits, path=path, weights=weights, **options)
-    except BaseException:
-        path.with_name(path.name + ".tmp").unlink(missing_ok=True)
-        raise
+    return _export_run(run_dir, fmt, bits=bits, path=path, weights=weights, **options)
 
 
 def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
@@ -153,7 +149,7 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate) \
         or drop_dead
     reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
-    run = load_run(run_dir, overrides=overrides, device=device, weights=weights,
+    run = load_run(run_dir, config=config, device=device, weights=weights,
                    trust_pickle=trust_pickle,
                    splits=("train", "test") if finetune_epochs else ("test",),
                    data="optional" if reads_data else "none")

@@ -76,11 +76,15 @@ def write_container(path: str | Path, manifest: dict, payload: bytes) -> int:
     digest = hashlib.sha256(head + manifest_z + payload_z).digest()
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        handle.write(head + digest + manifest_z + payload_z)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as handle:
+            handle.write(head + digest + manifest_z + payload_z)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return HEADER_SIZE + len(manifest_z) + len(payload_z)
 
 

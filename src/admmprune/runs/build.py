@@ -289,7 +289,7 @@ class LoadedRun:
 def load_run(run_dir: str | Path, *, overrides: dict | None = None,
              splits: tuple[str, ...] = ("test",), data: str = "required",
              device: torch.device | None = None, weights: str | Path | None = None,
-             trust_pickle: bool = False) -> LoadedRun:
+             trust_pickle: bool = False, config: Config | None = None) -> LoadedRun:
     """Read RUN_DIR's recipe (with ``overrides``), its data splits, and build its model with
     ``weights`` (default RUN_DIR/model.pt) loaded.
 
@@ -302,13 +302,15 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
         device: where data and model go; default the recipe's device.
         weights: the state dict to load; default RUN_DIR/model.pt.
         trust_pickle: allow a weights format read by unpickling (see :func:`load_weights`).
+        config: the run's recipe when the caller has read it already (with its overrides).
 
     Raises:
         RunError: the run directory, its recipe or the weights cannot be read.
         DatasetError: ``data="required"`` and the data cannot be read.
     """
     run_dir = Path(run_dir)
-    config = load_run_config(run_dir, overrides or {})
+    if config is None:
+        config = load_run_config(run_dir, overrides or {})
     device = device if device is not None else resolve_device(config.device)
     splits_read, data_error = None, None
     if data != "none":
