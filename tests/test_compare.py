@@ -7,12 +7,15 @@ import pytest
 
 from admmprune.runs.compare import (
     METHODS,
+    best_methods,
     fixed_percent,
     markdown_table,
     method_config,
     method_notes,
+    method_of,
     plot_compare,
     run_compare,
+    summarize,
 )
 from admmprune.runs.config import ConfigError, counts_live_weights, load_config
 
@@ -89,6 +92,27 @@ def test_compare_runs_every_method_from_one_dense_model(tmp_path):
     written = plot_compare(rows, tmp_path)
     assert {p.name for p in written} == {"accuracy_vs_compression.png", "kept_per_layer.png",
                                          "admm_residuals.png"}
+
+
+def test_dense_retrain_is_the_same_budget_with_nothing_removed(tmp_path):
+    rows = run_compare(tiny_config(), ["dense", "dense-retrain", "magnitude"], [90.0],
+                       tmp_path, seeds=[0])
+    reference = next(r for r in rows if r["method"] == "dense-retrain")
+    magnitude = next(r for r in rows if r["method"] == "magnitude")
+    assert reference["train_epochs"] == magnitude["train_epochs"] > 0
+    assert reference["compression"] == 1.0 and reference["all_percent"] != reference["all_percent"]
+    summary = json.loads((tmp_path / "dense-retrain-seed0-p0" / "summary.json").read_text())
+    assert summary["kept"] == 784 * 32 + 32 * 32 + 32 * 10
+    # it trained on: its weights are not the dense model's
+    assert reference["pruned_accuracy"] != rows[0]["pruned_accuracy"] or \
+        reference["pruned_loss"] != rows[0]["pruned_loss"]
+    config = method_config(tiny_config(), "dense-retrain", 90.0)
+    assert config.final_percent() == 0 and method_of(config) == "dense-retrain"
+    assert method_of(method_config(tiny_config(), "magnitude", 90.0)) == "magnitude"
+    # a reference competes nowhere
+    assert set(best_methods(summarize(rows)).values()) == {"magnitude"}
+    table = (tmp_path / "results.md").read_text()
+    assert "| dense-retrain" in table
 
 
 def test_finished_runs_are_reused_and_results_merge_across_invocations(tmp_path):

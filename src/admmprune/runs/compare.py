@@ -34,6 +34,11 @@ __all__ = ["METHODS", "run_compare", "method_config", "method_notes", "single_st
 # name -> (description, recipe keys it sets)
 METHODS: dict[str, tuple[str, dict]] = {
     "dense": ("the dense model, no pruning", {}),
+    # the reference a pruned model's gap is read against: dense training and the same
+    # epochs after it as every pruning method, with nothing removed
+    "dense-retrain": ("the dense model trained on for the pruning methods' epoch budget, "
+                      "nothing removed", {"pruning": "oneshot", "projection": "global",
+                                          "score": "magnitude", "all_percent": 0.0}),
     "admm": ("global ADMM, magnitude Z-step (ours)", {"projection": "global",
                                                        "score": "magnitude"}),
     "layerwise": ("layer-wise ADMM, every layer at the same ratio",
@@ -79,6 +84,9 @@ METHODS: dict[str, tuple[str, dict]] = {
                          {"structure": "nm", "pruning": "wanda", "projection": "layerwise"}),
 }
 
+# methods that compete nowhere: drawn as lines and listed across every ratio column
+REFERENCES = ("dense", "dense-retrain")
+
 # pruning modes with no W-steps: they retrain for the W-step epochs instead (equal budgets),
 # unless the method fixes retraining_epochs itself (Wanda without retraining)
 ONE_SHOT = ("oneshot", "wanda")
@@ -97,8 +105,10 @@ def method_of(config: Config) -> str:
     for runs not made by compare; a config that is none of them gets its pruning,
     projection, structure and score joined by "-" (e.g. ``admm-global-nm-magnitude``)."""
     signature = _signature(config.to_dict())
+    if config.final_percent() == 0 and signature == _signature(METHODS["dense-retrain"][1]):
+        return "dense-retrain"
     for name, (_, keys) in METHODS.items():
-        if name != "dense" and _signature(keys) == signature:
+        if name not in REFERENCES and _signature(keys) == signature:
             return name
     return "-".join(signature[:4]) + ("-layer_percents" if signature[4] else "")
 
@@ -166,6 +176,8 @@ def fixed_percent(config: Config, method: str) -> float | None:
     """The global removal percent implied by a method with fixed per-layer ratios (``paper``)
     or by N:M (``admm-nm``...), or None for methods swept over ``--all-percent``."""
     keys = METHODS[method][1]
+    if "all_percent" in keys:
+        return float(keys["all_percent"])
     if keys.get("structure") == "nm":
         return 100.0 * (config.nm_m - config.nm_n) / config.nm_m
     layer_percents = keys.get("layer_percents")
@@ -218,6 +230,7 @@ def method_config(base: Config, method: str, all_percent: float) -> Config:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     adjusted = {key: value for key, (value, _) in _adjusted_keys(base, method).items()}
+    all_percent = METHODS[method][1].get("all_percent", all_percent)  # a reference's own
     # methods that name no structure are unstructured, whatever the base recipe says
     config = single_stage(replace(base, **{"structure": "unstructured", **METHODS[method][1]},
                                   **adjusted), all_percent)
@@ -274,7 +287,8 @@ def run_compare(
                     run_config = method_config(replace(config, pretrained=str(dense_path)),
                                                method, percent)
                     run_dir = out_dir / f"{method}-{label}-p{_tag(percent)}"
-                    rows.append({**_row(method, run_config, percent, variant,
+                    row_percent = math.nan if method in REFERENCES else percent
+                    rows.append({**_row(method, run_config, row_percent, variant,
                                         _run_once(run_config, run_dir)),
                                  "notes": method_notes(config, method)})
             _write_results(rows, out_dir)
@@ -384,7 +398,7 @@ def best_methods(summary: Sequence[dict]) -> dict[tuple, str]:
     run at their own fixed ratio compete nowhere."""
     groups: dict[tuple, list[dict]] = {}
     for r in summary:
-        if r["method"] == "dense" or r["all_percent"] is None:
+        if r["method"] in REFERENCES or r["all_percent"] is None:
             continue
         variant = tuple((k, r[k]) for k in sorted(r) if k.startswith("model_"))
         groups.setdefault((variant, r["all_percent"]), []).append(r)
@@ -499,8 +513,9 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
             points = sorted((r["compression"], _scale(r)[0] * r["mean"],
                              _scale(r)[0] * (r["std"] or 0)) for r in subset
                             if r["method"] == method)
-            if method == "dense":
-                ax.axhline(points[0][1], color="gray", linestyle="--", label="dense")
+            if method in REFERENCES:
+                ax.axhline(points[0][1], color="gray", label=method,
+                           linestyle="--" if method == "dense" else ":")
                 continue
             xs, ys, errs = zip(*points, strict=True)
             ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, label=method)
