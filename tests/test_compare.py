@@ -17,7 +17,12 @@ from admmprune.runs.compare import (
     run_compare,
     summarize,
 )
-from admmprune.runs.config import ConfigError, counts_live_weights, load_config
+from admmprune.runs.config import (
+    ONE_SHOT_PRUNING,
+    ConfigError,
+    counts_live_weights,
+    load_config,
+)
 
 TINY = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "batch_size": 64,
         "dense_epochs": 1, "k_step": 2, "epochs": 1, "retraining_epochs": 1,
@@ -39,13 +44,12 @@ def _repo_cwd(monkeypatch):
 def test_every_method_has_the_same_epoch_budget():
     base = tiny_config()
     budgets = {}
-    for method in METHODS:
-        if method == "dense":
-            continue
-        if method in ("wanda", "wanda-nm", "admm-nm", "wanda-nm-retrain"):
-            continue  # no retraining by design / N:M ratios (test_wanda_pipeline.py)
-        config = method_config(base, method, 95.0)
-        admm = 0 if config.pruning in ("oneshot", "wanda") else config.k_step * config.epochs
+    for method, (_, keys) in METHODS.items():
+        if method == "dense" or "retraining_epochs" in keys:
+            continue  # no training / no retraining by design (Wanda, SparseGPT alone)
+        percent = 50.0 if keys.get("structure") == "nm" else 95.0  # N:M: the ratio 2:4 implies
+        config = method_config(base, method, percent)
+        admm = 0 if config.pruning in ONE_SHOT_PRUNING else config.k_step * config.epochs
         budgets[method] = admm + config.retraining_epochs
     assert len(set(budgets.values())) == 1, budgets
     assert method_config(base, "magnitude", 95.0).pruning == "oneshot"

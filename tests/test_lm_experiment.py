@@ -50,8 +50,10 @@ def test_the_documented_commands_run_on_a_tiny_model(tmp_path, capsys):
         assert main([*command, *TINY, "--data-dir", str(corpus)]) == 0
     rows = json.loads((out / "results.json").read_text())
     methods = {r["method"] for r in rows}
-    assert methods == {"dense", "admm", "layerwise", "magnitude", "uniform-magnitude", "wanda",
-                       "wanda-retrain", "admm-nm", "wanda-nm", "wanda-nm-retrain"}
+    assert methods == {"dense", "dense-retrain", "admm", "layerwise", "magnitude",
+                       "uniform-magnitude", "wanda", "wanda-retrain", "sparsegpt",
+                       "sparsegpt-retrain", "admm-nm", "wanda-nm", "wanda-nm-retrain",
+                       "sparsegpt-nm"}
     assert all(r["metric"] == "bpb" and r["higher_is_better"] is False for r in rows)
     assert {r["all_percent"] for r in rows if r["method"].endswith("nm")} == {50.0}
     assert "lower is better" in (out / "results.md").read_text()

@@ -1,17 +1,21 @@
 """Input statistics of layers over calibration batches, gathered with forward hooks.
 
 :func:`input_norms` gives ``‖X_j‖₂`` per input feature j of each layer: the norm of that
-feature over every token of every calibration example (what Wanda scores with).
+feature over every token of every calibration example (what Wanda scores with);
+:func:`input_grams` gives ``XᵀX`` (what SparseGPT reconstructs with).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["input_feature_dim", "input_norms"]
+from .selection import prunable_parameters
+
+__all__ = ["CalibrationError", "calibrated_layers", "input_feature_dim", "input_norms",
+           "input_grams"]
 
 
 def input_feature_dim(module: nn.Module) -> int | None:
@@ -27,29 +31,39 @@ def input_feature_dim(module: nn.Module) -> int | None:
     return None
 
 
-@torch.no_grad()
-def input_norms(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, *,
-                max_batches: int | None = None, device: torch.device | str | None = None
-                ) -> list[torch.Tensor]:
-    """``‖X_j‖₂`` per input feature of each of ``modules`` over the calibration batches.
+class CalibrationError(ValueError):
+    """A calibration method (Wanda, SparseGPT) cannot score these layers."""
 
-    The model runs in eval mode (no dropout) and returns to its previous mode; hooks are
-    removed even on error. A module called several times per forward pass counts every
-    call's inputs.
 
-    Args:
-        model: the model the batches are fed to.
-        modules: layers of ``model`` whose first input is ``[..., features]``.
-        batches: ``(x, y)`` pairs; ``y`` is ignored.
-        max_batches: at most this many batches (None: all).
-        device: where ``x`` goes (default: the device of the model's first parameter).
-
-    Returns:
-        One float32 vector per module, on the module's device.
+def calibrated_layers(model: nn.Module, include: Sequence[str] | None,
+                      exclude: Sequence[str] | None, method: str
+                      ) -> list[tuple[str, nn.Module, nn.Parameter, int]]:
+    """The pruned tensors of ``model`` as ``(name, layer, weight, input_dim)``, in
+    :func:`prunable_parameters` order.
 
     Raises:
-        ValueError: no batch was seen, or a module was never called.
+        CalibrationError: a pruned tensor that is not the weight of an ``nn.Linear`` or HF
+        ``Conv1D`` (``method`` names who refuses it).
     """
+    layers = []
+    for name, weight in prunable_parameters(model, include, exclude):
+        module_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        dim = input_feature_dim(module)
+        if attr != "weight" or dim is None:
+            raise CalibrationError(f"{name}: {method} scores the weights of nn.Linear and HF "
+                                   f"Conv1D layers, not a {type(module).__name__}'s "
+                                   f"{attr!r}; exclude it")
+        layers.append((name, module, weight, dim))
+    return layers
+
+
+@torch.no_grad()
+def _gather(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable,
+            statistic: Callable[[torch.Tensor], torch.Tensor], max_batches: int | None,
+            device: torch.device | str | None) -> list[torch.Tensor]:
+    """Sum of ``statistic(inputs as [tokens, features])`` over every call of each module on
+    the calibration batches (eval mode; hooks removed even on error)."""
     if device is None:
         device = next(model.parameters()).device
     sums: list[torch.Tensor | None] = [None] * len(modules)
@@ -57,8 +71,9 @@ def input_norms(model: nn.Module, modules: Sequence[nn.Module], batches: Iterabl
     def hook_for(index: int):
         def hook(module: nn.Module, inputs: tuple) -> None:
             x = inputs[0].detach()
-            squares = x.reshape(-1, x.shape[-1]).float().pow(2).sum(0)
-            sums[index] = squares if sums[index] is None else sums[index] + squares
+            value = statistic(x.reshape(-1, x.shape[-1]))
+            previous = sums[index]
+            sums[index] = value if previous is None else previous + value
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(i)) for i, m in enumerate(modules)]
@@ -81,4 +96,41 @@ def input_norms(model: nn.Module, modules: Sequence[nn.Module], batches: Iterabl
     if len(found) < len(sums):
         missing = [i for i, s in enumerate(sums) if s is None]
         raise ValueError(f"modules {missing} were never called on the calibration batches")
-    return [s.sqrt() for s in found]
+    return found
+
+
+def input_norms(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, *,
+                max_batches: int | None = None, device: torch.device | str | None = None
+                ) -> list[torch.Tensor]:
+    """``‖X_j‖₂`` per input feature of each of ``modules`` over the calibration batches.
+
+    The model runs in eval mode (no dropout) and returns to its previous mode; hooks are
+    removed even on error. A module called several times per forward pass counts every
+    call's inputs.
+
+    Args:
+        model: the model the batches are fed to.
+        modules: layers of ``model`` whose first input is ``[..., features]``.
+        batches: ``(x, y)`` pairs; ``y`` is ignored.
+        max_batches: at most this many batches (None: all).
+        device: where ``x`` goes (default: the device of the model's first parameter).
+
+    Returns:
+        One float32 vector per module, on the module's device.
+
+    Raises:
+        ValueError: no batch was seen, or a module was never called.
+    """
+    sums = _gather(model, modules, batches, lambda x: x.float().pow(2).sum(0), max_batches,
+                   device)
+    return [s.sqrt() for s in sums]
+
+
+def input_grams(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable, *,
+                max_batches: int | None = None, device: torch.device | str | None = None
+                ) -> list[torch.Tensor]:
+    """``XᵀX`` (features x features, float64) of each of ``modules``' inputs over every
+    calibration token: SparseGPT's Hessian up to a factor of 2. Same arguments, modes and
+    errors as :func:`input_norms`."""
+    return _gather(model, modules, batches, lambda x: x.double().t() @ x.double(),
+                   max_batches, device)

@@ -21,14 +21,13 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .activations import input_feature_dim, input_norms
+from .activations import CalibrationError, calibrated_layers, input_norms
 from .projection import StructureOptions, nm_masks, survivor_count
-from .selection import prunable_parameters
 
 __all__ = ["WandaError", "wanda_scores", "row_masks", "nm_row_masks", "wanda_masks"]
 
 
-class WandaError(ValueError):
+class WandaError(CalibrationError):
     """Wanda cannot score these tensors (a layout it does not know, mismatched sizes)."""
 
 
@@ -131,20 +130,14 @@ def wanda_masks(model: nn.Module, batches: Iterable, *, all_percent: float | Non
     """
     if (all_percent is None) == (nm is None):
         raise WandaError("give exactly one of all_percent (unstructured) and nm=(N, M)")
-    named = prunable_parameters(model, include, exclude)
-    modules, dims = [], []
-    for name, _ in named:
-        module_name, _, attr = name.rpartition(".")
-        module = model.get_submodule(module_name)
-        dim = input_feature_dim(module)
-        if attr != "weight" or dim is None:
-            raise WandaError(f"{name}: Wanda scores the weights of nn.Linear and HF Conv1D "
-                             f"layers, not a {type(module).__name__}'s {attr!r}; exclude it")
-        modules.append(module)
-        dims.append(dim)
-    norms = input_norms(model, modules, batches, max_batches=max_batches, device=device)
+    try:
+        layers = calibrated_layers(model, include, exclude, "Wanda")
+    except CalibrationError as error:
+        raise WandaError(str(error)) from None
+    norms = input_norms(model, [module for _, module, _, _ in layers], batches,
+                        max_batches=max_batches, device=device)
     masks = []
-    for (_, weight), dim, norm in zip(named, dims, norms, strict=True):
+    for (_, _, weight, dim), norm in zip(layers, norms, strict=True):
         scores = wanda_scores(weight, norm, dim)
         masks.append(nm_row_masks(scores, nm[0], nm[1], dim) if nm is not None
                      else row_masks(scores, float(all_percent or 0.0), dim))

@@ -21,7 +21,13 @@ import yaml
 from ..models import create_model
 from ..selection import prunable_parameters
 from ..tables import format_table
-from .config import STAGE_KEYS, Config, ConfigError, counts_live_weights
+from .config import (
+    ONE_SHOT_PRUNING,
+    STAGE_KEYS,
+    Config,
+    ConfigError,
+    counts_live_weights,
+)
 from .direction import best_index, direction_note, higher_is_better, percent_keys, task_fields
 from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
@@ -82,14 +88,19 @@ METHODS: dict[str, tuple[str, dict]] = {
                   "retraining_epochs": 0}),
     "wanda-nm-retrain": ("Wanda N:M + masked retraining for the same epoch budget",
                          {"structure": "nm", "pruning": "wanda", "projection": "layerwise"}),
+    # Frantar and Alistarh 2023: per-layer reconstruction from the calibration inputs' XᵀX
+    "sparsegpt": ("SparseGPT (OBS reconstruction per layer, uniform ratio), no retraining",
+                  {"pruning": "sparsegpt", "projection": "layerwise", "retraining_epochs": 0}),
+    "sparsegpt-retrain": ("SparseGPT + masked retraining for the same epoch budget",
+                          {"pruning": "sparsegpt", "projection": "layerwise"}),
+    "sparsegpt-nm": ("SparseGPT N:M (nm_n of every nm_m inputs), no retraining",
+                     {"structure": "nm", "pruning": "sparsegpt", "projection": "layerwise",
+                      "retraining_epochs": 0}),
 }
 
 # methods that compete nowhere: drawn as lines and listed across every ratio column
 REFERENCES = ("dense", "dense-retrain")
 
-# pruning modes with no W-steps: they retrain for the W-step epochs instead (equal budgets),
-# unless the method fixes retraining_epochs itself (Wanda without retraining)
-ONE_SHOT = ("oneshot", "wanda")
 
 
 def _signature(keys: dict) -> tuple:
@@ -234,7 +245,9 @@ def method_config(base: Config, method: str, all_percent: float) -> Config:
     # methods that name no structure are unstructured, whatever the base recipe says
     config = single_stage(replace(base, **{"structure": "unstructured", **METHODS[method][1]},
                                   **adjusted), all_percent)
-    if config.pruning in ONE_SHOT and "retraining_epochs" not in METHODS[method][1]:
+    # no W-steps: retrain for the W-step epochs instead (equal budgets), unless the method
+    # fixes retraining_epochs itself (Wanda without retraining)
+    if config.pruning in ONE_SHOT_PRUNING and "retraining_epochs" not in METHODS[method][1]:
         config.retraining_epochs += admm_epochs(config)
     return config.validate()
 
@@ -348,7 +361,7 @@ def _row(method: str, config: Config, percent: float, variant: dict, summary: di
         "compression": summary.get("compression"),
         "sparsity_percent": summary.get("sparsity_percent"),
         "train_epochs": (0 if method == "dense" else
-                         (0 if config.pruning in ONE_SHOT else admm_epochs(config))
+                         (0 if config.pruning in ONE_SHOT_PRUNING else admm_epochs(config))
                          + config.retraining_epochs),
         "kept_per_layer": {r["name"]: r["kept_fraction"] for r in summary.get("layers", [])},
         "wall_seconds": summary.get("wall_seconds"),

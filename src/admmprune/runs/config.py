@@ -19,9 +19,13 @@ import yaml
 from ..checks import NM_PERCENT_TOLERANCE, is_int, is_number, rho_schedule_problem
 from ..projection import ProjectionError, validate_nm
 
-__all__ = ["Config", "ConfigError", "counts_live_weights", "load_config", "apply_overrides",
-           "STAGE_KEYS", "KEY_HELP"]
+__all__ = ["CALIBRATED_PRUNING", "ONE_SHOT_PRUNING", "Config", "ConfigError",
+           "counts_live_weights", "load_config", "apply_overrides", "STAGE_KEYS", "KEY_HELP"]
 
+# pruning modes scored on calibration batches of the training split
+CALIBRATED_PRUNING = ("wanda", "sparsegpt")
+# pruning modes with no W-steps: they prune the dense weights at once
+ONE_SHOT_PRUNING = ("oneshot",) + CALIBRATED_PRUNING
 STAGE_KEYS = ("all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max")
 
 
@@ -110,10 +114,11 @@ class Config:
     pruning: str = _key("admm", "admm; oneshot: prune at once by the Z-step's projection "
                         "(baseline; unstructured: global magnitude); wanda: Wanda's masks "
                         "(|W|·‖X‖ per output row, uniform ratio; structure unstructured or "
-                        "nm) from calibration_batches training batches",
-                        ("admm", "oneshot", "wanda"))
-    calibration_batches: int = _key(8, "pruning wanda: training batches whose input norms "
-                                       "score the weights")
+                        "nm) from calibration_batches training batches; sparsegpt: "
+                        "SparseGPT (each layer reconstructed from its inputs' XᵀX, uniform "
+                        "ratio; unstructured or nm)", ("admm",) + ONE_SHOT_PRUNING)
+    calibration_batches: int = _key(8, "pruning wanda or sparsegpt: training batches whose "
+                                       "inputs score the weights")
     all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
                                            "a list runs progressive stages")
     k_step: int | list = _key(6, "ADMM iterations (per stage)")
@@ -297,9 +302,9 @@ class Config:
         except ProjectionError:
             raise ConfigError(f"nm_n and nm_m must be integers with 1 <= nm_n < nm_m, got "
                               f"{self.nm_n!r} and {self.nm_m!r}") from None
-        if self.pruning == "wanda":
+        if self.pruning in CALIBRATED_PRUNING:
             _check(self.structure in ("unstructured", "nm") and self.stages == 1,
-                   "pruning", f"wanda prunes once, unstructured or N:M; got structure "
+                   "pruning", f"{self.pruning} prunes once, unstructured or N:M; got structure "
                    f"{self.structure!r} with {self.stages} stage(s)")
             _check(is_int(self.calibration_batches) and self.calibration_batches >= 1,
                    "calibration_batches", f"must be an integer >= 1, got "

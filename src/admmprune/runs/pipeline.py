@@ -47,12 +47,12 @@ from .build import (
     state_differences,
     traces_model,
 )
-from .config import Config, ConfigError
+from .calibrated import calibrated_prune
+from .config import CALIBRATED_PRUNING, ONE_SHOT_PRUNING, Config, ConfigError
 from .direction import task_fields
 from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
 from .runstate import Checkpoints, Progress, restore_rng
 from .sources import check_sources, run_sources
-from .wandastage import wanda_prune
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model",
@@ -99,9 +99,9 @@ def check_processes(config: Config, world: int) -> None:
         raise ConfigError(f"batch_size {config.batch_size} is the global batch and must "
                           f"split evenly across the {world} processes; use a "
                           f"multiple of {world} (e.g. {-(-config.batch_size // world) * world})")
-    if config.pruning == "wanda":
-        raise ConfigError("pruning wanda scores each process's own training batches, so "
-                          "the masks would differ between processes; run one process")
+    if config.pruning in CALIBRATED_PRUNING:
+        raise ConfigError(f"pruning {config.pruning} scores each process's own training "
+                          "batches, so the masks would differ between processes; run one process")
     if config.retraining_regrow:
         raise ConfigError("retraining_regrow grows weights by each process's own "
                           "gradients, so the masks would differ between processes; run "
@@ -516,7 +516,7 @@ class Run:
     def _admm_stage(self, s: int) -> None:
         cfg, prog, pruner = self.config, self.progress, self.pruner
         k_step, epochs = cfg.stage_value("k_step", s), cfg.stage_value("epochs", s)
-        if cfg.pruning in ("oneshot", "wanda"):
+        if cfg.pruning in ONE_SHOT_PRUNING:
             k_step = 0  # the baselines: prune the current weights at once, no W-steps
         label = f"stage {s + 1}/{cfg.stages}" if cfg.stages > 1 else "admm"
         if prog.iteration == 0 and not prog.stage_pruned:
@@ -546,10 +546,10 @@ class Run:
                 self._timed("admm", time.perf_counter() - start)
                 self.save(optimizer)
             start = time.perf_counter()
-            if cfg.pruning == "wanda":
+            if cfg.pruning in CALIBRATED_PRUNING:
                 # calibration: the first batches of this point's training order
                 self.train_batches.set_epoch(prog.data_epoch)
-                wanda_prune(self.model, pruner, cfg, self.train_batches, self.device)
+                calibrated_prune(self.model, pruner, cfg, self.train_batches, self.device)
             else:
                 pruner.hard_prune(cfg.hard_prune_support)
             self._metrics = None

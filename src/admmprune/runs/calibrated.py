@@ -1,0 +1,35 @@
+"""The pipeline's calibrated one-shot stage (``pruning: wanda`` or ``sparsegpt``): masks
+from calibration batches of the training split, installed in place of the ADMM W-steps and
+Z-step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from ..masks import LayerSparsity
+from ..pruner import ADMMPruner
+from ..sparsegpt import sparsegpt_prune_model
+from ..wanda import wanda_masks
+from .config import Config
+
+__all__ = ["calibrated_prune"]
+
+
+def calibrated_prune(model: nn.Module, pruner: ADMMPruner, config: Config, batches: Iterable,
+                     device: torch.device) -> list[LayerSparsity]:
+    """Hard prune ``model`` by ``config.pruning`` (Wanda: masks only; SparseGPT: masks and
+    reconstructed weights), every layer at ``config``'s all_percent, or N:M for structure
+    nm, from the first ``calibration_batches`` of ``batches``.
+
+    Returns:
+        The per-layer sparsity after pruning.
+    """
+    nm = (config.nm_n, config.nm_m) if config.structure == "nm" else None
+    prune = {"wanda": wanda_masks, "sparsegpt": sparsegpt_prune_model}[config.pruning]
+    masks = prune(model, batches, all_percent=None if nm else config.final_percent(), nm=nm,
+                  include=config.include, exclude=config.exclude,
+                  max_batches=config.calibration_batches, device=device)
+    return pruner.apply_masks(masks)
