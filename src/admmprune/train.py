@@ -205,7 +205,7 @@ def train_epoch(
             rate = seen / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", **{k: f"{v / seen:.4f}" for k, v in
                                                               sums.items()},
-                            img_s=f"{rate:.0f}")
+                            ex_s=f"{rate:.0f}")
     bar.close()
     seconds = time.perf_counter() - start
     return {
