@@ -199,6 +199,30 @@ def test_a_finished_run_of_another_config_is_not_reused(tmp_path):
     assert summary.stat().st_mtime_ns == stamp and len(rows) == 1
 
 
+def test_runs_made_from_a_copied_dense_model_merge_into_one_out(tmp_path):
+    """Two sweeps run side by side in two --out folders sharing a copy of one dense run;
+    their runs gathered into a third folder are reused there, not refused."""
+    import shutil
+
+    config = tiny_config()
+    run_compare(config, ["admm"], [90.0], tmp_path / "a", seeds=[0])
+    shutil.copytree(tmp_path / "a" / "dense-seed0", tmp_path / "b" / "dense-seed0")
+    run_compare(config, ["magnitude"], [90.0], tmp_path / "b", seeds=[0])
+    merged = tmp_path / "all"
+    for source, name in (("a", "dense-seed0"), ("a", "admm-seed0-p90"),
+                         ("b", "magnitude-seed0-p90")):
+        shutil.copytree(tmp_path / source / name, merged / name)
+    stamps = {p: p.stat().st_mtime_ns for p in merged.glob("*/summary.json")}
+    rows = run_compare(config, ["dense", "admm", "magnitude"], [90.0], merged, seeds=[0])
+    assert {r["method"] for r in rows} == {"dense", "admm", "magnitude"}
+    assert {p: p.stat().st_mtime_ns for p in merged.glob("*/summary.json")} == stamps
+    # other weights under the same name are still refused
+    dense = merged / "dense-seed0" / "dense.pt"
+    dense.write_bytes(dense.read_bytes()[:-1] + b"x")
+    with pytest.raises(ConfigError, match="pretrained"):
+        run_compare(config, ["admm"], [90.0], merged, seeds=[0])
+
+
 def test_the_ignored_keys_are_recipe_keys():
     from dataclasses import fields
 

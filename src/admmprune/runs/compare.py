@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from ..imports import file_sha256
 from ..models import create_model
 from ..selection import prunable_parameters
 from ..tables import format_table
@@ -166,8 +167,8 @@ def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REU
     differ = []
     for key, value in wanted.to_dict().items():
         old = saved.get(key, defaults.get(key))
-        if key == "pretrained" and old and value:  # the same file, however it is spelt
-            old, value = str(Path(old).resolve()), str(Path(value).resolve())
+        if key == "pretrained" and old and value and _same_file(old, value):
+            old = value
         if key not in ignored and old != value:
             differ.append(f"{key}: saved {old!r}, now {value!r}")
     if differ:
@@ -175,6 +176,18 @@ def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REU
             f"{run_dir} holds a finished run of another configuration ({'; '.join(differ)}); "
             "compare does not mix it into this table: give another --out, or delete "
             f"{run_dir} to run it again with this configuration")
+
+
+def _same_file(first: str, second: str) -> bool:
+    """The same weights however the path is spelt, or a byte-equal copy (a dense run copied
+    into another --out so that two sweeps can share it)."""
+    a, b = Path(first), Path(second)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.stat().st_size == b.stat().st_size and file_sha256(a) == file_sha256(b)
+    except OSError:
+        return False
 
 
 def admm_epochs(config: Config) -> int:
