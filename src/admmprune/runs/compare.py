@@ -103,7 +103,6 @@ METHODS: dict[str, tuple[str, dict]] = {
 REFERENCES = ("dense", "dense-retrain")
 
 
-
 def _signature(keys: dict) -> tuple:
     """What tells methods apart, with the defaults a method that does not set a key gets."""
     layer_percents = keys.get("layer_percents")
