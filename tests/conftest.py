@@ -182,6 +182,20 @@ def code_corpus(tmp_path_factory) -> Path:
     return path
 
 
+def tiny_gpt_config(corpus: Path, **overrides):
+    """A one-block GPT on ``corpus`` pruned once by a calibrated method (Wanda by default),
+    without retraining: the recipe of the Wanda and SparseGPT pipeline tests."""
+    from admmprune.runs.config import load_config
+
+    base = dict(model="gpt", model_args={"n_layer": 1, "n_embd": 16, "n_head": 2,
+                                         "context": 16},
+                dataset="text", task="language-modeling", data_dir=str(corpus),
+                include=["*.c_attn", "*.c_proj", "*.c_fc"], train_subset=64, test_subset=16,
+                batch_size=16, dense_epochs=1, all_percent=75.0, k_step=1, pruning="wanda",
+                calibration_batches=2, retraining_epochs=0, progress=False, threads=1)
+    return load_config(None, {**base, **overrides})
+
+
 @pytest.fixture
 def in_repo(monkeypatch) -> Path:
     """The repository as the working directory (recipes/ resolves as in the README)."""

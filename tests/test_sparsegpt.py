@@ -11,7 +11,7 @@ from torch import nn
 from admmprune.activations import input_grams
 from admmprune.projection import survivor_count
 from admmprune.runs.compare import METHODS, fixed_percent, method_config
-from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.config import ConfigError
 from admmprune.runs.pipeline import run_pipeline
 from admmprune.sparsegpt import (
     SparseGPTError,
@@ -21,7 +21,6 @@ from admmprune.sparsegpt import (
 )
 from admmprune.wanda import row_masks, wanda_scores
 
-INCLUDE = ["*.c_attn", "*.c_proj", "*.c_fc"]
 PRUNED = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
 
@@ -150,13 +149,9 @@ def test_model_pruning_rewrites_the_weights_in_place():
 
 
 def gpt_config(corpus, **overrides):
-    base = dict(model="gpt", model_args={"n_layer": 1, "n_embd": 16, "n_head": 2,
-                                         "context": 16},
-                dataset="text", task="language-modeling", data_dir=str(corpus),
-                include=INCLUDE, train_subset=64, test_subset=16, batch_size=16,
-                dense_epochs=1, all_percent=75.0, k_step=1, pruning="sparsegpt",
-                calibration_batches=2, retraining_epochs=0, progress=False, threads=1)
-    return load_config(None, {**base, **overrides})
+    from conftest import tiny_gpt_config
+
+    return tiny_gpt_config(corpus, **{"pruning": "sparsegpt", **overrides})
 
 
 def test_a_tiny_gpt_is_pruned_to_exact_counts_through_the_pipeline(code_corpus, tmp_path):

@@ -9,21 +9,16 @@ import torch
 
 from admmprune.projection import survivor_count
 from admmprune.runs.compare import METHODS, fixed_percent, method_config
-from admmprune.runs.config import ConfigError, load_config
+from admmprune.runs.config import ConfigError
 from admmprune.runs.pipeline import run_pipeline
 
-INCLUDE = ["*.c_attn", "*.c_proj", "*.c_fc"]
 PRUNED = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
 
 def config(corpus, **overrides):
-    base = dict(model="gpt", model_args={"n_layer": 1, "n_embd": 16, "n_head": 2,
-                                         "context": 16},
-                dataset="text", task="language-modeling", data_dir=str(corpus),
-                include=INCLUDE, train_subset=64, test_subset=16, batch_size=16,
-                dense_epochs=1, all_percent=75.0, k_step=1, pruning="wanda",
-                calibration_batches=2, retraining_epochs=0, progress=False, threads=1)
-    return load_config(None, {**base, **overrides})
+    from conftest import tiny_gpt_config
+
+    return tiny_gpt_config(corpus, **overrides)
 
 
 def pruned(state):

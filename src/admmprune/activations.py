@@ -36,14 +36,15 @@ class CalibrationError(ValueError):
 
 
 def calibrated_layers(model: nn.Module, include: Sequence[str] | None,
-                      exclude: Sequence[str] | None, method: str
+                      exclude: Sequence[str] | None, method: str,
+                      error: type[CalibrationError] = CalibrationError
                       ) -> list[tuple[str, nn.Module, nn.Parameter, int]]:
     """The pruned tensors of ``model`` as ``(name, layer, weight, input_dim)``, in
     :func:`prunable_parameters` order.
 
     Raises:
-        CalibrationError: a pruned tensor that is not the weight of an ``nn.Linear`` or HF
-        ``Conv1D`` (``method`` names who refuses it).
+        CalibrationError: (of class ``error``) a pruned tensor that is not the weight of an
+        ``nn.Linear`` or HF ``Conv1D`` (``method`` names who refuses it).
     """
     layers = []
     for name, weight in prunable_parameters(model, include, exclude):
@@ -51,9 +52,8 @@ def calibrated_layers(model: nn.Module, include: Sequence[str] | None,
         module = model.get_submodule(module_name)
         dim = input_feature_dim(module)
         if attr != "weight" or dim is None:
-            raise CalibrationError(f"{name}: {method} scores the weights of nn.Linear and HF "
-                                   f"Conv1D layers, not a {type(module).__name__}'s "
-                                   f"{attr!r}; exclude it")
+            raise error(f"{name}: {method} scores the weights of nn.Linear and HF Conv1D "
+                        f"layers, not a {type(module).__name__}'s {attr!r}; exclude it")
         layers.append((name, module, weight, dim))
     return layers
 

@@ -166,10 +166,7 @@ def sparsegpt_prune_model(model: nn.Module, batches: Iterable, *,
     """
     if (all_percent is None) == (nm is None):
         raise SparseGPTError("give exactly one of all_percent (unstructured) and nm=(N, M)")
-    try:
-        layers = calibrated_layers(model, include, exclude, "SparseGPT")
-    except CalibrationError as error:
-        raise SparseGPTError(str(error)) from None
+    layers = calibrated_layers(model, include, exclude, "SparseGPT", SparseGPTError)
     grams = input_grams(model, [module for _, module, _, _ in layers], batches,
                         max_batches=max_batches, device=device)
     masks = []

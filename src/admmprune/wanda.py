@@ -130,10 +130,7 @@ def wanda_masks(model: nn.Module, batches: Iterable, *, all_percent: float | Non
     """
     if (all_percent is None) == (nm is None):
         raise WandaError("give exactly one of all_percent (unstructured) and nm=(N, M)")
-    try:
-        layers = calibrated_layers(model, include, exclude, "Wanda")
-    except CalibrationError as error:
-        raise WandaError(str(error)) from None
+    layers = calibrated_layers(model, include, exclude, "Wanda", WandaError)
     norms = input_norms(model, [module for _, module, _, _ in layers], batches,
                         max_batches=max_batches, device=device)
     masks = []
