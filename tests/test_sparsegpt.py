@@ -4,6 +4,8 @@ better than zeroing, and ``pruning: sparsegpt`` through the pipeline on a tiny G
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -175,3 +177,53 @@ def test_sparsegpt_methods_and_refusals(code_corpus):
     assert {"sparsegpt", "sparsegpt-retrain", "sparsegpt-nm"} <= set(METHODS)
     with pytest.raises(ConfigError, match="sparsegpt prunes once"):
         gpt_config(code_corpus, structure="filter")
+
+
+def test_sequential_calibration_feeds_each_layer_the_pruned_layers_before_it():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    g = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(32, 8, generator=g), None) for _ in range(4)]
+    dense_second = model[2].weight.detach().clone()
+    one_pass_model = copy.deepcopy(model)
+    one_pass = sparsegpt_prune_model(one_pass_model, batches[:3], all_percent=60.0)
+    masks = sparsegpt_prune_model(model, iter(batches), all_percent=60.0, sequential=True,
+                                  max_batches=3)  # an iterator: read once, cached
+    x = torch.cat([b for b, _ in batches[:3]])
+    with torch.no_grad():
+        hidden = torch.relu(model[0](x)).double()  # the first layer as pruned
+    expected, expected_mask = sparsegpt_prune(dense_second, hidden.t() @ hidden,
+                                              all_percent=60.0)
+    assert torch.equal(masks[1], expected_mask)
+    assert torch.allclose(model[2].weight, expected.float(), atol=1e-6)
+    # the first layer sees the same inputs either way; the second does not
+    assert torch.equal(masks[0], one_pass[0])
+    assert torch.equal(model[0].weight, one_pass_model[0].weight)
+    assert not torch.allclose(model[2].weight, one_pass_model[2].weight)
+
+
+def test_sequential_wanda_zeroes_each_layer_before_scoring_the_next():
+    from admmprune.wanda import wanda_masks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(32, 8, generator=g), None) for _ in range(3)]
+    second = model[2].weight.detach().clone()
+    masks = wanda_masks(model, batches, all_percent=50.0, sequential=True)
+    assert (model[0].weight[~masks[0]] == 0).all()
+    hidden = torch.relu(model[0](torch.cat([b for b, _ in batches])))
+    expected = row_masks(wanda_scores(second, hidden.norm(dim=0)), 50.0)
+    assert torch.equal(masks[1], expected)
+
+
+def test_sequential_sparsegpt_through_the_pipeline(code_corpus, tmp_path):
+    summary = run_pipeline(gpt_config(code_corpus, calibration_order="sequential"),
+                           run_dir=tmp_path / "run")
+    final = torch.load(tmp_path / "run" / "model.pt")
+    for name, weight in final.items():
+        if name.endswith(PRUNED):
+            assert int((weight != 0).sum()) == survivor_count(weight.numel(), 75.0), name
+    assert summary["complete"]
+    with pytest.raises(ConfigError, match="calibration_order must be one of"):
+        gpt_config(code_corpus, calibration_order="backwards")

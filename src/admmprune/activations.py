@@ -8,14 +8,15 @@ feature over every token of every calibration example (what Wanda scores with);
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from itertools import islice
 
 import torch
 from torch import nn
 
 from .selection import prunable_parameters
 
-__all__ = ["CalibrationError", "calibrated_layers", "input_feature_dim", "input_norms",
-           "input_grams"]
+__all__ = ["CalibrationError", "calibrated_layers", "calibrate", "input_feature_dim",
+           "input_norms", "input_grams"]
 
 
 def input_feature_dim(module: nn.Module) -> int | None:
@@ -134,3 +135,34 @@ def input_grams(model: nn.Module, modules: Sequence[nn.Module], batches: Iterabl
     errors as :func:`input_norms`."""
     return _gather(model, modules, batches, lambda x: x.double().t() @ x.double(),
                    max_batches, device)
+
+
+def calibrate(model: nn.Module, modules: Sequence[nn.Module], batches: Iterable,
+              gather: Callable[..., list[torch.Tensor]],
+              prune_layer: Callable[[int, torch.Tensor], None], *, sequential: bool = False,
+              max_batches: int | None = None, device: torch.device | str | None = None
+              ) -> None:
+    """Prune ``modules`` one by one from statistics of their calibration inputs.
+
+    Args:
+        model: the model the batches are fed to.
+        modules: its layers to prune, in forward order.
+        batches: ``(x, y)`` calibration pairs.
+        gather: :func:`input_norms` or :func:`input_grams`.
+        prune_layer: ``prune_layer(i, statistic)`` prunes ``modules[i]`` in place.
+        sequential: False: every layer's statistic from the dense model, in one pass;
+            True: layer i's from the model with layers 0..i-1 already pruned, one pass per
+            layer over the same cached batches (as the reference implementations of Wanda
+            and SparseGPT do per transformer block).
+        max_batches: at most this many batches.
+        device: where ``x`` goes.
+    """
+    if not sequential:
+        statistics = gather(model, modules, batches, max_batches=max_batches, device=device)
+        for i, statistic in enumerate(statistics):
+            prune_layer(i, statistic)
+        return
+    cached = list(islice(batches, max_batches))  # the same batches for every layer
+    for i, module in enumerate(modules):
+        (statistic,) = gather(model, [module], cached, device=device)
+        prune_layer(i, statistic)

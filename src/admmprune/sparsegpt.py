@@ -11,9 +11,9 @@ this one factorisation plus a sweep. Which weights go is chosen per block of
 layer's share is uniform, the split between rows free within a block.
 
 The functions here are pure maths on tensors; :func:`sparsegpt_prune_model` gathers the
-Hessians of a model's layers (from the dense model in one pass: the reference implementation
-instead feeds each transformer block the outputs of the blocks pruned before it) and
-rewrites the weights in place.
+Hessians of a model's layers (from the dense model in one pass, or layer by layer from the
+model pruned so far, as the reference implementation feeds each transformer block the
+outputs of the blocks pruned before it) and rewrites the weights in place.
 
 Layouts as in :mod:`admmprune.wanda`: ``nn.Linear`` ``[out, in]``, HF ``Conv1D`` ``[in, out]``.
 """
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .activations import CalibrationError, calibrated_layers, input_grams
+from .activations import CalibrationError, calibrate, calibrated_layers, input_grams
 from .projection import survivor_count, validate_nm
 
 __all__ = ["SparseGPTError", "hessian_inverse_factor", "sparsegpt_prune",
@@ -145,7 +145,7 @@ def sparsegpt_prune_model(model: nn.Module, batches: Iterable, *,
                           include: Sequence[str] | None = None,
                           exclude: Sequence[str] | None = None, max_batches: int | None = None,
                           device: torch.device | str | None = None, block_size: int = 128,
-                          damp: float = 0.01) -> list[torch.Tensor]:
+                          damp: float = 0.01, sequential: bool = False) -> list[torch.Tensor]:
     """Prune a model's selected layers by SparseGPT in place.
 
     Args:
@@ -155,6 +155,8 @@ def sparsegpt_prune_model(model: nn.Module, batches: Iterable, *,
         include, exclude: the selection patterns of :func:`prunable_parameters`.
         max_batches: use at most this many batches.
         device: where the batches go (default: the model's device).
+        sequential: False: every layer's ``XᵀX`` from the dense model, in one pass; True:
+            each layer's from the model with the layers before it already pruned.
 
     Returns:
         One boolean mask per tensor, in :func:`prunable_parameters` order (what
@@ -167,13 +169,15 @@ def sparsegpt_prune_model(model: nn.Module, batches: Iterable, *,
     if (all_percent is None) == (nm is None):
         raise SparseGPTError("give exactly one of all_percent (unstructured) and nm=(N, M)")
     layers = calibrated_layers(model, include, exclude, "SparseGPT", SparseGPTError)
-    grams = input_grams(model, [module for _, module, _, _ in layers], batches,
-                        max_batches=max_batches, device=device)
-    masks = []
-    for (_, _, weight, dim), gram in zip(layers, grams, strict=True):
-        new_weight, mask = sparsegpt_prune(weight, gram, all_percent=all_percent,
-                                           nm=nm, input_dim=dim, block_size=block_size,
-                                           damp=damp)
+    masks: list[torch.Tensor] = []
+
+    def prune_layer(i: int, gram: torch.Tensor) -> None:
+        weight, dim = layers[i][2], layers[i][3]
+        new_weight, mask = sparsegpt_prune(weight, gram, all_percent=all_percent, nm=nm,
+                                           input_dim=dim, block_size=block_size, damp=damp)
         weight.copy_(new_weight)
         masks.append(mask)
+
+    calibrate(model, [module for _, module, _, _ in layers], batches, input_grams, prune_layer,
+              sequential=sequential, max_batches=max_batches, device=device)
     return masks

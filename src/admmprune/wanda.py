@@ -8,7 +8,8 @@ same share, so the ratio is uniform across layers. With N:M the groups are M con
 inputs of a row, as the pruner's ``nm`` structure groups them.
 
 The functions here are pure maths on tensors; :mod:`admmprune.activations` gathers the
-norms with forward hooks, and :func:`wanda_masks` joins the two for a model.
+norms with forward hooks (from the dense model in one pass, or layer by layer from the model
+pruned so far), and :func:`wanda_masks` joins the two for a model.
 
 Layouts: ``nn.Linear`` stores ``[out, in]`` (inputs on dim 1); Hugging Face's ``Conv1D``
 (GPT-2) stores ``[in, out]`` (inputs on dim 0).
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from .activations import CalibrationError, calibrated_layers, input_norms
+from .activations import CalibrationError, calibrate, calibrated_layers, input_norms
 from .projection import StructureOptions, nm_masks, survivor_count
 
 __all__ = ["WandaError", "wanda_scores", "row_masks", "nm_row_masks", "wanda_masks"]
@@ -104,21 +105,22 @@ def nm_row_masks(scores: torch.Tensor, n: int = 2, m: int = 4, input_dim: int = 
 def wanda_masks(model: nn.Module, batches: Iterable, *, all_percent: float | None = None,
                 nm: tuple[int, int] | None = None, include: Sequence[str] | None = None,
                 exclude: Sequence[str] | None = None, max_batches: int | None = None,
-                device: torch.device | str | None = None) -> list[torch.Tensor]:
+                device: torch.device | str | None = None, sequential: bool = False
+                ) -> list[torch.Tensor]:
     """Wanda's masks of a model's pruned tensors from calibration batches.
 
-    The norms are those of the dense model's activations, gathered in one pass (the
-    reference implementation instead feeds each transformer block the outputs of the
-    blocks pruned before it).
-
     Args:
-        model: the dense model.
+        model: the dense model (left as it is, unless ``sequential``).
         batches: calibration batches ``(x, y)`` (the training split; ``y`` is ignored).
         all_percent: share of every output row removed (unstructured), or
         nm: ``(N, M)`` for N:M sparsity along the inputs; exactly one of the two.
         include, exclude: the selection patterns of :func:`prunable_parameters`.
         max_batches: use at most this many batches.
         device: where the batches go (default: the model's device).
+        sequential: False: the norms of the dense model's activations, in one pass; True:
+            each layer's from the model with the layers before it pruned (their weights
+            zeroed in place), as the reference implementation feeds each transformer block
+            the outputs of the blocks pruned before it.
 
     Returns:
         One boolean mask per tensor, in :func:`prunable_parameters` order (what
@@ -131,11 +133,17 @@ def wanda_masks(model: nn.Module, batches: Iterable, *, all_percent: float | Non
     if (all_percent is None) == (nm is None):
         raise WandaError("give exactly one of all_percent (unstructured) and nm=(N, M)")
     layers = calibrated_layers(model, include, exclude, "Wanda", WandaError)
-    norms = input_norms(model, [module for _, module, _, _ in layers], batches,
-                        max_batches=max_batches, device=device)
-    masks = []
-    for (_, _, weight, dim), norm in zip(layers, norms, strict=True):
+    masks: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def prune_layer(i: int, norm: torch.Tensor) -> None:
+        _, _, weight, dim = layers[i]
         scores = wanda_scores(weight, norm, dim)
         masks.append(nm_row_masks(scores, nm[0], nm[1], dim) if nm is not None
                      else row_masks(scores, float(all_percent or 0.0), dim))
+        if sequential:  # the next layers' inputs come from this pruned layer
+            weight.mul_(masks[-1])
+
+    calibrate(model, [module for _, module, _, _ in layers], batches, input_norms, prune_layer,
+              sequential=sequential, max_batches=max_batches, device=device)
     return masks

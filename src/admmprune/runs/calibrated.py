@@ -22,7 +22,8 @@ def calibrated_prune(model: nn.Module, pruner: ADMMPruner, config: Config, batch
                      device: torch.device) -> list[LayerSparsity]:
     """Hard prune ``model`` by ``config.pruning`` (Wanda: masks only; SparseGPT: masks and
     reconstructed weights), every layer at ``config``'s all_percent, or N:M for structure
-    nm, from the first ``calibration_batches`` of ``batches``.
+    nm, from the first ``calibration_batches`` of ``batches`` (layer by layer from the
+    model pruned so far with ``calibration_order: sequential``).
 
     Returns:
         The per-layer sparsity after pruning.
@@ -31,5 +32,6 @@ def calibrated_prune(model: nn.Module, pruner: ADMMPruner, config: Config, batch
     prune = {"wanda": wanda_masks, "sparsegpt": sparsegpt_prune_model}[config.pruning]
     masks = prune(model, batches, all_percent=None if nm else config.final_percent(), nm=nm,
                   include=config.include, exclude=config.exclude,
-                  max_batches=config.calibration_batches, device=device)
+                  max_batches=config.calibration_batches, device=device,
+                  sequential=config.calibration_order == "sequential")
     return pruner.apply_masks(masks)

@@ -132,7 +132,8 @@ REUSE_IGNORED = frozenset(RESUME_SAFE_KEYS - {"retraining_epochs"})
 DENSE_UNUSED = frozenset({
     "pruning", "all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max",
     "adaptive_rho", "p_lambda", "projection", "layer_percents", "score", "structure",
-    "group_score", "nm_n", "nm_m", "include", "exclude", "z_init", "admm_lr_schedule",
+    "group_score", "nm_n", "nm_m", "calibration_batches", "calibration_order", "include",
+    "exclude", "z_init", "admm_lr_schedule",
     "hard_prune_support", "stage_retraining_epochs", "allow_regrowth", "live_weights",
     "distill_weight", "distill_temperature", "retraining_epochs", "retraining_learning_rate",
     "retraining_augment_shift", "retraining_average_epochs", "retraining_lr_schedule",

@@ -119,6 +119,11 @@ class Config:
                         "ratio; unstructured or nm)", ("admm",) + ONE_SHOT_PRUNING)
     calibration_batches: int = _key(8, "pruning wanda or sparsegpt: training batches whose "
                                        "inputs score the weights")
+    calibration_order: str = _key("one-pass", "pruning wanda or sparsegpt: one-pass: every "
+                                  "layer's inputs from the dense model; sequential: each "
+                                  "layer's from the model with the layers before it pruned "
+                                  "(one calibration pass per layer)",
+                                  ("one-pass", "sequential"))
     all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
                                            "a list runs progressive stages")
     k_step: int | list = _key(6, "ADMM iterations (per stage)")
