@@ -133,11 +133,16 @@ def test_zero_percent_changes_nothing_and_bad_input_is_refused():
         sparsegpt_prune(weight, x.t() @ x, nm=(2, 4), block_size=6)
 
 
-def test_model_pruning_rewrites_the_weights_in_place():
+def two_layers_and_batches(seed: int, count: int):
+    """A Linear-ReLU-Linear model (seeded 0) and ``count`` calibration batches of 32."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    g = torch.Generator().manual_seed(5)
-    batches = [(torch.randn(32, 8, generator=g), None) for _ in range(3)]
+    g = torch.Generator().manual_seed(seed)
+    return model, [(torch.randn(32, 8, generator=g), None) for _ in range(count)]
+
+
+def test_model_pruning_rewrites_the_weights_in_place():
+    model, batches = two_layers_and_batches(5, 3)
     (gram, _) = input_grams(model, [model[0], model[2]], batches)
     x = torch.cat([b for b, _ in batches]).double()
     assert torch.allclose(gram, x.t() @ x)
@@ -180,10 +185,7 @@ def test_sparsegpt_methods_and_refusals(code_corpus):
 
 
 def test_sequential_calibration_feeds_each_layer_the_pruned_layers_before_it():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    g = torch.Generator().manual_seed(6)
-    batches = [(torch.randn(32, 8, generator=g), None) for _ in range(4)]
+    model, batches = two_layers_and_batches(6, 4)
     dense_second = model[2].weight.detach().clone()
     one_pass_model = copy.deepcopy(model)
     one_pass = sparsegpt_prune_model(one_pass_model, batches[:3], all_percent=60.0)
@@ -205,10 +207,7 @@ def test_sequential_calibration_feeds_each_layer_the_pruned_layers_before_it():
 def test_sequential_wanda_zeroes_each_layer_before_scoring_the_next():
     from admmprune.wanda import wanda_masks
 
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    g = torch.Generator().manual_seed(7)
-    batches = [(torch.randn(32, 8, generator=g), None) for _ in range(3)]
+    model, batches = two_layers_and_batches(7, 3)
     second = model[2].weight.detach().clone()
     masks = wanda_masks(model, batches, all_percent=50.0, sequential=True)
     assert (model[0].weight[~masks[0]] == 0).all()
