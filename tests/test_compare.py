@@ -177,6 +177,8 @@ def test_table_cells_show_their_own_compression():
     assert "71.4x" in lines["admm"] and "99.30 ± 0.01" in lines["admm"]
     assert "38.7x" in lines["filter-layerwise"] and "71" not in lines["filter-layerwise"]
     assert "61.9x" in lines["channel"]
+    # cells with fewer seeds than the table's most say so; full ones do not
+    assert "[1 of 2 seeds]" in lines["channel"] and "seeds]" not in lines["admm"]
 
 
 def test_a_finished_run_of_another_config_is_not_reused(tmp_path):

@@ -438,9 +438,12 @@ def markdown_table(rows: Sequence[dict]) -> str:
     headline test metric (in % where it is a fraction): methods that round per layer or
     remove whole groups reach another compression at the same all_percent. The best method
     of each column is in bold; notes list the recipe keys a method changed
-    (:func:`method_notes`)."""
+    (:func:`method_notes`). A cell averaged over fewer seeds than the table's most says how
+    many it has: a sweep still running, or a method not run for every seed, must not pass
+    for a full mean."""
     summary = summarize(rows)
     best = best_methods(summary)
+    most_seeds = max((r["seeds"] for r in summary), default=0)
     variant_keys = sorted({k for r in summary for k in r if k.startswith("model_")})
     percents = sorted({r["all_percent"] for r in summary if r["all_percent"] is not None})
     blocks = []
@@ -455,7 +458,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
             for p in percents:
                 match = [r for r in subset if r["method"] == method and
                          (r["all_percent"] == p or r["all_percent"] is None)]
-                text = _fmt_value(match[0]) if match else ""
+                text = _fmt_value(match[0], most_seeds) if match else ""
                 winner = best.get((tuple((k, v) for k, v in zip(variant_keys, variant,
                                                                  strict=True)), p))
                 cells.append(f"**{text}**" if text and winner == method else text)
@@ -474,7 +477,7 @@ def _scale(row: dict) -> tuple[float, int]:
     return (100.0, 2) if row_metric(row) in percent_keys(row) else (1.0, 4)
 
 
-def _fmt_value(row: dict) -> str:
+def _fmt_value(row: dict, most_seeds: int) -> str:
     scale, digits = _scale(row)
     text = f"{scale * row['mean']:.{digits}f}"
     if row["std"] is not None:
@@ -482,6 +485,8 @@ def _fmt_value(row: dict) -> str:
     compression = row["compression"]
     if compression is not None and compression != 1:
         text += f" ({compression:.1f}x)"
+    if row["seeds"] < most_seeds:
+        text += f" [{row['seeds']} of {most_seeds} seeds]"
     return text
 
 
@@ -514,8 +519,9 @@ def table_caption(rows: Sequence[dict]) -> str:
     unit = " (%)" if metric in percent_keys(first) else ""
     return (f"Test {metric}{unit} after pruning and retraining, "
             f"{direction_note(higher_is_better(first))}; mean ± std over seeds, then the "
-            "compression ratio N/K the run reached; the best method of each column in bold; "
-            "the column header gives all_percent.")
+            "compression ratio N/K the run reached ([n of m seeds] where a cell has fewer "
+            "seeds than the others); the best method of each column in bold; the column "
+            "header gives all_percent.")
 
 
 def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | None = None
