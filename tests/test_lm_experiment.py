@@ -8,6 +8,7 @@ import random
 import shlex
 
 import pytest
+import yaml
 
 from admmprune.cli import main
 
@@ -35,8 +36,10 @@ def doc_commands() -> list[list[str]]:
 
 def test_the_documented_commands_run_on_a_tiny_model(tmp_path, capsys):
     commands = doc_commands()
-    compares = [c for c in commands if c[0] == "compare"]
+    compares = [c for c in commands if c[0] == "compare" and "runs/lm" in c]
     assert len(compares) == 4 and all("recipes/gpt_pystdlib.yaml" in c for c in compares)
+    split = [c for c in commands if c[0] == "compare" and "runs/lm-split" in c]
+    assert len(split) == 1 and "--k-step" in split[0]
     corpus = tmp_path / "corpus.txt"
     rng = random.Random(0)
     corpus.write_text(" ".join(rng.choice(["def", "x", "=", "(", ")", ":", "\n", "return"])
@@ -58,6 +61,17 @@ def test_the_documented_commands_run_on_a_tiny_model(tmp_path, capsys):
     assert {r["all_percent"] for r in rows if r["method"].endswith("nm")} == {50.0}
     assert "lower is better" in (out / "results.md").read_text()
     assert (out / "accuracy_vs_compression.png").is_file()
+    # the budget-split sensitivity: its own --out, the dense model trained there again
+    split_out = tmp_path / "lm-split"
+    command = [str(split_out) if arg == "runs/lm-split" else arg for arg in split[0]]
+    tiny = [arg for i, arg in enumerate(TINY)  # the split's own k_step and retraining
+            if not {arg, TINY[i - 1]} & {"--k-step", "--retraining-epochs"}]
+    assert main([*command, *tiny, "--data-dir", str(corpus)]) == 0
+    admm = next(r for r in json.loads((split_out / "results.json").read_text())
+                if r["method"] == "admm")
+    assert admm["all_percent"] == 90.0 and admm["metric"] == "bpb"
+    saved = yaml.safe_load((split_out / "admm-seed0-p90" / "config.yaml").read_text())
+    assert (saved["k_step"], saved["retraining_epochs"]) == (2, 4)
 
     reports = [c for c in commands if c[0] == "report"]
     assert reports and all("--by-block" in c for c in reports)
