@@ -34,9 +34,12 @@ from admmprune.projection import global_topk_masks, magnitude_scores, survivor_c
 MODEL_ARGS: dict[str, dict] = {"alexnet": {"num_classes": 10, "image_size": 67, "fc_width": 64},
                                "yolov4": {"num_classes": 10, "image_size": 64},
                                "yolov4-tiny": {"num_classes": 10, "image_size": 64},
-                               "gpt": {"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 16}}
+                               "gpt": {"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 16},
+                               "llama": {"n_layer": 2, "n_embd": 32, "n_head": 2,
+                                         "n_kv_head": 1, "intermediate": 192, "context": 16}}
 # GPT's Conv1D block weights are reached by name (its LM head, the embedding, stays dense)
-INCLUDE: dict[str, list[str]] = {"gpt": ["*.c_attn", "*.c_proj", "*.c_fc"]}
+INCLUDE: dict[str, list[str]] = {"gpt": ["*.c_attn", "*.c_proj", "*.c_fc"],
+                                 "llama": ["*_proj", "lm_head"]}
 
 
 def prune(model: nn.Module, percent: float, include: list[str] | None = None) -> None:

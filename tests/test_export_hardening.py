@@ -110,6 +110,8 @@ SMALLEST: dict[str, tuple[dict, tuple[int, ...]]] = {
     "alexnet": ({"num_classes": 3, "image_size": 67, "fc_width": 16}, (2, 3, 67, 67)),
     "gpt": ({"n_layer": 1, "n_embd": 16, "n_head": 2, "context": 8}, (2, 8)),  # byte tokens
     "lenet300": ({"num_classes": 3}, (2, 1, 28, 28)),
+    "llama": ({"n_layer": 1, "n_embd": 16, "n_head": 2, "n_kv_head": 1, "intermediate": 24,
+               "context": 8}, (2, 8)),
     "lenet5": ({"num_classes": 3}, (2, 1, 28, 28)),
     "mlp": ({"depth": 1, "width": 8, "input_size": 12, "num_classes": 3}, (2, 12)),
     "yolov4": ({"num_classes": 1, "image_size": 32}, (2, 3, 32, 32)),
@@ -129,7 +131,7 @@ def test_every_registered_model_exports_to_onnx_matching_pytorch(name, tmp_path)
     args, shape = SMALLEST[name]
     torch.manual_seed(0)
     model = admmprune.create_model(name, **args).eval()
-    x = torch.randint(0, 256, shape) if name == "gpt" else torch.randn(*shape)
+    x = torch.randint(0, 256, shape) if name in ("gpt", "llama") else torch.randn(*shape)
     result = save_onnx(model, tmp_path / "m.onnx", x[:1])
     assert result["path"] == tmp_path / "m.onnx" and result["max_abs_diff"] < 1e-4
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

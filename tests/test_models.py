@@ -20,8 +20,8 @@ MODEL_ARGS: dict[str, dict] = {"alexnet": {"num_classes": 10, "image_size": 67, 
                                "yolov4-tiny": {"num_classes": 10, "image_size": 64}}
 # Detectors return one raw head per scale: (B, anchors * (5 + classes), H, W).
 DETECTORS = {"yolov4", "yolov4-tiny"}
-# Token windows in, logits [B, T, V] out: tested in test_gpt.py.
-LANGUAGE_MODELS = {"gpt"}
+# Token windows in, logits [B, T, V] out: tested in test_gpt.py and test_llama.py.
+LANGUAGE_MODELS = {"gpt", "llama"}
 
 
 def test_the_documented_models_are_registered():

@@ -14,18 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .hf import hf_transformers
 from .registry import register_model
 
 __all__ = ["GPT", "gpt2_config"]
 
 
 def _transformers() -> Any:
-    try:
-        import transformers
-    except ImportError:
-        raise ImportError("model gpt is built from Hugging Face's GPT2Config: install "
-                          "transformers (pip install transformers)") from None
-    return transformers
+    return hf_transformers("gpt", "GPT2Config")
 
 
 def gpt2_config(n_layer: int = 4, n_embd: int = 256, n_head: int = 4, context: int = 256,
