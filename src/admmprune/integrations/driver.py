@@ -161,11 +161,15 @@ class PruningDriver:
             logger.info("hard prune: %d of %d weights kept (%.4g%% removed)", kept["kept"],
                         kept["total"], kept["sparsity_percent"])
 
-    def before_step(self, done: int) -> None:
-        """The penalty's gradient, before an optimizer step of the period after ``done``."""
+    def before_step(self, done: int, optimizer: Any = None) -> None:
+        """The penalty's gradient, before an optimizer step of the period after ``done``:
+        on the pruned tensors that ``optimizer`` steps (None: all of them), so that with
+        several optimizers each tensor gets its penalty once, from its own optimizer."""
         pruner = self._attached()
         if self.schedule.phase(done) != "dense":
-            pruner.add_penalty_gradients()
+            stepped = None if optimizer is None else [
+                p for group in _unwrapped(optimizer).param_groups for p in group["params"]]
+            pruner.add_penalty_gradients(stepped)
 
     def after_step(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         """Pruned weights and their optimizer state back to exactly 0 (masked phase)."""

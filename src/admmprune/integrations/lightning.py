@@ -28,7 +28,9 @@ class ADMMPruning(DriverView, Callback):
     The user's loss is unchanged: the penalty rho·(W − Z + U) enters as its gradient in
     ``on_before_optimizer_step`` (after Lightning unscales AMP gradients and after the DDP
     all-reduce, once per optimizer step under gradient accumulation; before gradient
-    clipping, so the penalty is clipped as it would be inside the loss). After the hard
+    clipping, so the penalty is clipped as it would be inside the loss); with several
+    optimizers (manual optimization), each step adds the penalty of the tensors that
+    optimizer steps, so every tensor gets it once per its own step. After the hard
     prune, pruned weights and their optimizer state (momentum, Adam's moments) are reset to
     exactly 0 after every optimizer step. The pruner's state (Z, U, rho, masks, iteration)
     is part of the trainer's checkpoints and restored by ``fit(ckpt_path=...)``.
@@ -103,7 +105,8 @@ class ADMMPruning(DriverView, Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:
-        self._driver.before_step(trainer.current_epoch)
+        # the penalty of the tensors this optimizer steps (one of several, possibly)
+        self._driver.before_step(trainer.current_epoch, optimizer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -138,7 +138,7 @@ class ADMMCallback(DriverView, TrainerCallback):
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState,
                               control: TrainerControl, **kwargs: Any) -> None:
         self._driver.catch_up(self._done(state), [kwargs["optimizer"]])
-        self._driver.before_step(self._done(state))
+        self._driver.before_step(self._done(state), kwargs["optimizer"])
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState,
                     control: TrainerControl, **kwargs: Any) -> None:
