@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -166,3 +168,28 @@ def test_each_optimizer_adds_the_penalty_of_its_own_tensors_once(tmp_path):
                 stepped += 1
     assert stepped == 3
 
+
+def test_a_step_limit_shorter_than_the_schedule_is_refused(tmp_path):
+    # 4 steps per epoch; max_epochs unset: Lightning runs until max_steps
+    with pytest.raises(ConfigError, match=r"needs 5 epochs.*runs 0.75.*max_steps=...\) >= 20"):
+        fit(tmp_path, ADMMPruning(all_percent=90.0, **SCHEDULE), max_epochs=None, max_steps=3)
+
+
+class StopAfter(Callback):
+    """Ends the fit after ``epochs`` epochs (as early stopping would)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_a_fit_that_ends_before_the_hard_prune_warns(tmp_path, caplog):
+    callback = ADMMPruning(all_percent=90.0, **SCHEDULE)
+    with caplog.at_level(logging.INFO, logger="admmprune.integrations"), \
+            pytest.warns(UserWarning, match="NOT pruned.*after 2 of the 3 epochs"):
+        fit(tmp_path, callback, callbacks=[StopAfter(2)])
+    assert not callback.pruner.pruned
+    assert "NOT pruned" in caplog.text and "kept weights per layer" not in caplog.text
