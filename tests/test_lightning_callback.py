@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -36,17 +38,18 @@ class Blobs(pl.LightningModule):
         return DataLoader(TensorDataset(x, y), batch_size=16)
 
 
-def fit(tmp_path, callback, *, max_epochs=EPOCHS, ckpt_path=None, save=False):
+def fit(tmp_path, callback, *, max_epochs=EPOCHS, ckpt_path=None, save=False, module=None,
+        callbacks=(), **settings):
     pl.seed_everything(0, verbose=False)
-    module = Blobs()
-    callbacks = [callback]
+    module = module or Blobs()
+    callbacks = [callback, *callbacks]
     if save:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, filename="{epoch}", save_top_k=-1,
                                          every_n_epochs=1))
     trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
                          enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=save, callbacks=callbacks,
-                         default_root_dir=tmp_path)
+                         default_root_dir=tmp_path, **settings)
     trainer.fit(module, ckpt_path=ckpt_path)
     return module, trainer
 
@@ -108,3 +111,85 @@ def test_bad_settings_are_refused_by_the_recipe_rules(kwargs, message):
     settings = {"all_percent": 90.0, **kwargs}
     with pytest.raises(ConfigError, match=message):
         ADMMPruning(**settings)
+
+
+class Recording(torch.optim.SGD):
+    """SGD with lr 0 that keeps the gradients it was given at its first step."""
+
+    grads: dict | None = None
+
+    def step(self, closure=None):
+        if closure is not None:  # Lightning's hooks (the penalty) run inside the closure
+            with torch.enable_grad():
+                closure()
+        if self.grads is None:
+            self.grads = {p: p.grad.clone() for g in self.param_groups for p in g["params"]}
+        return super().step()
+
+
+class TwoOptimizers(Blobs):
+    """Manual optimization: one optimizer for the first layer, one for the other two; the
+    loss has no gradient, so each step's gradients are the penalty alone."""
+
+    def __init__(self, pruning: ADMMPruning) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.pruning = pruning
+        self.expected: dict = {}
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        first, second = self.optimizers()
+        self.manual_backward((self.net(x) * 0).sum())
+        if not self.expected:  # the penalty's gradient rho·(W − Z + U), once
+            pruner = self.pruning.pruner
+            grads = torch.autograd.grad(pruner.penalty(), pruner.params)
+            self.expected = dict(zip(pruner.params, grads, strict=True))
+        first.step()
+        second.step()
+        first.zero_grad()
+        second.zero_grad()
+
+    def configure_optimizers(self):
+        rest = [*self.net[2].parameters(), *self.net[4].parameters()]
+        return Recording(self.net[0].parameters(), lr=0.0), Recording(rest, lr=0.0)
+
+
+def test_each_optimizer_adds_the_penalty_of_its_own_tensors_once(tmp_path):
+    pruning = ADMMPruning(all_percent=90.0, rho=0.5, k_step=1, epochs=1, retraining_epochs=1,
+                          verbose=False)
+    module = TwoOptimizers(pruning)
+    fit(tmp_path, pruning, module=module, max_epochs=2, limit_train_batches=1)
+    stepped = 0
+    for optimizer in module.optimizers():
+        for p, grad in optimizer.optimizer.grads.items():
+            if p in module.expected:  # in the ADMM phase (no mask yet): the whole penalty
+                torch.testing.assert_close(grad, module.expected[p])
+                stepped += 1
+    assert stepped == 3
+
+
+def test_a_step_limit_shorter_than_the_schedule_is_refused(tmp_path):
+    # 4 steps per epoch; max_epochs unset: Lightning runs until max_steps
+    with pytest.raises(ConfigError, match=r"needs 5 epochs.*runs 0.75.*max_steps=...\) >= 20"):
+        fit(tmp_path, ADMMPruning(all_percent=90.0, **SCHEDULE), max_epochs=None, max_steps=3)
+
+
+class StopAfter(Callback):
+    """Ends the fit after ``epochs`` epochs (as early stopping would)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
+
+
+def test_a_fit_that_ends_before_the_hard_prune_warns(tmp_path, caplog):
+    callback = ADMMPruning(all_percent=90.0, **SCHEDULE)
+    with caplog.at_level(logging.INFO, logger="admmprune.integrations"), \
+            pytest.warns(UserWarning, match="NOT pruned.*after 2 of the 3 epochs"):
+        fit(tmp_path, callback, callbacks=[StopAfter(2)])
+    assert not callback.pruner.pruned
+    assert "NOT pruned" in caplog.text and "kept weights per layer" not in caplog.text

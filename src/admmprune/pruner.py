@@ -11,7 +11,7 @@ It never wraps the optimizer or the loop; it only reads and writes the weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 import torch
@@ -293,9 +293,13 @@ class ADMMPruner:
         return self.params[0].new_zeros(())
 
     @torch.no_grad()
-    def add_penalty_gradients(self) -> None:
+    def add_penalty_gradients(self, only: Iterable[torch.Tensor] | None = None) -> None:
         """Add the gradient of :meth:`penalty` to each prunable weight's ``.grad`` (created
         when None): rho·(W − Z + U) + p_lambda·W until the hard prune, p_lambda·W after it.
+
+        ``only``: the tensors an optimizer is about to step (its ``param_groups``' params);
+        with several optimizers, each adds the penalty of its own weights at its own step,
+        so no weight gets it twice. None: every prunable weight.
 
         The alternative to adding ``penalty()`` to the loss, for loops whose loss is not
         yours (trainer callbacks). Call it once per optimizer step, just before
@@ -311,23 +315,28 @@ class ADMMPruner:
         Frozen weights (``requires_grad=False``) get nothing, as with ``penalty()``.
         Pruned entries get 0 (W is 0 there after the hard prune).
         """
-        params = [p for p in self.params if p.requires_grad]
-        if not params or (self.pruned and not self.p_lambda):
+        stepped = None if only is None else {id(p) for p in only}
+        chosen = [i for i, p in enumerate(self.params)
+                  if p.requires_grad and (stepped is None or id(p) in stepped)]
+        if not chosen or (self.pruned and not self.p_lambda):
             return
+        params = [self.params[i] for i in chosen]
+        grads = []
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        anchors = None if self.pruned else [a for p, a in zip(self.params, self._anchors(),
-                                                             strict=True) if p.requires_grad]
+            grads.append(p.grad)
+        anchors = None
+        if not self.pruned:
+            every = self._anchors()
+            anchors = [every[i] for i in chosen]
         rho = 0.0 if self.pruned else self.rho
-        admm.add_penalty_gradient(params, [p.grad for p in params], anchors, rho,
-                                  self.p_lambda)
+        admm.add_penalty_gradient(params, grads, anchors, rho, self.p_lambda)
         if self.masks is not None:
             # a held mask (a later progressive stage): pruned entries get no gradient, as the
             # gradient hooks give the fused penalty's, so no optimizer state builds up there
-            for p, mask in zip(self.params, self.masks, strict=True):
-                if p.requires_grad and p.grad is not None:
-                    p.grad.mul_(mask)  # the masks live on the weights' device
+            for i, grad in zip(chosen, grads, strict=True):
+                grad.mul_(self.masks[i])  # the masks live on the weights' device
 
     @torch.no_grad()
     def admm_step(self) -> dict:

@@ -11,6 +11,7 @@ to the same masks.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,15 +94,29 @@ class PruningSchedule:
             return "dense"
         return "admm" if done < self.admm_end else "retraining"
 
-    def check_length(self, available: int | None, unit: str, setting: str) -> None:
-        """Raise ``ConfigError`` when the trainer runs fewer periods than the schedule needs
-        (``available`` None: unbounded)."""
-        if available is not None and available < self.total:
-            raise ConfigError(
-                f"the pruning schedule needs {self.total} {unit} (dense {self.dense} + "
-                f"k_step {self.k_step} x {self.per_iteration} + retraining "
-                f"{self.retraining or 0}) but the trainer runs {available}: set {setting} "
-                f">= {self.total} or shorten the schedule")
+    def check_length(self, available: float | None, unit: str, setting: str,
+                     steps_per_period: int | None = None) -> None:
+        """Raise ``ConfigError`` when the trainer runs fewer periods than the schedule needs.
+
+        Args:
+            available: periods the trainer runs (None: unbounded); fractional when a step
+                limit ends the fit inside a period.
+            unit: the periods' name, for the message.
+            setting: the trainer setting that limits the fit.
+            steps_per_period: when ``setting`` counts optimizer steps: the steps of one
+                period, so the message says how many steps the schedule needs.
+        """
+        if available is None or available >= self.total:
+            return
+        runs, needed = f"{available:g}", self.total
+        if steps_per_period is not None:
+            runs += f" (at {steps_per_period} optimizer steps each)"
+            needed = self.total * steps_per_period
+        raise ConfigError(
+            f"the pruning schedule needs {self.total} {unit} (dense {self.dense} + "
+            f"k_step {self.k_step} x {self.per_iteration} + retraining "
+            f"{self.retraining or 0}) but the trainer runs {runs}: set {setting} "
+            f">= {needed} or shorten the schedule")
 
 
 class PruningDriver:
@@ -110,12 +125,15 @@ class PruningDriver:
     Args:
         config: validated settings (``pruning_config``).
         schedule: the phases, in periods.
+        unit: the periods' name in messages ("epochs", "optimizer steps").
         verbose: log the selection at the start and the kept weights at the end.
     """
 
-    def __init__(self, config: Config, schedule: PruningSchedule, verbose: bool = True) -> None:
+    def __init__(self, config: Config, schedule: PruningSchedule, unit: str = "epochs",
+                 verbose: bool = True) -> None:
         self.config = config
         self.schedule = schedule
+        self.unit = unit
         self.verbose = verbose
         self.pruner: ADMMPruner | None = None
         self.report: list[LayerSparsity] | None = None
@@ -161,11 +179,15 @@ class PruningDriver:
             logger.info("hard prune: %d of %d weights kept (%.4g%% removed)", kept["kept"],
                         kept["total"], kept["sparsity_percent"])
 
-    def before_step(self, done: int) -> None:
-        """The penalty's gradient, before an optimizer step of the period after ``done``."""
+    def before_step(self, done: int, optimizer: Any = None) -> None:
+        """The penalty's gradient, before an optimizer step of the period after ``done``:
+        on the pruned tensors that ``optimizer`` steps (None: all of them), so that with
+        several optimizers each tensor gets its penalty once, from its own optimizer."""
         pruner = self._attached()
         if self.schedule.phase(done) != "dense":
-            pruner.add_penalty_gradients()
+            stepped = None if optimizer is None else [
+                p for group in _unwrapped(optimizer).param_groups for p in group["params"]]
+            pruner.add_penalty_gradients(stepped)
 
     def after_step(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         """Pruned weights and their optimizer state back to exactly 0 (masked phase)."""
@@ -174,13 +196,31 @@ class PruningDriver:
             for optimizer in optimizers:
                 pruner.enforce(_unwrapped(optimizer))
 
-    def finish(self) -> list[LayerSparsity] | None:
-        """The kept weights per layer (logged when verbose), or None before any pruner."""
+    def finish(self, done: int) -> list[LayerSparsity] | None:
+        """The kept weights per layer (logged when verbose), or None before any pruner.
+
+        ``done``: periods over when training ended. Training that ended before the hard
+        prune (stopped early, a limit the start could not check) leaves the model unpruned:
+        that is warned (``UserWarning``) and the logged report says so.
+        """
         if self.pruner is None:
             return None
         self.report = self.pruner.sparsity()
+        if self.pruner.pruned:
+            if self.verbose:
+                logger.info("kept weights per layer:\n%s", format_kept(self.report))
+            return self.report
+        schedule = self.schedule
+        message = (
+            f"the model was NOT pruned: training ended after {done} of the "
+            f"{schedule.admm_end} {self.unit} before the hard prune (dense {schedule.dense} + "
+            f"k_step {schedule.k_step} x {schedule.per_iteration}; ADMM iterations done: "
+            f"{self.pruner.iteration} of {schedule.k_step}), so every selected weight is kept."
+            f" Let the trainer run the whole schedule ({schedule.total} {self.unit} at least)")
+        warnings.warn(message, UserWarning, stacklevel=2)
         if self.verbose:
-            logger.info("kept weights per layer:\n%s", format_kept(self.report))
+            logger.warning("%s\nweights per layer, unpruned:\n%s", message,
+                           format_kept(self.report))
         return self.report
 
     # -- persistence ---------------------------------------------------------------------

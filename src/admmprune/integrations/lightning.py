@@ -11,6 +11,7 @@ iteration); then the hard prune and masked retraining to the end of the fit.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,7 +29,9 @@ class ADMMPruning(DriverView, Callback):
     The user's loss is unchanged: the penalty rho·(W − Z + U) enters as its gradient in
     ``on_before_optimizer_step`` (after Lightning unscales AMP gradients and after the DDP
     all-reduce, once per optimizer step under gradient accumulation; before gradient
-    clipping, so the penalty is clipped as it would be inside the loss). After the hard
+    clipping, so the penalty is clipped as it would be inside the loss); with several
+    optimizers (manual optimization), each step adds the penalty of the tensors that
+    optimizer steps, so every tensor gets it once per its own step. After the hard
     prune, pruned weights and their optimizer state (momentum, Adam's moments) are reset to
     exactly 0 after every optimizer step. The pruner's state (Z, U, rho, masks, iteration)
     is part of the trainer's checkpoints and restored by ``fit(ckpt_path=...)``.
@@ -55,9 +58,13 @@ class ADMMPruning(DriverView, Callback):
 
     Raises:
         ConfigError: a bad setting (checked by the recipe rules of ``admmprune.runs.config``),
-            here, or at ``fit`` start when ``max_epochs`` is shorter than the schedule.
+            here, or at ``fit`` start when ``max_epochs`` is shorter than the schedule, or
+            ``max_steps`` is (automatic optimization; checked at the training start).
         PrunerError: at ``fit`` start, when the settings do not fit the model, or on
             resume from a checkpoint saved with another schedule.
+
+    A fit that ends before the hard prune (stopped early) warns (``UserWarning``) that the
+    model was not pruned.
 
     Attributes:
         pruner: the ``ADMMPruner`` (from ``fit`` start on).
@@ -86,7 +93,7 @@ class ADMMPruning(DriverView, Callback):
                                 include=include, exclude=exclude, options=options)
         schedule = PruningSchedule(dense=dense_epochs, k_step=k_step, per_iteration=epochs,
                                    retraining=retraining_epochs)
-        self._driver = PruningDriver(config, schedule, verbose=verbose)
+        self._driver = PruningDriver(config, schedule, unit="epochs", verbose=verbose)
 
     # -- hooks -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -98,12 +105,23 @@ class ADMMPruning(DriverView, Callback):
         self._driver.verbose = self._driver.verbose and trainer.is_global_zero
         self._driver.attach(pl_module)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the training data is set up now: a step limit can be read as epochs. Manual
+        # optimization steps as often as the module likes, so only its end is checked
+        batches = trainer.num_training_batches
+        if (trainer.max_steps != -1 and pl_module.automatic_optimization
+                and 0 < batches < float("inf")):
+            per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+            self.schedule.check_length(trainer.max_steps / per_epoch, "epochs",
+                                       "Trainer(max_steps=...)", per_epoch)
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._driver.catch_up(trainer.current_epoch, trainer.optimizers)
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                  optimizer: Any) -> None:
-        self._driver.before_step(trainer.current_epoch)
+        # the penalty of the tensors this optimizer steps (one of several, possibly)
+        self._driver.before_step(trainer.current_epoch, optimizer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -115,7 +133,7 @@ class ADMMPruning(DriverView, Callback):
         self._driver.catch_up(trainer.current_epoch + 1, trainer.optimizers)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._driver.finish()
+        self._driver.finish(trainer.current_epoch)
 
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
