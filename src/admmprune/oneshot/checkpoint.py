@@ -98,6 +98,7 @@ class LazyCheckpoint:
                 self.aliases[name] = names
         self.block_names: list[str] = []
         self.written: dict[str, str] = {}  # tensor name -> shard file name
+        self.shards: list[str] = []  # in the order written
         self.total_size = 0  # bytes written
         self.block_bytes = 0
         self.peak_block_bytes = 0
@@ -165,7 +166,15 @@ class LazyCheckpoint:
                                    "checkpoint")
 
     def load(self, name: str, block: nn.Module) -> None:
-        """Read ``block``'s tensors (``name`` is its name in the model)."""
+        """Read ``block``'s tensors (``name`` is its name in the model).
+
+        Raises:
+            OneShotError: :meth:`load_outside` was not called first, or the checkpoint
+                misses a tensor of the block.
+        """
+        if not self.block_names:
+            raise OneShotError("call load_outside(blocks) before the engine runs: the "
+                               "embeddings must be loaded to reach the first block")
         keys = [k for k in self.files if _under(k, name)]
         for key, tensor in self._read(keys).items():
             self.block_bytes += self._set(key, tensor)
@@ -174,11 +183,8 @@ class LazyCheckpoint:
 
     def release(self, name: str, block: nn.Module) -> None:
         """Write ``block``'s tensors to its shard and put them back on ``meta``."""
-        from safetensors.torch import save_file
-
         keys = [k for k in self.files if _under(k, name)]
-        index = self.block_names.index(name) + 1 if name in self.block_names else 0
-        self._write(keys, f"block-{index:05d}.safetensors", save_file)
+        self._write(keys, f"block-{len(self.shards):05d}.safetensors")
         for key in keys:
             self._set(key, None)
         self.block_bytes = 0
@@ -190,7 +196,9 @@ class LazyCheckpoint:
         return self.model.get_parameter(key) if key in self.aliases \
             else self.model.get_buffer(key)
 
-    def _write(self, keys: Sequence[str], file_name: str, save_file) -> None:
+    def _write(self, keys: Sequence[str], file_name: str) -> None:
+        from safetensors.torch import save_file
+
         if not keys:
             return
         present = set(self.aliases) | {n for n, _ in self.model.named_buffers()}
@@ -205,6 +213,7 @@ class LazyCheckpoint:
             tensors[key] = tensor
             self.total_size += tensor.numel() * tensor.element_size()
         save_file(tensors, str(self.tmp / file_name), metadata={"format": "pt"})
+        self.shards.append(file_name)
         self.written.update({key: file_name for key in keys})
 
     def finish(self) -> Path:
@@ -214,14 +223,11 @@ class LazyCheckpoint:
         Returns:
             The output directory.
         """
-        from safetensors.torch import save_file
-
         keys = [k for k in self.files if k not in self.written]
-        self._write(keys, "rest.safetensors", save_file)
+        self._write(keys, "rest.safetensors")
         # Hugging Face's shard names, now that their number is known
-        names = sorted(set(self.written.values()))
-        renamed = {old: f"model-{i + 1:05d}-of-{len(names):05d}.safetensors"
-                   for i, old in enumerate(names)}
+        renamed = {old: f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
+                   for i, old in enumerate(self.shards)}
         for old, new in renamed.items():
             (self.tmp / old).rename(self.tmp / new)
         index = {"metadata": {"total_size": self.total_size},
