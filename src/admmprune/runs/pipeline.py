@@ -15,6 +15,7 @@ checkpoint rank 0 chose.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -142,6 +143,7 @@ class Run:
         self.progress = Progress()
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
+        self._warned_non_finite = False
         self._ddp: nn.Module | None = None
         self._average: RetrainingAverage | None = None  # retraining_average_epochs' mean
         self.checkpoints = Checkpoints(self.dir, self.device, self.rank, self.world)
@@ -444,7 +446,20 @@ class Run:
         if self._metrics is None:
             self._metrics = evaluate(self.model, self.test_batches, device=self.device,
                                      task=self.task, amp=self.config.amp)
+            self._warn_non_finite(self._metrics)
         return self._metrics
+
+    def _warn_non_finite(self, metrics: dict) -> None:
+        """Say once per run when a test metric is NaN or infinite: the JSON files write it
+        as null, marked under "non_finite", and the user should know why."""
+        bad = [f"{self.task.label(k)} is {v}" for k, v in metrics.items()
+               if isinstance(v, float) and not math.isfinite(v)]
+        if bad and self.main and not self._warned_non_finite:
+            self._warned_non_finite = True
+            print(f"admmprune: warning: the test {', '.join(bad)}: the test data or the "
+                  "model's outputs hold NaN or infinite values (summary.json and "
+                  "metrics.jsonl write such values as null, listed under \"non_finite\")",
+                  file=sys.stderr)
 
     def test_score(self) -> float:
         """The task's headline metric (classification: top-1 accuracy)."""
