@@ -116,10 +116,9 @@ def _decode(value: Any) -> Any:
     marks = decoded.get(NON_FINITE)
     if isinstance(marks, dict) and marks and all(m in _VALUES for m in marks.values()):
         restored = {key: item for key, item in decoded.items() if key != NON_FINITE}
-        slots = [_slot(restored, path) for path in marks]
-        if all(slot is not None for slot in slots):
-            for slot, mark in zip(slots, marks.values(), strict=True):
-                holder, where = slot
+        slots = [slot for path in marks if (slot := _slot(restored, path)) is not None]
+        if len(slots) == len(marks):
+            for (holder, where), mark in zip(slots, marks.values(), strict=True):
                 holder[where] = _VALUES[mark]
             return restored
     return decoded  # not a marking this module wrote: left as it is

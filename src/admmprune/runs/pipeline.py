@@ -41,6 +41,8 @@ from .build import (
     build_model,
     build_pruner,
     build_task,
+    check_data,
+    check_finite,
     check_selection,
     load_data,
     load_weights,
@@ -182,9 +184,15 @@ class Run:
         self._open_model(config, model)
         # the user's code this run ran (every spec's module is imported by now)
         self.sources = run_sources(config)
+        # one batch of every split through the model: data that does not fit it fails now,
+        # not after the dense phase (on resume once the checkpoint is known to fit the model)
         if resume:
             self._restore()
+            check_data(self.model, self.data, self.task, self.device, config.dataset)
         else:
+            check_data(self.model, self.data, self.task, self.device, config.dataset)
+            if not config.pretrained:
+                check_finite(self.model, "the model's initial weights")
             self._create(config)
         if self.world > 1:
             self._train_model()  # now: building DDP (seconds, once) is no phase's time
