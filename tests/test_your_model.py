@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -399,9 +402,6 @@ def test_nan_pretrained_weights_are_named_not_called_divergence(tmp_path, bad_fi
 
 
 def test_importing_a_file_that_registers_a_builtin_name_exits_2(tmp_path):
-    import subprocess
-    import sys
-
     from conftest import REPO
 
     path = tmp_path / "yourmodel_clash.py"
@@ -410,7 +410,7 @@ def test_importing_a_file_that_registers_a_builtin_name_exits_2(tmp_path):
     # a fresh process: the built-in models are not loaded yet when the file registers its own
     done = subprocess.run([sys.executable, "-m", "admmprune", "inspect", "lenet5", "--import",
                            str(path)], capture_output=True, text=True, cwd=tmp_path,
-                          env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert f"--import {path.resolve()} failed ({path.resolve()}, line 4): ValueError: model " \

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
@@ -166,8 +167,8 @@ def check_finite(model: nn.Module, source: str) -> None:
     Only parameters: buffers may hold -inf on purpose (attention masks)."""
     bad = []
     for name, tensor in model.named_parameters():
-        if tensor.device.type == "meta" or not tensor.is_floating_point():
-            continue
+        if is_lazy(tensor) or tensor.device.type == "meta" or not tensor.is_floating_point():
+            continue  # nothing to read yet
         count = int((~torch.isfinite(tensor.detach())).sum())
         if count:
             bad.append(f"{name} ({count} of {tensor.numel()})")
