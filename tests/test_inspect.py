@@ -73,3 +73,14 @@ def test_every_run_lists_its_selection_at_the_start_and_in_the_summary(tmp_path,
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["not_pruned"] == [{"name": "fc2.weight", "shape": [10, 500],
                                       "reason": "excluded by pattern 'fc2'"}]
+
+
+def test_inspect_an_import_spec(tmp_path, capsys):
+    path = tmp_path / "inspect_spec_user.py"
+    path.write_text("from torch import nn\n\n\ndef net(width=8):\n    return nn.Sequential("
+                    "nn.Linear(4, width), nn.ReLU(), nn.Linear(width, 2))\n")
+    assert main(["inspect", "inspect_spec_user:net", "--import", str(path),
+                 "--model-args", "{width: 5}"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("inspect_spec_user:net {'width': 5}")
+    assert "pruned: 2 tensors, 30 weights" in out

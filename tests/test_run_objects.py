@@ -101,3 +101,99 @@ def test_bad_objects_are_refused_with_a_message(tmp_path):
 
     with pytest.raises(DatasetError, match="IterableDataset"):
         run_pipeline(config(), run_dir=tmp_path / "c", data={**splits(), "train": Stream()})
+
+
+class _Dicts(torch.utils.data.Dataset):
+    """Items as dicts, as some libraries give them."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        x, y = self.pairs[i]
+        return {"image": x, "label": y}
+
+
+class _Named(_Dicts):
+    """Labels as class names."""
+
+    def __getitem__(self, i):
+        x, y = self.pairs[i]
+        return x, f"class{int(y)}"
+
+
+def _bad_data(case: str) -> dict:
+    good = splits()
+    train, test = good["train"], good["test"]
+    x, y = train.tensors
+    tx, ty = test.tensors
+    if case == "test shape":
+        return {"train": train, "test": TensorDataset(tx[:, :, :20, :20], ty)}
+    if case == "labels out of range":
+        return {"train": TensorDataset(x, y + 1), "test": test}
+    if case == "dict items":
+        return {"train": _Dicts(train), "test": _Dicts(test)}
+    if case == "triples":
+        return {"train": TensorDataset(x, y, torch.ones(len(y))), "test": test}
+    if case == "float labels":
+        return {"train": TensorDataset(x, y.float()), "test": test}
+    if case == "string labels":
+        return {"train": _Named(train), "test": test}
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("test shape", r"'test' split does not fit the model.*inputs of shape \(16, 1, 20, 20\)"
+                   r".*the 'train' split's are \(16, 1, 28, 28\)"),
+    ("labels out of range", r"'train' split: label 10 is out of range: the model outputs 10 "
+                            r"class scores \(labels 0\.\.9\)"),
+    ("dict items", r"'train' split: an item is a dict \(keys 'image', 'label'\); a run needs "
+                   r"\(input, target\) pairs"),
+    ("triples", r"'train' split: an item has 3 parts; a run needs \(input, target\) pairs"),
+    ("float labels", r"'train' split: labels must be integer class indices.*got torch.float32"),
+    ("string labels", r"'train' split: labels must be integer class indices.*got a tuple of str"),
+])
+def test_data_that_does_not_fit_the_model_is_refused_before_training(tmp_path, monkeypatch,
+                                                                   case, message):
+    import admmprune.runs.pipeline as pipeline
+    from admmprune.data import DatasetError
+
+    def never(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline, "train_epoch", never)
+    with pytest.raises(DatasetError, match=message):
+        run_pipeline(config(), run_dir=tmp_path / "run", model=seeded_model(),
+                     data=_bad_data(case))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_a_model_with_fewer_outputs_than_the_data_has_classes_is_refused(tmp_path):
+    from admmprune.data import DatasetError
+
+    data = {**splits(), "num_classes": 10}
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2))
+    with pytest.raises(DatasetError, match=r"the model outputs 2 class scores but the data "
+                                           r"has 10 classes"):
+        run_pipeline(config(), run_dir=tmp_path / "run", model=model, data=data)
+
+
+def test_the_check_leaves_the_run_bitwise_unchanged(tmp_path, monkeypatch):
+    # the one-batch check draws nothing from the random streams the run uses (dropout here)
+    import admmprune.runs.pipeline as pipeline
+
+    def dropout_model() -> nn.Module:
+        torch.manual_seed(SEED)
+        return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 32), nn.Dropout(0.5),
+                             nn.ReLU(), nn.Linear(32, 10))
+
+    run_pipeline(config(), run_dir=tmp_path / "checked", model=dropout_model(), data=splits())
+    monkeypatch.setattr(pipeline, "check_data", lambda *args, **kwargs: None)
+    run_pipeline(config(), run_dir=tmp_path / "unchecked", model=dropout_model(),
+                 data=splits())
+    a = torch.load(tmp_path / "checked" / "model.pt")
+    b = torch.load(tmp_path / "unchecked" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -277,3 +280,151 @@ def test_your_model_example_runs_tiny(tmp_path, capsys):
         {layer["name"] for layer in summary["layers"]}  # residual blocks, BatchNorm skipped
     assert main(["export", str(run_dir)]) == 0
     assert (run_dir / "model.apz").is_file()
+
+
+# A user's file of data and models that do not fit together, each a mistake a user makes.
+BAD_CODE = '''
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+
+def net(num_classes=3):
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, num_classes))
+
+
+def out_of_memory(num_classes=3):
+    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def typo(num_classes=3):
+    return nn.Linear(16, "8")
+
+
+def pairs(n, seed, side=4, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, side, side, generator=g), torch.randint(classes, (n,), generator=g)
+
+
+class Overstated(Dataset):
+    def __init__(self):
+        self.x, self.y = pairs(32, 0)
+
+    def __len__(self):
+        return len(self.y) + 8
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def overstated():
+    return {"train": Overstated(), "test": TensorDataset(*pairs(16, 1)), "num_classes": 3}
+
+
+def test_shape():
+    return {"train": TensorDataset(*pairs(32, 0)), "test": TensorDataset(*pairs(16, 1, side=5))}
+
+
+def out_of_range():
+    return {"train": TensorDataset(*pairs(32, 0, classes=5)), "test": TensorDataset(*pairs(16, 1))}
+
+
+def fits():
+    return {"train": TensorDataset(*pairs(32, 0)), "test": TensorDataset(*pairs(16, 1))}
+'''
+
+
+@pytest.fixture(scope="module")
+def bad_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("bad") / "yourmodel_bad_user.py"
+    path.write_text(BAD_CODE)
+    return path
+
+
+def bad_recipe(folder: Path, **keys) -> Path:
+    return recipe(folder, **{"model": "yourmodel_bad_user:net",
+                             "dataset": "yourmodel_bad_user:overstated", **keys})
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("test_shape", "'test' split does not fit the model: the model on its inputs of shape "
+                   "(16, 1, 5, 5) failed: RuntimeError: mat1 and mat2 shapes cannot be "
+                   "multiplied (16x25 and 16x8); the 'train' split's are (16, 1, 4, 4)"),
+    ("out_of_range", "'train' split: label 4 is out of range: the model outputs 3 class "
+                     "scores (labels 0..2)"),
+    ("overstated", "'train' split: item 3"),
+])
+def test_data_mistakes_exit_2_naming_the_cause(tmp_path, bad_file, capsys, dataset, message):
+    run_dir = tmp_path / "run"
+    code = main(["prune", str(bad_recipe(tmp_path)), "--import", str(bad_file), "--dataset",
+                 f"yourmodel_bad_user:{dataset}", "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    if dataset == "overstated":
+        line = BAD_CODE.splitlines().index("        return self.x[i], self.y[i]") + 1
+        assert f"({bad_file.resolve()}, line {line}): IndexError" in err, err
+        assert "__len__ says 40 items" in err, err
+    assert message in err, err
+    assert not (run_dir / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_an_error_inside_a_factory_is_not_called_a_misfit(tmp_path, bad_file, capsys):
+    cases = [("out_of_memory", "RuntimeError: CUDA out of memory"),
+             ("typo", "TypeError: empty(): argument 'size'")]
+    for factory, cause in cases:
+        assert main(["prune", str(bad_recipe(tmp_path)), "--import", str(bad_file), "--model",
+                     f"yourmodel_bad_user:{factory}", "--run-dir", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert "do not fit" not in err and cause in err, err
+        line = BAD_CODE.splitlines().index(f"def {factory}(num_classes=3):") + 2
+        assert f"building model 'yourmodel_bad_user:{factory}' failed ({bad_file.resolve()}, " \
+               f"line {line})" in err, err  # the user's file and line
+    assert main(["prune", str(bad_recipe(tmp_path)), "--import", str(bad_file),
+                 "--model-args", "{depth: 3}", "--run-dir", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "model_args {'depth': 3} do not fit model 'yourmodel_bad_user:net'" in err, err
+    assert "unexpected keyword argument 'depth'" in err, err
+
+
+def test_nan_pretrained_weights_are_named_not_called_divergence(tmp_path, bad_file, capsys):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 3))  # the file's net
+    state = net.state_dict()
+    state["3.weight"][1, 2] = float("inf")
+    torch.save(state, tmp_path / "dense.pt")
+    assert main(["prune", str(bad_recipe(tmp_path, dataset="yourmodel_bad_user:fits")),
+                 "--import", str(bad_file), "--pretrained", str(tmp_path / "dense.pt"),
+                 "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "diverged" not in err, err
+    assert "hold NaN or infinite values: 3.weight (1 of 24)" in err, err
+
+
+def test_importing_a_file_that_registers_a_builtin_name_exits_2(tmp_path):
+    from conftest import REPO
+
+    path = tmp_path / "yourmodel_clash.py"
+    path.write_text("from torch import nn\nfrom admmprune.models import register_model\n\n"
+                    "@register_model('lenet5')\ndef mine():\n    return nn.Linear(2, 2)\n")
+    # a fresh process: the built-in models are not loaded yet when the file registers its own
+    done = subprocess.run([sys.executable, "-m", "admmprune", "inspect", "lenet5", "--import",
+                           str(path)], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"--import {path.resolve()} failed ({path.resolve()}, line 4): ValueError: model " \
+        "'lenet5' is registered twice (a built-in one of admmprune); register yours under " \
+        "another name" in done.stderr, done.stderr
+
+
+def test_a_user_registration_under_a_builtin_name_says_so():
+    from admmprune.data import register_dataset
+    from admmprune.tasks import Task, register_task
+
+    with pytest.raises(ValueError, match=r"dataset 'mnist' is registered twice \(a built-in "
+                                         r"one of admmprune\); register yours under another"):
+        register_dataset("mnist", "mine")(lambda options, device, splits: None)
+    with pytest.raises(ValueError, match=r"task 'classification' is registered twice \(a "
+                                         r"built-in one of admmprune\)"):
+        register_task("classification")(type("Mine", (Task,), {}))

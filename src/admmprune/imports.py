@@ -28,7 +28,7 @@ from typing import Any
 
 __all__ = ["ImportSpecError", "user_code_error", "is_spec", "parse_spec", "resolve_spec",
            "import_file", "import_files", "spec_source", "file_sha256", "object_label",
-           "is_object_label"]
+           "is_object_label", "is_builtin", "duplicate_name"]
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _SPEC = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT}(?:\.{_IDENT})*)$")
@@ -58,13 +58,21 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
-def user_code_error(err: BaseException, what: str) -> ImportSpecError:
+def user_code_error(err: BaseException, what: str, *, users_only: bool = False
+                    ) -> ImportSpecError:
     """An ImportSpecError for an exception raised by the user's code, naming ``what`` failed
-    and the file and line of its innermost frame."""
-    # the innermost frame outside admmprune: the user's line, not the call into it
+    and the file and line of its innermost frame (``users_only``: only a frame of the
+    user's own files, not one of torch's: no file named when the error is torch's own)."""
+    # the innermost frame of the user's own files (not admmprune, torch or the standard
+    # library: the user's line, not the call into it or the library call that raised),
+    # else the innermost frame outside admmprune
     own = Path(__file__).resolve().parent
     frames = [f for f in traceback.extract_tb(err.__traceback__)
               if not Path(f.filename).resolve().is_relative_to(own)]
+    roots = _library_roots()
+    users = [f for f in frames if not f.filename.startswith("<") and not any(
+        Path(f.filename).resolve().is_relative_to(root) for root in roots)]
+    frames = users if users or users_only else frames
     where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
     if isinstance(err, SyntaxError) and err.filename:
         where = f" ({err.filename}, line {err.lineno})"
@@ -194,6 +202,23 @@ def file_sha256(path: str | Path) -> str:
         while chunk := handle.read(1 << 20):
             sha.update(chunk)
     return sha.hexdigest()
+
+
+def is_builtin(obj: object) -> bool:
+    """Whether ``obj`` (a factory or class) is defined by admmprune itself."""
+    return (getattr(obj, "__module__", None) or "").startswith("admmprune.")
+
+
+def duplicate_name(kind: str, name: str, existing: object) -> ValueError:
+    """The error of registering a second ``kind`` (model, dataset, task) under ``name``.
+
+    The registries load their built-ins before a user's registration, so a user's name that
+    a built-in has taken fails here, in the user's file (an ``--import`` reports its line),
+    and never later inside admmprune's own imports."""
+    owner = "a built-in one of admmprune" if is_builtin(existing) else \
+        f"first by {getattr(existing, '__module__', '?')}"
+    return ValueError(f"{kind} {name!r} is registered twice ({owner}); register yours under "
+                      "another name")
 
 
 def object_label(obj: object) -> str:

@@ -21,7 +21,7 @@ from .distill import Distillation
 from .tasks import Task, create_task
 
 __all__ = ["NonFiniteLossError", "train_epoch", "evaluate", "make_optimizer", "lr_factor",
-           "autocast_for"]
+           "autocast_for", "to_device"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,14 +57,14 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _to_device(obj: Any, device: torch.device | str) -> Any:
+def to_device(obj: Any, device: torch.device | str) -> Any:
     """Tensors (also inside lists, tuples and dicts: detection targets) moved to ``device``."""
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_device(o, device) for o in obj)
+        return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
+        return {k: to_device(v, device) for k, v in obj.items()}
     return obj
 
 
@@ -150,8 +150,8 @@ def train_epoch(
     for x, y in bar:
         if max_steps is not None and steps >= max_steps:
             break
-        x = _to_device(x, device)
-        y = _to_device(y, device)
+        x = to_device(x, device)
+        y = to_device(y, device)
         last_micro = (steps + 1) % accumulate == 0 or steps + 1 == total
         if lr_at is not None and steps % accumulate == 0:
             _set_lr(optimizer, lr_at(steps / total if total else 0.0))

@@ -38,7 +38,6 @@ tensors; nothing is unpickled.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..jsonfile import dumps, loads
 from .graph import as_args, build_graph, output_tensors
 
 __all__ = [
@@ -615,7 +615,7 @@ def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     path = Path(path)
     with replacing(path) as tmp:  # save_file's own temporary file would leave mode 0600
-        save_file(state, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(record)})
+        save_file(state, str(tmp), metadata={"format": "pt", METADATA_KEY: dumps(record)})
     return path
 
 
@@ -687,7 +687,7 @@ def load_shrunk(path: str | Path, *, max_params: int | None = None) -> nn.Module
         raise ShrinkError(f"{path} holds no shrunk architecture (write it with "
                           "admmprune.save_shrunk or `admmprune shrink`)")
     try:
-        record = json.loads(meta[METADATA_KEY])
+        record = loads(meta[METADATA_KEY])
     except (ValueError, RecursionError) as err:
         raise ShrinkError(f"{path}: its {METADATA_KEY} metadata is not JSON ({err})") from None
     if not (isinstance(record, dict) and "model" in record

@@ -179,11 +179,13 @@ class _Source:
 def _read_map50(run_dir: Path, prefix: str) -> float | None:
     import json
 
+    from ..jsonfile import loads
+
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
     try:
-        value = json.loads(path.read_text()).get(f"{prefix}_map50")
+        value = loads(path.read_text()).get(f"{prefix}_map50")
     except (json.JSONDecodeError, AttributeError):
         return None
     return float(value) if isinstance(value, (int, float)) else None

@@ -21,12 +21,17 @@ def cmd_models(_: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..imports import is_spec
     from ..models import list_models
     from ..runs.build import build_model
     from ..selection import describe_selection, format_selection, prunable_parameters
 
     overrides = recipe_overrides(args)
-    if args.target in list_models():
+    # a model: a registered name, or an import spec ("module:factory") that is no file
+    if args.target in list_models() or (is_spec(args.target)
+                                        and not Path(args.target).is_file()):
         overrides.setdefault("model", args.target)
         config = load_config(None, overrides)
     else:

@@ -153,14 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser(
         "inspect", help="what a recipe or model prunes, and what it leaves alone (and why)",
-        description="Build the model of a recipe (or a registered model by name) and list "
+        description="Build the model of a recipe (or a model by its registered name or "
+                    "import spec) and list "
                     "its prunable tensors and every other weight tensor with the reason it is "
                     "not pruned (frozen, shared, excluded, not a Conv/Linear weight, "
                     "parametrized). include/exclude patterns match module names and full "
                     "parameter names, e.g. --include \"['lstm.weight_ih_l0', "
                     "'*.in_proj_weight']\".",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    inspect.add_argument("target", help="YAML recipe, or a registered model name")
+    inspect.add_argument("target", help="YAML recipe, a registered model name, or a model's "
+                         "import spec (\"package.module:factory\")")
     add_recipe_keys(inspect)
     draw = sub.add_parser(
         "draw", help="draw a detection run's boxes on validation images (dense vs pruned)",

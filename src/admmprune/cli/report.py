@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 __all__ = ["cmd_report"]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from ..jsonfile import dumps
     from ..runs.report import format_summary, plot_run, read_summary
 
     summary = read_summary(args.run_dir)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps(summary, indent=2))
     else:
         print(format_summary(summary))
         if args.by_block:

@@ -24,7 +24,6 @@ Classes are "0".."9" with category ids 1..10 (label = digit). Each annotation al
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..jsonfile import dumps
 from .errors import DatasetError
 from .mnist import MNIST, load_mnist
 
@@ -202,7 +202,7 @@ def make_detection_set(out_dir: str | os.PathLike[str], *,
                     "categories": categories}
         with open(out / "annotations" / f"instances_{split}.json", "w",
                   encoding="utf-8") as file:
-            json.dump(document, file)
+            file.write(dumps(document))
     (out / "README.txt").write_text(
         "Digit detection set written by admmprune.data.digits.make_detection_set\n"
         "(admmprune make-detection-set).\n\n"

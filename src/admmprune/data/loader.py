@@ -14,10 +14,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..distributed import shard_bounds
+from ..imports import user_code_error
+from .errors import DatasetError
 from .registry import DataSplits
 
 __all__ = ["batch_count", "epoch_permutation", "EpochSampler", "ShardedBatchSampler",
-           "StreamBatches", "stream_splits", "image_options"]
+           "StreamBatches", "NamedItems", "stream_splits", "image_options"]
 
 
 def check_shard(batch_size: int, rank: int, world: int) -> None:
@@ -91,6 +93,30 @@ class ShardedBatchSampler(Sampler[list[int]]):
             yield batch[lo:hi]
 
 
+class NamedItems(Dataset):
+    """A user's dataset whose failing ``__getitem__`` is reported as a DatasetError naming
+    ``what`` (the dataset and split), the index, and the user's file and line."""
+
+    def __init__(self, dataset: Dataset, what: str) -> None:
+        self.dataset = dataset
+        self.what = what
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):
+        try:
+            return self.dataset[index]
+        except DatasetError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the user's code failed: say where
+            message = str(user_code_error(err, f"{self.what}: item {index}"))
+            if isinstance(err, IndexError):
+                message += (f"; its __len__ says {len(self)} items: make __len__ agree with "
+                            "what __getitem__ can read")
+            raise DatasetError(message) from None
+
+
 class StreamBatches:
     """Batches of ``dataset`` like :class:`TensorBatches` (``len``, ``set_epoch``, a new
     epoch per ``iter()``, ``shard``), loaded by ``workers`` processes (0: in this process).
@@ -99,7 +125,8 @@ class StreamBatches:
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  workers: int = 0, pin_memory: bool = False, drop_last: bool = False,
-                 limit: int | None = None, collate_fn: Callable | None = None) -> None:
+                 limit: int | None = None, collate_fn: Callable | None = None,
+                 name: str | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.dataset = dataset
@@ -111,6 +138,8 @@ class StreamBatches:
         self.pin_memory = pin_memory
         self.drop_last = drop_last
         self.collate_fn = collate_fn  # e.g. detection: images stacked, targets kept as a list
+        # a user's dataset (``name``: its dataset and split) reports a failing item by index
+        self.items: Dataset = dataset if name is None else NamedItems(dataset, name)
         self.epoch = 0
         self.rank, self.world = 0, 1
 
@@ -150,9 +179,9 @@ class StreamBatches:
         common = dict(num_workers=self.workers, pin_memory=self.pin_memory,
                       collate_fn=self.collate_fn, prefetch_factor=4 if self.workers else None)
         if self.world > 1:
-            loader = DataLoader(self.dataset, batch_sampler=self._sharded(), **common)
+            loader = DataLoader(self.items, batch_sampler=self._sharded(), **common)
         else:
-            loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.sampler,
+            loader = DataLoader(self.items, batch_size=self.batch_size, sampler=self.sampler,
                                 drop_last=self.drop_last, **common)
         return iter(loader)
 

@@ -121,14 +121,14 @@ def dataset_splits(given: Any, options: Any, device: torch.device,
                 if k in splits and v is not None}
     count, classes = _num_classes(given, list(datasets.values()), source)
 
-    def batches(dataset: Dataset, shuffle: bool, limit: int | None) -> StreamBatches:
-        return StreamBatches(dataset, options.batch_size, shuffle=shuffle, seed=options.seed,
-                             workers=options.workers, pin_memory=device.type == "cuda",
-                             limit=limit)
+    def batches(split: str, shuffle: bool, limit: int | None) -> StreamBatches:
+        return StreamBatches(datasets[split], options.batch_size, shuffle=shuffle,
+                             seed=options.seed, workers=options.workers,
+                             pin_memory=device.type == "cuda", limit=limit,
+                             name=f"dataset {source!r}, {split!r} split")
 
-    train, test = datasets.get("train"), datasets.get("test")
     info: dict = {} if classes is None else {"classes": classes}
     return DataSplits(
-        train=None if train is None else batches(train, True, options.train_subset),
-        test=None if test is None else batches(test, False, options.test_subset),
+        train=batches("train", True, options.train_subset) if "train" in datasets else None,
+        test=batches("test", False, options.test_subset) if "test" in datasets else None,
         num_classes=count, info=info)

@@ -17,7 +17,14 @@ from typing import Any, Protocol
 
 import torch
 
-from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec
+from ..imports import (
+    ImportSpecError,
+    duplicate_name,
+    is_builtin,
+    is_object_label,
+    is_spec,
+    resolve_spec,
+)
 from .errors import DatasetError
 
 __all__ = ["Batches", "DataSplits", "DatasetEntry", "register_dataset", "create_dataset",
@@ -69,8 +76,10 @@ def register_dataset(name: str, description: str, task: str = "classification"
     can skip reading the training files."""
 
     def decorator(factory: Factory) -> Factory:
+        if not is_builtin(factory):
+            _load_builtin()  # a clash with a built-in name fails now (see duplicate_name)
         if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is registered twice")
+            raise duplicate_name("dataset", name, _REGISTRY[name].factory)
         _REGISTRY[name] = DatasetEntry(name, factory, description, task)
         return factory
 

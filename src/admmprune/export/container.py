@@ -23,13 +23,14 @@ into the uncompressed payload.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
+
+from ..jsonfile import dumps, loads
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "HEADER_SIZE", "ContainerError", "write_container",
            "read_container", "is_container", "DEFAULT_MAX_RATIO", "RATIO_FLOOR"]
@@ -67,7 +68,7 @@ def write_container(path: str | Path, manifest: dict, payload: bytes) -> int:
     """Write atomically (temporary file, rename); returns the file size."""
     manifest = {**manifest, "format": "admmprune-compressed", "version": FORMAT_VERSION,
                 "payload_bytes": len(payload)}
-    text = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    text = dumps(manifest, separators=(",", ":")).encode("utf-8")
     # zstd's strongest ordinary level costs seconds per MB: only for small files
     level = _LEVEL if len(payload) <= _SMALL else _FAST_LEVEL
     manifest_z = zstandard.ZstdCompressor(level=_LEVEL).compress(text)
@@ -172,7 +173,7 @@ def read_container(path: str | Path, *, with_payload: bool = True,
     body = memoryview(data)[HEADER_SIZE:]
     try:
         text = _inflate(body[:manifest_size], _MAX_MANIFEST, exact=False)
-        manifest = json.loads(text.decode("utf-8"))
+        manifest = loads(text.decode("utf-8"))
         if not isinstance(manifest, dict) or manifest.get("format") != "admmprune-compressed":
             raise ValueError("the manifest is not an admmprune manifest")
         if manifest.get("version") != version:

@@ -13,7 +13,6 @@ so :func:`load` rebuilds the module without the code that made it.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..jsonfile import dumps, loads
 from ..selection import SelectionError, prunable_parameters
 from . import encoding
 from .container import (
@@ -53,7 +53,7 @@ def _model_record(model_name: str | None, model_args: Mapping[str, Any] | None) 
         return None
     record = {"name": model_name, "args": dict(model_args or {})}
     try:
-        json.dumps(record, allow_nan=False)
+        dumps(record)
     except (TypeError, ValueError) as err:
         raise ExportError(f"model_args must be plain JSON values (numbers, strings, lists, "
                           f"dicts) to be recorded in the file: {err}") from None
@@ -269,7 +269,7 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
         state = load_file(str(path))
-        record = json.loads(meta["admmprune_model"]) if "admmprune_model" in meta else None
+        record = loads(meta["admmprune_model"]) if "admmprune_model" in meta else None
     except (SafetensorError, OSError, ValueError, RecursionError) as err:
         raise ExportError(f"{path} is not a readable safetensors file ({err})") from None
     return state, record
@@ -442,7 +442,7 @@ def save_dense(model: nn.Module, path: str | Path, *, model_name: str | None = N
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     meta = {"format": "pt"}
     if record:
-        meta["admmprune_model"] = json.dumps(record)
+        meta["admmprune_model"] = dumps(record)
     path = Path(path)
     with replacing(path) as tmp:  # save_file's own temporary file would leave mode 0600
         save_file(state, str(tmp), metadata=meta)

@@ -11,15 +11,24 @@ PyTorch state dict.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
 
-from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec
+from ..imports import (
+    ImportSpecError,
+    duplicate_name,
+    is_builtin,
+    is_object_label,
+    is_spec,
+    resolve_spec,
+)
 
 __all__ = ["register_model", "create_model", "model_factory", "list_models", "UnknownModelError",
-           "register_weights_loader", "weights_loader", "weights_loader_runs_code"]
+           "ModelArgumentsError", "register_weights_loader", "weights_loader",
+           "weights_loader_runs_code"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # (model name, lower-case suffix such as ".npy") -> loader(model, path) filling the model in place
@@ -34,12 +43,19 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
+class ModelArgumentsError(TypeError):
+    """The keyword arguments do not fit the factory's signature (an unknown or a missing
+    argument), as opposed to an error raised while the factory runs."""
+
+
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: make a model factory available to ``create_model`` under ``name``."""
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not is_builtin(factory):
+            _load_builtin()  # a clash with a built-in name fails now (see duplicate_name)
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
+            raise duplicate_name("model", name, _REGISTRY[name])
         _REGISTRY[name] = factory
         return factory
 
@@ -70,10 +86,22 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model (or call the factory an import spec names); unknown keyword
-    arguments raise ``TypeError``, a spec factory returning no ``nn.Module``
-    ``ImportSpecError``."""
-    model = model_factory(name)(**kwargs)
+    """Build a registered model (or call the factory an import spec names); keyword
+    arguments its signature does not take raise ``ModelArgumentsError`` (a ``TypeError``)
+    before it runs, a spec factory returning no ``nn.Module`` ``ImportSpecError``; what the
+    factory itself raises propagates."""
+    factory = model_factory(name)
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: no signature to read
+        signature = None
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as err:
+            accepted = ", ".join(signature.parameters) or "none"
+            raise ModelArgumentsError(f"{err} (its parameters: {accepted})") from None
+    model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ImportSpecError(f"model {name!r} returned a {type(model).__name__}, not a "
                               "torch.nn.Module")
@@ -82,8 +110,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
 def accepts_argument(name: str, argument: str) -> bool:
     """Does model ``name``'s factory take keyword ``argument`` (e.g. num_classes)?"""
-    import inspect
-
     try:
         factory = model_factory(name)
     except (UnknownModelError, ImportSpecError):

@@ -6,28 +6,36 @@ command (eval, export, shrink, draw) reads it the same way and words its errors 
 from __future__ import annotations
 
 import pickle
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
-from ..imports import ImportSpecError, is_spec, user_code_error
+from ..imports import ImportSpecError, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
-from ..models.registry import accepts_argument
+from ..models.registry import ModelArgumentsError, accepts_argument
 from ..projection import ProjectionError, survivor_count
 from ..pruner import ADMMPruner
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
 from ..tasks.registry import UnknownTaskError
+from ..train import to_device
 from .config import Config, ConfigError
 from .rundir import RunError, load_run_config
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
-           "load_data", "load_run", "load_weights", "load_state", "state_differences",
-           "model_args", "resolve_device", "traces_model", "HF_WEIGHT_FILES"]
+           "check_data", "check_finite", "load_data", "load_run", "load_weights", "load_state",
+           "state_differences", "model_args", "resolve_device", "traces_model",
+           "HF_WEIGHT_FILES"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,14 +78,14 @@ def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
         return create_model(config.model, **kwargs)
     except ImportSpecError as err:
         raise ConfigError(f"model: {err}") from None
-    except (TypeError, ValueError, RuntimeError) as err:
-        # a wrong keyword (TypeError) or a value the model cannot be built with
+    except ModelArgumentsError as err:  # the call's signature alone: the args do not fit
         raise ConfigError(f"model_args {config.model_args} do not fit model "
                           f"{config.model!r}: {err}") from None
-    except Exception as err:  # noqa: BLE001 - only a spec's factory is the user's code
-        if not is_spec(config.model):
-            raise
-        raise ConfigError(f"model: {user_code_error(err, repr(config.model))}") from None
+    except Exception as err:  # noqa: BLE001 - the factory itself failed: say where
+        # a bug, out of memory, or a value it refuses: its own words, file and line
+        args = f" with model_args {config.model_args}" if config.model_args else ""
+        raise ConfigError(str(user_code_error(err, f"building model {config.model!r}{args}"))
+                          ) from None
 
 
 def build_task(config: Config, task: Task | None = None) -> Task:
@@ -151,6 +159,111 @@ def check_selection(model: nn.Module, config: Config) -> None:
                 survivor_count(total, config.stage_value("all_percent", stage))
             except ProjectionError as err:
                 raise ConfigError(str(err)) from None
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN or infinite values (RunError naming the tensors): they are
+    nothing to prune or evaluate, and would otherwise surface later as a "diverged" run.
+    Only parameters: buffers may hold -inf on purpose (attention masks)."""
+    bad = []
+    for name, tensor in model.named_parameters():
+        if is_lazy(tensor) or tensor.device.type == "meta" or not tensor.is_floating_point():
+            continue  # nothing to read yet
+        count = int((~torch.isfinite(tensor.detach())).sum())
+        if count:
+            bad.append(f"{name} ({count} of {tensor.numel()})")
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise RunError(f"{source} hold NaN or infinite values: {shown}; there is nothing to "
+                       "prune in them. Use weights saved while they were still finite")
+
+
+@contextmanager
+def _unchanged(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run the model in eval mode without gradients, then leave it as it was: each module's
+    mode, and every random stream (Python, numpy, torch) the run draws from afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model.eval()
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def _shape(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return tuple(inputs.shape)
+    if isinstance(inputs, (list, tuple)):
+        return [_shape(item) for item in inputs]
+    return type(inputs).__name__
+
+
+def _first_pair(batches: Any, where: str) -> tuple[Any, Any]:
+    """The first batch of ``batches`` as (inputs, targets); the next ``iter()`` still gives
+    the epoch it would have given."""
+    epoch = getattr(batches, "epoch", None)
+    iterator = iter(batches)
+    try:
+        batch = next(iterator, None)
+    finally:
+        del iterator  # a DataLoader's worker processes end with it
+        if isinstance(epoch, int):
+            batches.set_epoch(epoch)
+    if batch is None:
+        raise DatasetError(f"{where} gives no batch")
+    if isinstance(batch, Mapping):
+        keys = ", ".join(repr(k) for k in batch)
+        raise DatasetError(f"{where}: an item is a dict (keys {keys}); a run needs (input, "
+                           "target) pairs: return them as a tuple from __getitem__")
+    if not isinstance(batch, (list, tuple)):
+        raise DatasetError(f"{where}: an item is a {type(batch).__name__}; a run needs "
+                           "(input, target) pairs")
+    if len(batch) != 2:
+        raise DatasetError(f"{where}: an item has {len(batch)} parts; a run needs (input, "
+                           "target) pairs: return those two alone from __getitem__ (a "
+                           "per-example weight has no place in a run)")
+    return batch[0], batch[1]
+
+
+def check_data(model: nn.Module, data: DataSplits, task: Task, device: torch.device,
+               source: str) -> None:
+    """One batch of each split through the model before anything trains: items that are no
+    (input, target) pairs, inputs the model cannot take (test items of another shape than
+    training items), targets the task cannot use (labels out of range, float or string
+    labels, fewer outputs than the data has classes). The model and every random stream are
+    left as they were, so a run is the same with or without this check.
+
+    Raises:
+        DatasetError: naming the split and what does not fit.
+    """
+    shapes: dict[str, Any] = {}
+    with _unchanged(model, device):
+        for split, batches in (("train", data.train), ("test", data.test)):
+            if batches is None:
+                continue
+            where = f"dataset {source!r}, {split!r} split"
+            inputs, targets = _first_pair(batches, where)
+            shape = _shape(inputs)
+            try:
+                output = model(to_device(inputs, device))
+            except Exception as err:  # noqa: BLE001 - whatever the forward pass raises
+                others = "".join(f"; the {s!r} split's are {v}" for s, v in shapes.items())
+                failed = user_code_error(err, f"the model on its inputs of shape {shape}",
+                                         users_only=True)
+                raise DatasetError(f"{where} does not fit the model: {failed}{others}"
+                                   ) from None
+            shapes[split] = shape
+            problem = task.batch_problem(output, to_device(targets, device), data.num_classes)
+            if problem is not None:
+                raise DatasetError(f"{where}: {problem}")
 
 
 # a Hugging Face model directory: config.json and one of these weight files
@@ -231,7 +344,7 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
 
     Raises:
         RunError: the file is missing, unreadable, needs unpickling without
-            ``trust_pickle``, or does not fit the model.
+            ``trust_pickle``, does not fit the model, or holds NaN or infinite weights.
     """
     if not path.exists():
         raise RunError(f"pretrained checkpoint {path} does not exist")
@@ -248,8 +361,9 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
         except ValueError as err:
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
-        return
-    load_state(model, _read_state(path, device), str(path))
+    else:
+        load_state(model, _read_state(path, device), str(path))
+    check_finite(model, f"the weights of {path}")
 
 
 def _read_state_dict(path: Path, device: torch.device):

@@ -8,7 +8,6 @@ in its own run directory; finished runs are reused, so an interrupted sweep resu
 from __future__ import annotations
 
 import csv
-import json
 import math
 import statistics
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..imports import file_sha256
+from ..jsonfile import dumps, loads
 from ..models import create_model
 from ..selection import prunable_parameters
 from ..tables import format_table
@@ -328,7 +328,7 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
     summary_path = run_dir / "dense.json"
     if summary_path.is_file():
         check_reusable(run_dir, replace(config, pretrained=None), REUSE_IGNORED | DENSE_UNUSED)
-        saved = json.loads(summary_path.read_text())
+        saved = loads(summary_path.read_text())
         results = saved.get("results") or {"dense_accuracy": saved["dense_accuracy"]}
         info = {k: saved[k] for k in ("task", "higher_is_better", "percent_metrics")
                 if k in saved}
@@ -344,15 +344,15 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
     results = {k: v for k, v in run.progress.results.items() if k.startswith("dense_")}
     seconds = time.perf_counter() - start
     info = {"task": run.task.name, **task_fields(run.task)}
-    summary_path.write_text(json.dumps({"metric": run.task.metric, **info, "results": results,
-                                        "seconds": seconds}))
+    summary_path.write_text(dumps({"metric": run.task.metric, **info, "results": results,
+                                   "seconds": seconds}))
     return run_dir / "dense.pt", {"metric": run.task.metric, **info, **results}, seconds
 
 
 def _run_once(config: Config, run_dir: Path) -> dict:
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+        summary = loads(summary_path.read_text())
         if summary.get("complete"):
             check_reusable(run_dir, config)
             return summary
@@ -494,7 +494,7 @@ def merged_rows(rows: Sequence[dict], out_dir: Path) -> list[dict]:
     """Rows already in ``out_dir/results.json`` (earlier invocations, e.g. another seed)
     updated with ``rows``; a run directory appears once."""
     path = out_dir / "results.json"
-    previous = json.loads(path.read_text()) if path.is_file() else []
+    previous = loads(path.read_text()) if path.is_file() else []
     by_run = {r["run_dir"]: r for r in previous}
     by_run.update({r["run_dir"]: r for r in rows})
     return list(by_run.values())
@@ -502,13 +502,13 @@ def merged_rows(rows: Sequence[dict], out_dir: Path) -> list[dict]:
 
 def _write_results(rows: Sequence[dict], out_dir: Path) -> None:
     rows = merged_rows(rows, out_dir)
-    (out_dir / "results.json").write_text(json.dumps(list(rows), indent=2))
+    (out_dir / "results.json").write_text(dumps(list(rows), indent=2))
     flat_keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "kept_per_layer"]
     with (out_dir / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=flat_keys + ["kept_per_layer"])
         writer.writeheader()
         for row in rows:
-            writer.writerow({**row, "kept_per_layer": json.dumps(row["kept_per_layer"])})
+            writer.writerow({**row, "kept_per_layer": dumps(row["kept_per_layer"])})
     (out_dir / "results.md").write_text(table_caption(rows) + "\n\n" + markdown_table(rows))
 
 

@@ -15,6 +15,7 @@ checkpoint rank 0 chose.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -40,6 +41,8 @@ from .build import (
     build_model,
     build_pruner,
     build_task,
+    check_data,
+    check_finite,
     check_selection,
     load_data,
     load_weights,
@@ -142,6 +145,7 @@ class Run:
         self.progress = Progress()
         self.optimizer_state: dict | None = None
         self._metrics: dict | None = None  # test metrics of the current weights
+        self._warned_non_finite = False
         self._ddp: nn.Module | None = None
         self._average: RetrainingAverage | None = None  # retraining_average_epochs' mean
         self.checkpoints = Checkpoints(self.dir, self.device, self.rank, self.world)
@@ -180,9 +184,15 @@ class Run:
         self._open_model(config, model)
         # the user's code this run ran (every spec's module is imported by now)
         self.sources = run_sources(config)
+        # one batch of every split through the model: data that does not fit it fails now,
+        # not after the dense phase (on resume once the checkpoint is known to fit the model)
         if resume:
             self._restore()
+            check_data(self.model, self.data, self.task, self.device, config.dataset)
         else:
+            check_data(self.model, self.data, self.task, self.device, config.dataset)
+            if not config.pretrained:
+                check_finite(self.model, "the model's initial weights")
             self._create(config)
         if self.world > 1:
             self._train_model()  # now: building DDP (seconds, once) is no phase's time
@@ -444,7 +454,20 @@ class Run:
         if self._metrics is None:
             self._metrics = evaluate(self.model, self.test_batches, device=self.device,
                                      task=self.task, amp=self.config.amp)
+            self._warn_non_finite(self._metrics)
         return self._metrics
+
+    def _warn_non_finite(self, metrics: dict) -> None:
+        """Say once per run when a test metric is NaN or infinite: the JSON files write it
+        as null, marked under "non_finite", and the user should know why."""
+        bad = [f"{self.task.label(k)} is {v}" for k, v in metrics.items()
+               if isinstance(v, float) and not math.isfinite(v)]
+        if bad and self.main and not self._warned_non_finite:
+            self._warned_non_finite = True
+            print(f"admmprune: warning: the test {', '.join(bad)}: the test data or the "
+                  "model's outputs hold NaN or infinite values (summary.json and "
+                  "metrics.jsonl write such values as null, listed under \"non_finite\")",
+                  file=sys.stderr)
 
     def test_score(self) -> float:
         """The task's headline metric (classification: top-1 accuracy)."""

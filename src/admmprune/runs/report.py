@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..jsonfile import loads
 from ..tables import format_table
 from .direction import direction_note, format_value, higher_is_better, percent_keys
 from .rundir import RunError
@@ -93,7 +94,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     records = []
     for n, line in lines:
         try:
-            records.append(json.loads(line))
+            records.append(loads(line))
         except json.JSONDecodeError:
             if n != lines[-1][0]:
                 raise RunError(f"{path}, line {n}, is not a JSON record: the file is "
@@ -111,7 +112,7 @@ def read_summary(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{path} does not exist: the run has not finished "
                                 "(resume it with `admmprune prune --resume RUN_DIR`)")
     try:
-        summary = json.loads(path.read_text())
+        summary = loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunError(f"{path} is not valid JSON ({err}): the file is damaged; `admmprune "
                        "prune --resume RUN_DIR` on the finished run writes it again") from None
@@ -136,7 +137,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if admm:
         written.append(plot_residuals(admm, run_dir / "admm_residuals.png"))
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = loads(summary_path.read_text()) if summary_path.is_file() else {}
     metric = summary.get("metric", "accuracy")
     label = (summary.get("metric_labels") or {}).get(metric, metric)
     curve = [m for m in metrics if f"test_{metric}" in m]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ except ImportError:  # Windows: no advisory locks; runs are not protected from e
 import torch
 import yaml
 
+from ..jsonfile import dumps
 from .config import Config, apply_overrides
 
 __all__ = ["RunError", "CheckpointError", "RunDirectory", "new_run_dir", "load_run_config",
@@ -438,20 +438,22 @@ class RunDirectory:
         return path
 
     def log(self, record: dict) -> None:
-        """Append one JSON line to metrics.jsonl (flushed at once: a crash keeps it)."""
+        """Append one JSON line to metrics.jsonl (flushed at once: a crash keeps it); a NaN
+        or infinite value is written as null and marked (:mod:`admmprune.jsonfile`)."""
         if self._metrics is None:
             self._metrics = (self.path / "metrics.jsonl").open("a")
-        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.write(dumps(record) + "\n")
         self._metrics.flush()
 
     def write_summary(self, summary: dict) -> None:
         self.write_json("summary.json", summary)
 
     def write_json(self, name: str, obj: Any) -> None:
-        """Write RUN_DIR/NAME atomically (a temporary file renamed over it)."""
+        """Write RUN_DIR/NAME atomically (a temporary file renamed over it), as valid JSON
+        (non-finite numbers null and marked: :mod:`admmprune.jsonfile`)."""
         tmp = self.path / f"{name}.tmp"
         with _removed_on_error(tmp):
-            tmp.write_text(json.dumps(obj, indent=2))
+            tmp.write_text(dumps(obj, indent=2))
         os.replace(tmp, self.path / name)
 
     def lock(self) -> None:

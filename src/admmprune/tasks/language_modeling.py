@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .classification import target_problem
 from .registry import Task, register_task
 
 __all__ = ["LanguageModeling", "token_logits", "bits_per_byte"]
@@ -65,6 +66,16 @@ class LanguageModeling(Task):
         if not bytes_per_token > 0:
             raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token!r}")
         self.bytes_per_token = float(bytes_per_token)
+
+    def batch_problem(self, output: Any, target: Any, num_classes: int | None = None
+                      ) -> str | None:
+        if not isinstance(target, torch.Tensor):
+            return f"targets must be token windows [B, T] (a tensor), got {type(target).__name__}"
+        try:
+            logits, flat = _flat(output, target)
+        except (TypeError, ValueError) as err:
+            return str(err)
+        return target_problem(logits, flat, "token")
 
     def loss(self, output: Any, target: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats per token) of a batch."""

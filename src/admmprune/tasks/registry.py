@@ -10,7 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec, user_code_error
+from ..imports import (
+    ImportSpecError,
+    duplicate_name,
+    is_builtin,
+    is_object_label,
+    is_spec,
+    resolve_spec,
+    user_code_error,
+)
 
 __all__ = ["Task", "register_task", "create_task", "task_factory", "list_tasks",
            "UnknownTaskError"]
@@ -67,14 +75,24 @@ class Task(ABC):
         """The metrics shown as percentages (fractions in [0, 1])."""
         return self.metrics if self.percent_metrics is None else self.percent_metrics
 
+    def batch_problem(self, output: Any, target: Any, num_classes: int | None = None
+                      ) -> str | None:
+        """What makes a batch's targets unusable with the model's ``output`` for it (the
+        model in eval mode), in words; None when they fit. Checked on one batch of every
+        split before a run trains. ``num_classes``: the data's class count, when known.
+        Nothing is checked by default."""
+        return None
+
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
 
 
 def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
     def decorator(cls: type[Task]) -> type[Task]:
+        if not is_builtin(cls):
+            _load_builtin()  # a clash with a built-in name fails now (see duplicate_name)
         if name in _REGISTRY:
-            raise ValueError(f"task {name!r} is registered twice")
+            raise duplicate_name("task", name, _REGISTRY[name])
         _REGISTRY[name] = cls
         cls.name = name
         return cls
