@@ -10,7 +10,6 @@ the hard prune is masked retraining).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import uuid
@@ -21,6 +20,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from .. import jsonfile
 from ..pruner import PrunerError
 from ..runs.config import ConfigError
 from .driver import DriverView, PruningDriver, PruningSchedule, pruning_config
@@ -141,7 +141,7 @@ class ADMMCallback(DriverView, TrainerCallback, ExportableState):
             "include": list(include or []), "exclude": list(exclude or []),
             "resume_from": None if resume_from is None else os.fspath(resume_from),
             "verbose": verbose, **options}
-        self._settings = json.loads(json.dumps(settings, default=str))
+        self._settings = jsonfile.loads(jsonfile.dumps(settings, default=str))
         self._token: str | None = None  # of the checkpoint being saved (``state``)
         self._output_dir: str | None = None
         self._step = 0

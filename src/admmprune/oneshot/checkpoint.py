@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import jsonfile
 from .blocks import find_blocks
 from .engine import BlockCallback, LayerRecord, prune_blocks
 from .errors import OneShotError
@@ -232,7 +233,7 @@ class LazyCheckpoint:
             (self.tmp / old).rename(self.tmp / new)
         index = {"metadata": {"total_size": self.total_size},
                  "weight_map": {k: renamed[v] for k, v in sorted(self.written.items())}}
-        (self.tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (self.tmp / INDEX).write_text(jsonfile.dumps(index, indent=2) + "\n")
         if self.source.is_dir():
             for path in sorted(self.source.iterdir()):
                 if path.is_file() and not path.name.endswith(".safetensors") \
