@@ -16,6 +16,7 @@ from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
 from ..imports import ImportSpecError, is_spec, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
+from ..models.hf import config_differences
 from ..models.registry import accepts_argument
 from ..projection import ProjectionError, survivor_count
 from ..pruner import ADMMPruner
@@ -222,7 +223,8 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
     (Caffe .npy, darknet .weights), else a state dict: ``.safetensors``, a Hugging Face
     model directory (config.json + model.safetensors or pytorch_model.bin), or a file of
-    torch.save, read with weights_only=True.
+    torch.save, read with weights_only=True. A Hugging Face directory's config.json must
+    match ``model``'s own config where it changes the computation (:mod:`admmprune.models.hf`).
 
     Args:
         trust_pickle: allow a registered format read by unpickling (Caffe's .npy), which
@@ -231,7 +233,8 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
 
     Raises:
         RunError: the file is missing, unreadable, needs unpickling without
-            ``trust_pickle``, or does not fit the model.
+            ``trust_pickle``, or does not fit the model (a Hugging Face directory: also
+            when its config.json describes another computation than the model's config).
     """
     if not path.exists():
         raise RunError(f"pretrained checkpoint {path} does not exist")
@@ -249,7 +252,26 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
         return
-    load_state(model, _read_state(path, device), str(path))
+    state = _read_state(path, device)
+    if path.is_dir():
+        _check_hf_config(model, path, model_name)
+    load_state(model, state, str(path))
+
+
+def _check_hf_config(model: nn.Module, path: Path, model_name: str | None) -> None:
+    """A Hugging Face directory's config.json must describe the model its weights go into:
+    the settings saved there (activation, norm epsilon...) are not the ones that compute."""
+    try:
+        differ = config_differences(model, path / "config.json")
+    except ValueError as err:
+        raise RunError(f"pretrained {path}: {err}") from None
+    if differ:
+        built = f"model {model_name!r}" if model_name else "the model"
+        raise RunError(f"pretrained {path}: its config.json describes another model than "
+                       f"{built} builds here ({'; '.join(differ)}), so its weights would "
+                       "compute something else than the model they were saved from. Build "
+                       "the model with the saved settings (model_args, or your own factory "
+                       "as an import spec), or give weights saved from a model of this config")
 
 
 def _read_state_dict(path: Path, device: torch.device):
