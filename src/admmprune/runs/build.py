@@ -6,29 +6,32 @@ command (eval, export, shrink, draw) reads it the same way and words its errors 
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .. import distributed
+from ..activations import CalibrationError
 from ..data import DatasetError, DataSplits, create_dataset
 from ..imports import ImportSpecError, is_spec, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.hf import config_differences
 from ..models.registry import accepts_argument
 from ..projection import ProjectionError, survivor_count
-from ..pruner import ADMMPruner
+from ..pruner import ADMMPruner, PrunerError
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
 from ..tasks.registry import UnknownTaskError
-from .config import Config, ConfigError
+from .calibrated import check_calibrated
+from .config import CALIBRATED_PRUNING, Config, ConfigError
 from .rundir import RunError, load_run_config
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
-           "load_data", "load_run", "load_weights", "load_state", "state_differences",
-           "model_args", "resolve_device", "traces_model", "HF_WEIGHT_FILES"]
+           "check_pruning", "example_inputs", "load_data", "load_run", "load_weights",
+           "load_state", "state_differences", "model_args", "resolve_device", "traces_model",
+           "HF_WEIGHT_FILES"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,6 +155,47 @@ def check_selection(model: nn.Module, config: Config) -> None:
                 survivor_count(total, config.stage_value("all_percent", stage))
             except ProjectionError as err:
                 raise ConfigError(str(err)) from None
+
+
+def example_inputs(data: DataSplits, device: torch.device) -> torch.Tensor | None:
+    """Two inputs of the test split (else the training split), for the projections that
+    trace the model (filter, live weights); None when neither split was read. Every rank
+    takes the same ones, so that their traces, and masks, agree."""
+    batches = data.test if data.test is not None else data.train
+    if batches is None:
+        return None
+    x, _ = next(iter(batches))
+    return x[:2].to(device)
+
+
+def check_pruning(model: nn.Module, config: Config,
+                  example: torch.Tensor | None = None) -> None:
+    """Whether ``config``'s pruning can run on ``model`` at all, asked before anything trains
+    of the checks that would refuse it later: the selection and ratios
+    (:func:`check_selection`), the pruner of the first stage (filter and channel structures
+    refuse weights stored [in, out], N:M needs group-sized inputs, per-layer ratios one per
+    tensor, live weights a model it can trace) and the layers a calibrated method scores
+    (:func:`~.calibrated.check_calibrated`). The model is left as it is.
+
+    Args:
+        example: a batch the model accepts (:func:`example_inputs`), traced as the pruner
+            will trace it; None: the traces wait for the pruner itself.
+
+    Raises:
+        ConfigError: what does not fit, in the words of the check that refuses it.
+    """
+    check_selection(model, config)
+    if example is None:  # nothing to trace: the pruner refuses live weights without inputs
+        config = replace(config, live_weights=False)
+    try:
+        build_pruner(model, config, 0, example)
+    except PrunerError as err:
+        raise ConfigError(str(err)) from None
+    if config.pruning in CALIBRATED_PRUNING:
+        try:
+            check_calibrated(model, config)
+        except CalibrationError as err:
+            raise ConfigError(str(err)) from None
 
 
 # a Hugging Face model directory: config.json and one of these weight files
