@@ -7,6 +7,7 @@ import pytest
 
 from admmprune.runs.compare import (
     METHODS,
+    ONE_MODEL_METHODS,
     best_methods,
     fixed_percent,
     markdown_table,
@@ -48,7 +49,10 @@ def test_every_method_has_the_same_epoch_budget():
         if method == "dense" or "retraining_epochs" in keys:
             continue  # no training / no retraining by design (Wanda, SparseGPT alone)
         percent = 50.0 if keys.get("structure") == "nm" else 95.0  # N:M: the ratio 2:4 implies
-        config = method_config(base, method, percent)
+        # a method made for one model (paper: LeNet-5) is asked on that model
+        model = ONE_MODEL_METHODS.get(method, (base.model,))[0]
+        config = method_config(replace(base, model=model, model_args={}) if
+                               model != base.model else base, method, percent)
         admm = 0 if config.pruning in ONE_SHOT_PRUNING else config.k_step * config.epochs
         budgets[method] = admm + config.retraining_epochs
     assert len(set(budgets.values())) == 1, budgets
@@ -235,3 +239,73 @@ def test_the_ignored_keys_are_recipe_keys():
     assert REUSE_IGNORED <= names and DENSE_UNUSED <= names
     assert {"threads", "progress", "workers", "data_dir"} <= REUSE_IGNORED
     assert not {"seed", "dense_epochs", "learning_rate", "steps_per_epoch"} & DENSE_UNUSED
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training of any kind fails the test: what is refused must be refused before it."""
+    import admmprune.runs.pipeline as pipeline
+
+    def trained(*args, **kwargs):
+        raise AssertionError("a model was trained before the method was refused")
+
+    monkeypatch.setattr(pipeline, "train_epoch", trained)
+
+
+def tiny_gpt(corpus, **overrides):
+    """A one-block GPT: 4 prunable tensors (c_attn, attn c_proj, c_fc, mlp c_proj), as many as
+    LeNet-5 has."""
+    from conftest import tiny_gpt_config
+
+    return tiny_gpt_config(corpus, **{"pruning": "admm", "retraining_epochs": 1, **overrides})
+
+
+def test_paper_ratios_are_lenet5s_and_refused_for_another_model(code_corpus, tmp_path,
+                                                                no_training):
+    from admmprune.runs.build import build_model
+    from admmprune.selection import prunable_parameters
+
+    gpt = tiny_gpt(code_corpus)
+    assert len(prunable_parameters(build_model(gpt), gpt.include, gpt.exclude)) == 4
+    for call in (lambda: run_compare(gpt, ["admm", "paper"], [75.0], tmp_path / "out"),
+                 lambda: method_config(gpt, "paper", 75.0),
+                 lambda: fixed_percent(gpt, "paper")):
+        with pytest.raises(ConfigError, match=r"'paper'.*LeNet-5.*model lenet5.*'gpt'.*drop"):
+            call()
+    assert not (tmp_path / "out").exists()
+    # the model it was tuned for: the paper's 71.2x
+    lenet5 = load_config("recipes/lenet5.yaml")
+    assert 100 / (100 - fixed_percent(lenet5, "paper")) == pytest.approx(71.2, abs=0.05)
+    assert method_config(lenet5, "paper", 98.6).layer_percents == [80.0, 92.0, 99.1, 93.0]
+
+
+@pytest.mark.parametrize("method, model_args, match", [
+    # GPT-2's Conv1D stores weights [in, out]: no whole filters or channels to remove
+    ("filter", None, "filter.*transposed.*c_attn"),
+    ("channel", None, "channel.*transposed.*c_attn"),
+    # 18 inputs do not split into groups of 4
+    ("admm-nm", {"n_layer": 1, "n_embd": 18, "n_head": 2, "context": 16}, "nm 2:4"),
+])
+def test_a_method_the_model_cannot_take_is_refused_before_training(
+        code_corpus, tmp_path, no_training, method, model_args, match):
+    extra = {"model_args": model_args} if model_args else {}
+    base = tiny_gpt(code_corpus, **extra)
+    with pytest.raises(ConfigError, match=f"method {method!r}.*{match}"):
+        run_compare(base, ["dense", "admm", method], [75.0], tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no dense model, no run directory
+
+
+def test_a_calibrated_method_on_convolutions_is_refused_before_training(tmp_path,
+                                                                       no_training):
+    base = load_config("recipes/lenet5.yaml", {**TINY, "live_weights": False})
+    with pytest.raises(ConfigError, match=r"method 'wanda'.*conv1.weight.*nn.Linear"):
+        run_compare(base, ["admm", "wanda"], [90.0], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_prune_refuses_a_structure_the_model_cannot_take_before_training(code_corpus,
+                                                                        tmp_path, no_training):
+    from admmprune.runs.pipeline import run_pipeline
+
+    with pytest.raises(ConfigError, match="structure 'filter'.*transposed"):
+        run_pipeline(tiny_gpt(code_corpus, structure="filter"), run_dir=tmp_path / "run")

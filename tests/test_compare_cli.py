@@ -55,3 +55,22 @@ def test_all_percent_zero_means_zero(swept, tmp_path):
     assert percents == [0.0] and config.all_percent == 0.0
     _, percents = swept(str(recipe), "--all-percent", "0,50")
     assert percents == [0.0, 50.0]
+
+
+def test_compare_refuses_a_method_that_does_not_fit_before_training(tmp_path, capsys,
+                                                                    code_corpus, monkeypatch):
+    import admmprune.runs.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "train_epoch", lambda *a, **k: pytest.fail("trained"))
+    recipe = tmp_path / "gpt.yaml"
+    recipe.write_text(
+        "model: gpt\nmodel_args: {n_layer: 1, n_embd: 16, n_head: 2, context: 16}\n"
+        f"dataset: text\ntask: language-modeling\ndata_dir: {code_corpus}\n"
+        "train_subset: 64\ntest_subset: 16\nbatch_size: 16\nall_percent: 75\n")
+    for method, words in (("filter", "transposed"), ("paper", "LeNet-5")):
+        out = tmp_path / method
+        assert main(["compare", str(recipe), "--methods", f"admm,{method}", "--out", str(out),
+                     "--no-progress", "--threads", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("admmprune compare: ") and words in err, err
+        assert not out.exists()

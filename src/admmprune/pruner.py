@@ -599,8 +599,14 @@ class ADMMPruner:
                   for p, t in zip(self.params, self.transposed, strict=True)]
         implied = _checked(nm_removed_percent, shapes, n, m)
         if abs(float(all_percent) - implied) > NM_PERCENT_TOLERANCE:
+            # a group cut short at the end of a row keeps more than N of M: name where
+            odd = [f"{name} ({s[1]})" for name, s in zip(self.names, shapes, strict=True)
+                   if s[1] % m]
+            why = (f" (inputs not a multiple of {m}: {', '.join(odd[:3])}"
+                   f"{' ...' if len(odd) > 3 else ''})") if odd else ""
             raise PrunerError(f"structure nm {n}:{m} removes {implied:.4g}% of these "
-                              f"weights; set all_percent to {implied:.4g} (got {all_percent})")
+                              f"weights{why}; set all_percent to {implied:.4g} (got "
+                              f"{all_percent})")
         return sum(nm_survivors(s, n, m) for s in shapes)
 
     def _install(self, masks: Sequence[torch.Tensor]) -> None:

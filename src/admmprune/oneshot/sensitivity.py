@@ -130,7 +130,8 @@ def _loss(output: Any, x: torch.Tensor, y: torch.Tensor | None,
 def _forward_with_grad(model: nn.Module, x: torch.Tensor) -> Any:
     """Run ``model`` so that autograd tracks its activations although no parameter needs a
     gradient: the input embedding's output is made to require one."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") \
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = getter() if callable(getter) \
         else next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
     if embedding is None:
         if not torch.is_floating_point(x):

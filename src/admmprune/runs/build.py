@@ -9,7 +9,7 @@ import pickle
 import random
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,26 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from .. import distributed
+from ..activations import CalibrationError
 from ..data import DatasetError, DataSplits, create_dataset
 from ..imports import ImportSpecError, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
+from ..models.hf import config_differences
 from ..models.registry import ModelArgumentsError, accepts_argument
 from ..projection import ProjectionError, survivor_count
-from ..pruner import ADMMPruner
+from ..pruner import ADMMPruner, PrunerError
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
 from ..tasks.registry import UnknownTaskError
 from ..train import to_device
-from .config import Config, ConfigError
+from .calibrated import check_calibrated
+from .config import CALIBRATED_PRUNING, Config, ConfigError
 from .rundir import RunError, load_run_config
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
-           "check_data", "check_finite", "load_data", "load_run", "load_weights", "load_state",
-           "state_differences", "model_args", "resolve_device", "traces_model",
+           "check_pruning", "example_inputs", "check_data", "check_finite", "load_data",
+           "load_run", "load_weights", "load_state", "state_differences", "model_args",
+           "resolve_device", "traces_model",
            "HF_WEIGHT_FILES"]
 
 
@@ -266,6 +270,47 @@ def check_data(model: nn.Module, data: DataSplits, task: Task, device: torch.dev
                 raise DatasetError(f"{where}: {problem}")
 
 
+def example_inputs(data: DataSplits, device: torch.device) -> torch.Tensor | None:
+    """Two inputs of the test split (else the training split), for the projections that
+    trace the model (filter, live weights); None when neither split was read. Every rank
+    takes the same ones, so that their traces, and masks, agree."""
+    batches = data.test if data.test is not None else data.train
+    if batches is None:
+        return None
+    x, _ = next(iter(batches))
+    return x[:2].to(device)
+
+
+def check_pruning(model: nn.Module, config: Config,
+                  example: torch.Tensor | None = None) -> None:
+    """Whether ``config``'s pruning can run on ``model`` at all, asked before anything trains
+    of the checks that would refuse it later: the selection and ratios
+    (:func:`check_selection`), the pruner of the first stage (filter and channel structures
+    refuse weights stored [in, out], N:M needs group-sized inputs, per-layer ratios one per
+    tensor, live weights a model it can trace) and the layers a calibrated method scores
+    (:func:`~.calibrated.check_calibrated`). The model is left as it is.
+
+    Args:
+        example: a batch the model accepts (:func:`example_inputs`), traced as the pruner
+            will trace it; None: the traces wait for the pruner itself.
+
+    Raises:
+        ConfigError: what does not fit, in the words of the check that refuses it.
+    """
+    check_selection(model, config)
+    if example is None:  # nothing to trace: the pruner refuses live weights without inputs
+        config = replace(config, live_weights=False)
+    try:
+        build_pruner(model, config, 0, example)
+    except PrunerError as err:
+        raise ConfigError(str(err)) from None
+    if config.pruning in CALIBRATED_PRUNING:
+        try:
+            check_calibrated(model, config)
+        except CalibrationError as err:
+            raise ConfigError(str(err)) from None
+
+
 # a Hugging Face model directory: config.json and one of these weight files
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -335,7 +380,8 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
     (Caffe .npy, darknet .weights), else a state dict: ``.safetensors``, a Hugging Face
     model directory (config.json + model.safetensors or pytorch_model.bin), or a file of
-    torch.save, read with weights_only=True.
+    torch.save, read with weights_only=True. A Hugging Face directory's config.json must
+    match ``model``'s own config where it changes the computation (:mod:`admmprune.models.hf`).
 
     Args:
         trust_pickle: allow a registered format read by unpickling (Caffe's .npy), which
@@ -344,7 +390,9 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
 
     Raises:
         RunError: the file is missing, unreadable, needs unpickling without
-            ``trust_pickle``, does not fit the model, or holds NaN or infinite weights.
+            ``trust_pickle``, does not fit the model (a Hugging Face directory: also when
+            its config.json describes another computation than the model's config), or holds
+            NaN or infinite weights.
     """
     if not path.exists():
         raise RunError(f"pretrained checkpoint {path} does not exist")
@@ -362,8 +410,27 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
     else:
-        load_state(model, _read_state(path, device), str(path))
+        state = _read_state(path, device)
+        if path.is_dir():
+            _check_hf_config(model, path, model_name)
+        load_state(model, state, str(path))
     check_finite(model, f"the weights of {path}")
+
+
+def _check_hf_config(model: nn.Module, path: Path, model_name: str | None) -> None:
+    """A Hugging Face directory's config.json must describe the model its weights go into:
+    the settings saved there (activation, norm epsilon...) are not the ones that compute."""
+    try:
+        differ = config_differences(model, path / "config.json")
+    except ValueError as err:
+        raise RunError(f"pretrained {path}: {err}") from None
+    if differ:
+        built = f"model {model_name!r}" if model_name else "the model"
+        raise RunError(f"pretrained {path}: its config.json describes another model than "
+                       f"{built} builds here ({'; '.join(differ)}), so its weights would "
+                       "compute something else than the model they were saved from. Build "
+                       "the model with the saved settings (model_args, or your own factory "
+                       "as an import spec), or give weights saved from a model of this config")
 
 
 def _read_state_dict(path: Path, device: torch.device):

@@ -9,13 +9,29 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..activations import calibrated_layers
 from ..masks import LayerSparsity
 from ..pruner import ADMMPruner
 from ..sparsegpt import sparsegpt_prune_model
 from ..wanda import wanda_masks
 from .config import Config
 
-__all__ = ["calibrated_prune"]
+__all__ = ["calibrated_prune", "check_calibrated"]
+
+
+# the name each calibrated method signs its refusals with
+_NAMES = {"wanda": "Wanda", "sparsegpt": "SparseGPT"}
+
+
+def check_calibrated(model: nn.Module, config: Config) -> None:
+    """Whether ``config.pruning`` (Wanda, SparseGPT) can score every tensor ``config``
+    prunes in ``model``: the check its calibration makes (:func:`calibrated_layers`), made
+    before anything trains.
+
+    Raises:
+        CalibrationError: a pruned tensor that is not the weight of an nn.Linear or HF Conv1D.
+    """
+    calibrated_layers(model, config.include, config.exclude, _NAMES[config.pruning])
 
 
 def calibrated_prune(model: nn.Module, pruner: ADMMPruner, config: Config, batches: Iterable,

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 import yaml
 
 from ..imports import file_sha256
 from ..jsonfile import dumps, loads
-from ..models import create_model
 from ..selection import prunable_parameters
 from ..tables import format_table
+from .build import build_model, check_pruning, check_selection, example_inputs, load_data
 from .config import (
     ONE_SHOT_PRUNING,
     STAGE_KEYS,
@@ -34,9 +35,10 @@ from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RESUME_SAFE_KEYS, RunDirectory
 
-__all__ = ["METHODS", "run_compare", "method_config", "method_notes", "single_stage",
-           "check_reusable", "method_of", "REUSE_IGNORED", "DENSE_UNUSED", "summarize",
-           "plot_compare", "best_methods", "markdown_table", "format_rows"]
+__all__ = ["METHODS", "ONE_MODEL_METHODS", "run_compare", "method_config", "method_notes",
+           "single_stage", "check_methods", "check_reusable", "method_of", "REUSE_IGNORED",
+           "DENSE_UNUSED", "summarize", "plot_compare", "best_methods", "markdown_table",
+           "format_rows"]
 
 # name -> (description, recipe keys it sets)
 METHODS: dict[str, tuple[str, dict]] = {
@@ -101,6 +103,20 @@ METHODS: dict[str, tuple[str, dict]] = {
 
 # methods that compete nowhere: drawn as lines and listed across every ratio column
 REFERENCES = ("dense", "dense-retrain")
+
+# Methods made for one network: method -> (the registered model, what it is). Their settings
+# describe that network's layers; on another model they would mean nothing, whatever its
+# layer count.
+ONE_MODEL_METHODS: dict[str, tuple[str, str]] = {"paper": ("lenet5", "LeNet-5")}
+
+
+def _check_fits(config: Config, method: str) -> None:
+    """Refuse a method made for one network (:data:`ONE_MODEL_METHODS`) on another."""
+    if method in ONE_MODEL_METHODS and config.model != ONE_MODEL_METHODS[method][0]:
+        name, network = ONE_MODEL_METHODS[method]
+        raise ConfigError(f"method {method!r} applies hand-tuned per-layer ratios of "
+                          f"{network} (model {name}); model {config.model!r} is another "
+                          "network, whose layers they do not describe: drop it from --methods")
 
 
 def _signature(keys: dict) -> tuple:
@@ -196,9 +212,19 @@ def admm_epochs(config: Config) -> int:
                for s in range(config.stages))
 
 
-def fixed_percent(config: Config, method: str) -> float | None:
+def fixed_percent(config: Config, method: str, model: torch.nn.Module | None = None
+                  ) -> float | None:
     """The global removal percent implied by a method with fixed per-layer ratios (``paper``)
-    or by N:M (``admm-nm``...), or None for methods swept over ``--all-percent``."""
+    or by N:M (``admm-nm``...), or None for methods swept over ``--all-percent``.
+
+    Args:
+        model: ``config``'s model when the caller has built it (else it is built here, if
+            the method's ratios need its layer sizes).
+
+    Raises:
+        ConfigError: the method was made for another model, or its per-layer ratios do not
+            fit the model's prunable tensors.
+    """
     keys = METHODS[method][1]
     if "all_percent" in keys:
         return float(keys["all_percent"])
@@ -207,14 +233,49 @@ def fixed_percent(config: Config, method: str) -> float | None:
     layer_percents = keys.get("layer_percents")
     if layer_percents is None:
         return None
-    model = create_model(config.model, **config.model_args)
+    _check_fits(config, method)
+    model = model if model is not None else build_model(config)
+    try:
+        check_selection(model, replace(config, layer_percents=layer_percents))
+    except ConfigError as err:
+        raise ConfigError(f"method {method!r}: {err} (or drop it from --methods)") from None
     sizes = [p.numel() for _, p in prunable_parameters(model, config.include, config.exclude)]
-    if len(sizes) != len(layer_percents):
-        raise ConfigError(f"method {method!r} sets {len(layer_percents)} per-layer ratios "
-                          f"(LeNet-5's layers) but {config.model} has {len(sizes)} prunable "
-                          "tensors; drop it from --methods")
     kept = sum(n - round(p / 100 * n) for n, p in zip(sizes, layer_percents, strict=True))
     return 100.0 * (1 - kept / sum(sizes))
+
+
+def check_methods(base: Config, methods: Sequence[str], percents: Sequence[float],
+                  variants: Sequence[dict] | None = None) -> None:
+    """Check every method at every ratio against the model of every variant, before anything
+    trains: the model is built (with its data's class count) and each method's config is
+    put to the checks its run would fail later (:func:`~.build.check_pruning`).
+
+    Raises:
+        ConfigError: an unknown method, or one the model cannot take (naming it, and why).
+        DatasetError: the data cannot be read.
+    """
+    for method in methods:
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    pruning = [m for m in methods if m != "dense"]
+    if not pruning:
+        return
+    cpu = torch.device("cpu")
+    data = load_data(base, cpu)  # what the model's factory is given, and a batch to trace
+    example = example_inputs(data, cpu)
+    for variant in variants or [{}]:
+        config = replace(base, model_args={**base.model_args, **variant}).validate()
+        model = build_model(config, data.num_classes)
+        for method in pruning:
+            fixed = fixed_percent(config, method, model)
+            for percent in percents if fixed is None else [fixed]:
+                try:
+                    check_pruning(model, method_config(config, method, percent), example)
+                except ConfigError as err:
+                    variant_text = f" ({_variant_name(variant)})" if variant else ""
+                    raise ConfigError(f"method {method!r} cannot run on model "
+                                      f"{config.model!r}{variant_text}: {err} (or drop it from "
+                                      "--methods)") from None
 
 
 def single_stage(config: Config, all_percent: float) -> Config:
@@ -253,6 +314,7 @@ def method_config(base: Config, method: str, all_percent: float) -> Config:
     recipe a method cannot run with are changed (:func:`method_notes` says which)."""
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    _check_fits(base, method)
     adjusted = {key: value for key, (value, _) in _adjusted_keys(base, method).items()}
     all_percent = METHODS[method][1].get("all_percent", all_percent)  # a reference's own
     # methods that name no structure are unstructured, whatever the base recipe says
@@ -287,10 +349,8 @@ def run_compare(
     ``variants`` are model_args overrides (e.g. ``[{"depth": 1}, {"depth": 2}]``).
     Returns one row per run.
     """
-    for method in methods:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    fixed = {m: fixed_percent(base, m) for m in methods if m != "dense"}  # fails before training
+    check_methods(base, methods, percents, variants)  # before anything trains or is written
+    fixed = {m: fixed_percent(base, m) for m in methods if m != "dense"}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

@@ -43,7 +43,8 @@ from .build import (
     build_task,
     check_data,
     check_finite,
-    check_selection,
+    check_pruning,
+    example_inputs,
     load_data,
     load_weights,
     resolve_device,
@@ -233,7 +234,8 @@ class Run:
             _seed_everything(config.seed + 7919 * self.rank)
         self.task.bind(self.model)
         self.pruner: ADMMPruner | None = None
-        check_selection(self.model, config)
+        # whatever would refuse this pruning after the dense phase refuses it now
+        check_pruning(self.model, config, self._example())
         self.selection = describe_selection(self.model, config.include, config.exclude)
 
     def _create(self, config: Config) -> None:
@@ -330,11 +332,7 @@ class Run:
     def _example(self) -> torch.Tensor | None:
         """Two inputs traced by the filter and live-weight projections (test images, else
         training images: every rank must trace the same way, or their masks would differ)."""
-        batches = self.test_batches if self.test_batches is not None else self.train_batches
-        if not traces_model(self.config) or batches is None:
-            return None
-        x, _ = next(iter(batches))
-        return x[:2].to(self.device)
+        return example_inputs(self.data, self.device) if traces_model(self.config) else None
 
     def _load_teacher(self) -> None:
         """The teacher of a resumed run: the dense model its run directory saved."""
