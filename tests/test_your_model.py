@@ -277,3 +277,30 @@ def test_your_model_example_runs_tiny(tmp_path, capsys):
         {layer["name"] for layer in summary["layers"]}  # residual blocks, BatchNorm skipped
     assert main(["export", str(run_dir)]) == 0
     assert (run_dir / "model.apz").is_file()
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_resumes_or_restarts(
+        tmp_path, interrupt_training, capsys):
+    """Ctrl-C in the first dense epoch of a run that records sources.json: the command the
+    message gives works, and so does the same command again."""
+    path = tmp_path / "yourmodel_early_user.py"
+    path.write_text(USER_CODE.format(name="yourmodel-early-net"))
+    run_dir = tmp_path / "run"
+    args = ["prune", str(recipe(tmp_path, model="yourmodel_early_user:tiny_net",
+                                dataset="yourmodel_early_user:splits")),
+            "--import", str(path), "--run-dir", str(run_dir)]
+    interrupt_training(1)
+    assert main(args) == 130
+    assert {p.name for p in run_dir.iterdir()} - {"run.lock"} == {"config.yaml", "sources.json"}
+    advice = capsys.readouterr().err.strip().splitlines()[-1].split()
+    assert advice == ["admmprune", "prune", "--resume", str(run_dir)]
+    # the same command again starts the run over (and is interrupted once more)
+    interrupt_training(1)
+    assert main(args) == 130
+    assert "already holds" not in capsys.readouterr().err
+    interrupt_training(None)
+    assert main(advice[1:]) == 0  # the command the message gave
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["kept"] == survivor_count(summary["total"], 80.0)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records if r["phase"] == "dense"] == [1]
