@@ -279,6 +279,37 @@ def test_your_model_example_runs_tiny(tmp_path, capsys):
     assert (run_dir / "model.apz").is_file()
 
 
+def test_commands_refuse_a_run_whose_code_changed_unless_allowed(tmp_path, capsys):
+    """eval, export and shrink rebuild the run's model from its config: with the imported
+    file edited since (ReLU -> Sigmoid) they would report another model's results. They
+    refuse, naming the file; --allow-changed-sources runs anyway with a warning."""
+    path = tmp_path / "yourmodel_edited_user.py"
+    path.write_text(USER_CODE.format(name="yourmodel-edited-net"))
+    run_dir = tmp_path / "run"
+    assert main(["prune", str(recipe(tmp_path, model="yourmodel-edited-net",
+                                     dataset="yourmodel_edited_user:splits")),
+                 "--import", str(path), "--run-dir", str(run_dir)]) == 0
+    before = sorted(p.name for p in run_dir.iterdir())
+    path.write_text(path.read_text().replace("nn.ReLU()", "nn.Sigmoid()"))
+    capsys.readouterr()
+    run = str(run_dir)
+    for command in (["eval", run], ["export", run], ["export", run, "--format", "dense"],
+                    ["shrink", run]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{path.resolve()} changed since the run" in err, command
+        assert "--allow-changed-sources" in err and "Traceback" not in err, command
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
+
+    assert main(["eval", run, "--allow-changed-sources"]) == 0
+    captured = capsys.readouterr()
+    assert "sparsity" in captured.out
+    assert "warning" in captured.err and str(path.resolve()) in captured.err
+    assert main(["export", run, "--allow-changed-sources"]) == 0
+    assert str(path.resolve()) in capsys.readouterr().err
+    assert (run_dir / "model.apz").is_file()
+
+
 def test_a_run_interrupted_before_its_first_checkpoint_resumes_or_restarts(
         tmp_path, interrupt_training, capsys):
     """Ctrl-C in the first dense epoch of a run that records sources.json: the command the

@@ -111,7 +111,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, overrides={"data_dir": args.data_dir} if args.data_dir else {},
                    weights=args.weights,  # test split only: no training files needed
-                   trust_pickle=args.trust_pickle)
+                   trust_pickle=args.trust_pickle,
+                   allow_changed_sources=args.allow_changed_sources)
     config, model = run.config, run.model
     task = create_task(config.task)
     task.bind(model)
