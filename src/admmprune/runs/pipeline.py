@@ -59,7 +59,7 @@ from .rundir import (
     resume_changes,
 )
 from .runstate import Checkpoints, Progress, restore_rng
-from .sources import check_sources, run_sources
+from .sources import check_data, check_sources, run_sources
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model",
@@ -274,6 +274,7 @@ class Run:
                                  retraining_started=progress.retrain_epoch > 0 or progress.done,
                                  retrain_epochs_done=progress.retrain_epoch)
         check_sources(state.get("sources"), self.sources)
+        check_data(state.get("data_checksums"), self.data.checksums)
         problems = state_differences(self.model, state["model"])
         if problems:
             raise RunError(f"the model does not fit the checkpoint of {self.run_dir}: "
@@ -382,7 +383,7 @@ class Run:
         average = None if self._average is None else self._average.state_dict()
         self.checkpoints.save(model=self.model, pruner=self.pruner, optimizer=optimizer,
                               progress=self.progress, config=self.config, average=average,
-                              sources=self.sources)
+                              sources=self.sources, data_checksums=self.data.checksums)
 
     def _new_average(self) -> RetrainingAverage:
         return RetrainingAverage(self.model, self.config.retraining_average_epochs,
@@ -699,6 +700,7 @@ class Run:
             "layers": layers,
             "not_pruned": [t._asdict() for t in self.selection[1]],
             **({"sources": self.sources} if self.sources else {}),
+            **({"data_checksums": self.data.checksums} if self.data.checksums else {}),
             "seconds": dict(prog.seconds),
             "wall_seconds": sum(prog.seconds.values()),
             "complete": prog.done,

@@ -1,8 +1,12 @@
-"""The user's code a run ran: the files of ``imports`` and the local file of each import
-spec (model, dataset, task), with their sha256. A run records them (``sources.json``,
-``summary.json`` and every checkpoint). Resuming refuses a run whose code changed since,
-and the commands that rebuild a finished run's model from its config (eval, export,
-shrink, draw) refuse it unless allowed. Each says which file."""
+"""What a run ran and read: the user's code (the files of ``imports`` and the local file of
+each import spec: model, dataset, task, with their sha256) and the checksums of the data
+its dataset read.
+
+A run records its sources (``sources.json``, ``summary.json`` and every checkpoint) and its
+data checksums (every checkpoint, ``summary.json``). Resuming refuses a run whose code or
+data changed since; the commands that rebuild a finished run's model from its config
+(eval, export, shrink, draw) refuse a run whose code changed unless allowed, and compare
+does not reuse such a run. Each says which file."""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from .config import Config
 from .rundir import SOURCES_FILE, RunError
 
 __all__ = ["run_sources", "source_changes", "check_sources", "recorded_sources",
-           "check_run_sources", "ALLOW_CHANGED_SOURCES"]
+           "check_run_sources", "check_data", "ALLOW_CHANGED_SOURCES"]
 
 # The flag of the commands that rebuild a run's model: run anyway, with a warning.
 ALLOW_CHANGED_SOURCES = "--allow-changed-sources"
@@ -133,3 +137,23 @@ def check_run_sources(run_dir: str | Path, config: Config, *,
               "asks: the model is rebuilt from the code as it is now", file=sys.stderr)
     return problems
 
+
+def check_data(saved: Mapping[str, str] | None, current: Mapping[str, str]) -> None:
+    """Refuse to resume on other data than the run read: the checksums its dataset recorded
+    (``DataSplits.checksums``, e.g. the text splits' sha256) against those of the data read
+    now. Only what both hold is compared, so moved data (another ``data_dir``) still fits;
+    ``saved`` None (a run of an older admmprune) checks nothing.
+
+    Raises:
+        RunError: naming each part of the data that differs.
+    """
+    if not saved:
+        return
+    problems = [f"{name} (sha256 {digest[:12]}... then, {current[name][:12]}... now)"
+                for name, digest in saved.items()
+                if name in current and current[name] != digest]
+    if problems:
+        raise RunError("resuming would train on other data than the run was started with: "
+                       f"{'; '.join(problems)} changed. data_dir may change when the data "
+                       "moved, not the data itself: point --data-dir at the run's data, or "
+                       "start a new run (another --run-dir)")
