@@ -1,10 +1,12 @@
 """The compare machinery on tiny generated data."""
 
 import json
+import re
 from dataclasses import replace
 
 import pytest
 
+from admmprune.imports import file_sha256
 from admmprune.runs.compare import (
     METHODS,
     ONE_MODEL_METHODS,
@@ -309,3 +311,34 @@ def test_prune_refuses_a_structure_the_model_cannot_take_before_training(code_co
 
     with pytest.raises(ConfigError, match="structure 'filter'.*transposed"):
         run_pipeline(tiny_gpt(code_corpus, structure="filter"), run_dir=tmp_path / "run")
+
+
+USER_NET = """
+from torch import nn
+
+
+def net(num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, num_classes))
+"""
+
+
+def test_runs_made_with_other_code_are_not_reused(tmp_path):
+    """The imported model file edited after a sweep: neither the finished runs nor the
+    shared dense model are mixed into a table with runs of the new code."""
+    path = tmp_path / "compare_sources_user.py"
+    path.write_text(USER_NET)
+    config = load_config(None, {**TINY, "model": "compare_sources_user:net",
+                                "imports": [str(path)]})
+    out = tmp_path / "out"
+    run_compare(config, ["admm", "magnitude"], [90.0], out, seeds=[0])
+    assert json.loads((out / "admm-seed0-p90" / "sources.json").read_text()) != {}
+    path.write_text(USER_NET.replace("nn.ReLU()", "nn.Sigmoid()"))
+    changed = re.escape(f"{path.resolve()} changed")
+    with pytest.raises(ConfigError, match=rf"dense-seed0.*other code.*{changed}"):
+        run_compare(config, ["dense", "admm", "magnitude", "lamp"], [90.0], out, seeds=[0])
+    assert not (out / "lamp-seed0-p90").exists()
+    # a finished method run is checked too, not only the dense model
+    (out / "dense-seed0" / "sources.json").write_text(json.dumps(
+        {str(path.resolve()): file_sha256(path)}))
+    with pytest.raises(ConfigError, match=rf"admm-seed0-p90.*other code.*{changed}"):
+        run_compare(config, ["admm"], [90.0], out, seeds=[0])

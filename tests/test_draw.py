@@ -140,3 +140,34 @@ def test_draw_refuses_a_classification_run(tmp_path, capsys):
     assert not out.exists()
     assert main(["draw", str(run_dir), "--out", str(tmp_path / "x.txt")]) == 2
     assert "end the file name with one of" in capsys.readouterr().err
+
+
+def test_draw_refuses_a_run_whose_code_changed_unless_allowed(tmp_path, detection_run, capsys):
+    """draw rebuilds each run's model from its config, like eval: a file the run imported
+    that changed since is refused, and --allow-changed-sources draws with a warning."""
+    import json
+
+    import yaml
+
+    from admmprune.imports import file_sha256
+
+    helper = tmp_path / "draw_sources_helper.py"
+    helper.write_text("VALUE = 1\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("summary.json", "model.pt"):
+        shutil.copy(detection_run / name, run_dir / name)
+    config = yaml.safe_load((detection_run / "config.yaml").read_text())
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**config, "imports": [str(helper)]}))
+    (run_dir / "sources.json").write_text(json.dumps({str(helper.resolve()):
+                                                      file_sha256(helper)}))
+    helper.write_text("VALUE = 2\n")
+    out = tmp_path / "x.png"
+    assert main(["draw", str(run_dir), "--images", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{helper.resolve()} changed since the run" in err and "--allow-changed-sources" in err
+    assert not out.exists()
+    assert main(["draw", str(run_dir), "--images", "1", "--out", str(out),
+                 "--allow-changed-sources"]) == 0
+    assert str(helper.resolve()) in capsys.readouterr().err
+    assert out.is_file()

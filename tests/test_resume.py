@@ -72,3 +72,32 @@ def test_resume_sees_the_same_batches_and_ends_with_the_same_weights(
     b = torch.load(tmp_path / "resumed" / "model.pt")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_resume_refuses_other_data_but_not_the_same_data_moved(tmp_path, monkeypatch,
+                                                                 code_corpus):
+    """--resume RUN --data-dir OTHER: data_dir may change (the data moved), the data may
+    not. The text splits' checksums are recorded with the run and compared."""
+    from dataclasses import replace
+
+    from conftest import tiny_gpt_config
+
+    from admmprune.runs.rundir import RunError
+
+    config = tiny_gpt_config(code_corpus, pruning="admm", retraining_epochs=1)
+    run_dir = tmp_path / "run"
+    recording(monkeypatch, [], interrupt_at=1)  # in the W-step, after the dense checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, run_dir=run_dir)
+    monkeypatch.setattr(pipeline, "train_epoch", REAL_TRAIN_EPOCH)
+    other = tmp_path / "other.txt"
+    other.write_text(code_corpus.read_text().replace("def", "fed"))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(RunError, match=r"other data.*train.*changed"):
+        run_pipeline(replace(config, data_dir=str(other)), run_dir=run_dir, resume=True)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    moved = tmp_path / "moved" / "corpus.txt"
+    moved.parent.mkdir()
+    moved.write_bytes(code_corpus.read_bytes())
+    summary = run_pipeline(replace(config, data_dir=str(moved)), run_dir=run_dir, resume=True)
+    assert summary["complete"]

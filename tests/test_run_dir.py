@@ -141,3 +141,61 @@ def test_metrics_are_not_logged_twice_after_a_kill_between_log_and_checkpoint(
     admm = [r["iteration"] for r in records if r["phase"] == "admm"]
     assert admm == [1, 2]
     assert torch.load(run_dir / "model.pt")  # finished
+
+
+def test_a_kill_between_the_first_record_and_the_first_checkpoint_restarts(
+        tmp_path, monkeypatch, capsys):
+    """Before its first checkpoint a run holds no finished work, also when the first
+    epoch's record made it to metrics.jsonl: the same command starts it over, and so does
+    --resume, with that record logged once."""
+    import admmprune.runs.pipeline as pipeline
+
+    real_save = pipeline.Run.save
+
+    def dying_save(self, optimizer=None):
+        raise KeyboardInterrupt
+
+    for name, again in (("same-command", ["prune", RECIPE, "--run-dir", "{run}", *TINY]),
+                        ("resume", ["prune", "--resume", "{run}"])):
+        run_dir = tmp_path / name
+        command = [a.format(run=run_dir) for a in again]
+        monkeypatch.setattr(pipeline.Run, "save", dying_save)
+        assert main(["prune", RECIPE, "--run-dir", str(run_dir), *TINY]) == 130
+        assert capsys.readouterr().err.strip().splitlines()[-1].split() == \
+            ["admmprune", "prune", "--resume", str(run_dir)]
+        logged = [json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()]
+        assert logged == ["dense"] and not (run_dir / "checkpoint.pt").exists()
+        # what a SIGKILL while writing the first checkpoint leaves
+        (run_dir / "checkpoint.pt.new.tmp").write_bytes(b"half a checkpoint")
+        monkeypatch.setattr(pipeline.Run, "save", real_save)
+        assert main(command) == 0, command
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        assert [r["phase"] for r in records].count("dense") == 1
+        assert json.loads((run_dir / "summary.json").read_text())["complete"]
+
+
+def test_ctrl_c_before_anything_is_written_says_to_run_the_command_again(
+        tmp_path, monkeypatch, capsys):
+    import admmprune.runs.pipeline as pipeline
+
+    def interrupt(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "load_data", interrupt)
+    run_dir = tmp_path / "run"
+    assert main(["prune", RECIPE, "--run-dir", str(run_dir), *TINY]) == 130
+    assert "run the same command again" in capsys.readouterr().err
+    assert not run_dir.exists()
+    assert main(["prune", "--resume", str(run_dir)]) == 2  # as the message implies
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_run_directory_named_by_default_names_it(tmp_path, interrupt_training,
+                                                             capsys):
+    interrupt_training(1)
+    assert main(["prune", RECIPE, "--output-dir", str(tmp_path), *TINY]) == 130
+    [run_dir] = tmp_path.iterdir()  # OUTPUT_DIR/NAME-TIMESTAMP
+    advice = capsys.readouterr().err.strip().splitlines()[-1].split()
+    assert advice == ["admmprune", "prune", "--resume", str(run_dir)]
+    interrupt_training(None)
+    assert main(advice[1:]) == 0

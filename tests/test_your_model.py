@@ -428,3 +428,61 @@ def test_a_user_registration_under_a_builtin_name_says_so():
     with pytest.raises(ValueError, match=r"task 'classification' is registered twice \(a "
                                          r"built-in one of admmprune\)"):
         register_task("classification")(type("Mine", (Task,), {}))
+
+
+def test_commands_refuse_a_run_whose_code_changed_unless_allowed(tmp_path, capsys):
+    """eval, export and shrink rebuild the run's model from its config: with the imported
+    file edited since (ReLU -> Sigmoid) they would report another model's results. They
+    refuse, naming the file; --allow-changed-sources runs anyway with a warning."""
+    path = tmp_path / "yourmodel_edited_user.py"
+    path.write_text(USER_CODE.format(name="yourmodel-edited-net"))
+    run_dir = tmp_path / "run"
+    assert main(["prune", str(recipe(tmp_path, model="yourmodel-edited-net",
+                                     dataset="yourmodel_edited_user:splits")),
+                 "--import", str(path), "--run-dir", str(run_dir)]) == 0
+    before = sorted(p.name for p in run_dir.iterdir())
+    path.write_text(path.read_text().replace("nn.ReLU()", "nn.Sigmoid()"))
+    capsys.readouterr()
+    run = str(run_dir)
+    for command in (["eval", run], ["export", run], ["export", run, "--format", "dense"],
+                    ["shrink", run]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{path.resolve()} changed since the run" in err, command
+        assert "--allow-changed-sources" in err and "Traceback" not in err, command
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # nothing written
+
+    assert main(["eval", run, "--allow-changed-sources"]) == 0
+    captured = capsys.readouterr()
+    assert "sparsity" in captured.out
+    assert "warning" in captured.err and str(path.resolve()) in captured.err
+    assert main(["export", run, "--allow-changed-sources"]) == 0
+    assert str(path.resolve()) in capsys.readouterr().err
+    assert (run_dir / "model.apz").is_file()
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_resumes_or_restarts(
+        tmp_path, interrupt_training, capsys):
+    """Ctrl-C in the first dense epoch of a run that records sources.json: the command the
+    message gives works, and so does the same command again."""
+    path = tmp_path / "yourmodel_early_user.py"
+    path.write_text(USER_CODE.format(name="yourmodel-early-net"))
+    run_dir = tmp_path / "run"
+    args = ["prune", str(recipe(tmp_path, model="yourmodel_early_user:tiny_net",
+                                dataset="yourmodel_early_user:splits")),
+            "--import", str(path), "--run-dir", str(run_dir)]
+    interrupt_training(1)
+    assert main(args) == 130
+    assert {p.name for p in run_dir.iterdir()} - {"run.lock"} == {"config.yaml", "sources.json"}
+    advice = capsys.readouterr().err.strip().splitlines()[-1].split()
+    assert advice == ["admmprune", "prune", "--resume", str(run_dir)]
+    # the same command again starts the run over (and is interrupted once more)
+    interrupt_training(1)
+    assert main(args) == 130
+    assert "already holds" not in capsys.readouterr().err
+    interrupt_training(None)
+    assert main(advice[1:]) == 0  # the command the message gave
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["complete"] and summary["kept"] == survivor_count(summary["total"], 80.0)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    assert [r["epoch"] for r in records if r["phase"] == "dense"] == [1]

@@ -206,15 +206,19 @@ def _check_same_images(first: _Source, other: _Source) -> None:
 
 def draw_runs(run_dirs: Sequence[str | Path], out: str | Path, *, images: int = 4,
               weights: str = "model", compare_dense: bool = False, conf: float = 0.3,
-              iou: float = 0.45, data_dir: str | None = None) -> Path:
+              iou: float = 0.45, data_dir: str | None = None,
+              allow_changed_sources: bool = False) -> Path:
     """``admmprune draw``: the first ``images`` validation images of the runs' dataset with
     each run's detections (score > ``conf``, NMS at ``iou``) and the ground truth; one column
     per run (``weights``: dense.pt, admm.pt or model.pt), and with ``compare_dense`` a dense
     column before each. Titles give the run's mAP@0.5 from summary.json (measured on the whole
-    evaluation split) and the compression N/K counted on the drawn weights."""
+    evaluation split) and the compression N/K counted on the drawn weights. A run whose
+    imported files changed since is refused unless ``allow_changed_sources`` (then drawn
+    with a warning; :func:`~admmprune.runs.sources.check_run_sources`)."""
     from ..data import create_dataset
     from ..masks import global_sparsity, sparsity_report
     from ..runs.build import build_model, load_weights, resolve_device
+    from ..runs.sources import check_run_sources
     from ..selection import prunable_parameters
     from ..tasks.detection import detect
 
@@ -245,6 +249,7 @@ def draw_runs(run_dirs: Sequence[str | Path], out: str | Path, *, images: int = 
                 f"{run_dir} is a {config.task} run (model {config.model}, dataset "
                 f"{config.dataset}); draw shows detection boxes and needs a run with task: "
                 "detection (e.g. from recipes/yolov4_tiny_digits.yaml)")
+        check_run_sources(run_dir, config, allow_changed=allow_changed_sources)
         for kind in (("dense", weights) if compare_dense else (weights,)):
             sources.append(_Source(run_dir, config, kind))
     for source in sources:  # every file before any work
@@ -294,6 +299,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
     check_output_path(args.out)  # the picture format is checked by draw_runs
     path = draw_runs(args.run_dirs, args.out, images=args.images, weights=args.weights,
-                     compare_dense=args.compare_dense, conf=args.conf, data_dir=args.data_dir)
+                     compare_dense=args.compare_dense, conf=args.conf, data_dir=args.data_dir,
+                     allow_changed_sources=args.allow_changed_sources)
     print(f"wrote {path}")
     return 0

@@ -107,7 +107,8 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
                 path: Path, weights: str | Path | None = None,
                 data_dir: str | None = None, evaluate: bool = True,
                 finetune_epochs: int = 0, finetune_lr: float = 1e-4,
-                dead_units: str = "auto", trust_pickle: bool = False) -> dict:
+                dead_units: str = "auto", trust_pickle: bool = False,
+                allow_changed_sources: bool = False) -> dict:
     """Export RUN_DIR/model.pt (or ``weights``); returns a summary dict: path, bytes, the
     model.pt bytes, the size report (compressed), metrics before/after (quantized).
 
@@ -122,7 +123,10 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     weight reads (:mod:`admmprune.channels.liveness`; the outputs stay the same, checked on test
     examples) before writing, ``keep`` stores the state dict as it is, ``auto`` drops them
     for quantized compressed files, whose values change anyway, and keeps them otherwise
-    (a float32 file is then the state dict bit for bit)."""
+    (a float32 file is then the state dict bit for bit).
+
+    ``allow_changed_sources``: export a run whose imported files changed since, with a
+    warning (see :func:`~admmprune.runs.build.load_run`); refused otherwise."""
     from ..runs.build import build_model, load_run, model_args, resolve_device
     from ..runs.rundir import load_run_config
 
@@ -150,7 +154,7 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
         or drop_dead
     reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
     run = load_run(run_dir, config=config, device=device, weights=weights,
-                   trust_pickle=trust_pickle,
+                   trust_pickle=trust_pickle, allow_changed_sources=allow_changed_sources,
                    splits=("train", "test") if finetune_epochs else ("test",),
                    data="optional" if reads_data else "none")
     model, data, weights, num_classes = run.model, run.data, run.weights, run.num_classes
@@ -299,7 +303,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                              evaluate=not args.no_eval,
                              finetune_epochs=args.finetune_epochs,
                              finetune_lr=args.finetune_lr, dead_units=args.dead_units,
-                             trust_pickle=args.trust_pickle)
+                             trust_pickle=args.trust_pickle,
+                             allow_changed_sources=args.allow_changed_sources)
     except ExportError as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2

@@ -71,6 +71,18 @@ def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
                              "state_dict, .safetensors) never need it")
 
 
+def add_allow_changed_sources(parser: argparse.ArgumentParser) -> None:
+    """--allow-changed-sources: the one switch of the commands that rebuild a run's model
+    from its config (eval, export, shrink, draw) to use a run whose imported files changed."""
+    from ..runs.sources import ALLOW_CHANGED_SOURCES
+
+    parser.add_argument(ALLOW_CHANGED_SOURCES, action="store_true",
+                        help="use the run even when a file it imported (sources.json: "
+                             "--import files, the files of its specs) changed since: the "
+                             "model is rebuilt from the code as it is now, with a warning "
+                             "naming the file [default: refuse]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..runs.compare import METHODS
 
@@ -115,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "RUN_DIR/model.pt")
     evaluate.add_argument("--data-dir", help="dataset directory")
     add_trust_pickle(evaluate)
+    add_allow_changed_sources(evaluate)
 
     report = sub.add_parser("report", help="print a run's summary table and draw its plots",
                             description="Print the summary of a run directory and write "
@@ -189,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     draw.add_argument("--conf", type=float, default=0.3, help="score threshold of drawn "
                       "detections [default: 0.3]")
     draw.add_argument("--data-dir", help="dataset directory (default: the run's)")
+    add_allow_changed_sources(draw)
     sub.add_parser("models", help="list the registered models")
     sub.add_parser("datasets", help="list the registered datasets and tasks")
     from ..data.digits import add_make_detection_set_arguments
@@ -291,6 +305,7 @@ def add_export_parser(sub) -> None:
                         "RUN_DIR/model.pt")
     export.add_argument("--data-dir", help="dataset directory (test metrics, ONNX example)")
     add_trust_pickle(export)
+    add_allow_changed_sources(export)
     export.add_argument("--no-eval", action="store_true", help="skip the test metrics of a "
                         "quantized export")
     export.add_argument("--finetune-epochs", type=int, default=0, metavar="N",
@@ -326,3 +341,4 @@ def add_shrink_parser(sub) -> None:
                         "RUN_DIR/model.pt")
     shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")
     add_trust_pickle(shrink)
+    add_allow_changed_sources(shrink)

@@ -6,11 +6,24 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..runs.config import Config, ConfigError, load_config
 from .parser import recipe_overrides
 
 __all__ = ["cmd_prune", "cmd_train", "cmd_eval"]
+
+
+def _interrupted_advice(run_dir: Path, then: str = "") -> str:
+    """What to run after a Ctrl-C in ``run_dir``: ``--resume`` where it continues the run
+    (a checkpoint, or the config of a run stopped before its first one, which starts over),
+    else the same command again (nothing of the run was written)."""
+    from ..runs.rundir import RunDirectory
+
+    if not RunDirectory(run_dir).resumable():
+        return "\ninterrupted before anything was saved; run the same command again"
+    return (f"\ninterrupted: the last finished epoch/iteration is saved; continue with\n"
+            f"  admmprune prune --resume {run_dir}{then}")
 
 
 @contextmanager
@@ -40,14 +53,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.recipe, overrides)
     with _process_group(config) as main_rank:
+        if run_dir is None:
+            from .. import distributed
+            from ..runs.rundir import new_run_dir
+
+            # named here, so that an interrupt can say which directory to resume
+            run_dir = distributed.broadcast_object(new_run_dir(config))
         try:
             summary = run_pipeline(config, stage=args.stage, run_dir=run_dir,
                                    resume=args.resume is not None)
         except KeyboardInterrupt:
             if main_rank:
-                where = run_dir or "the run directory printed above"
-                print(f"\ninterrupted: the last finished epoch/iteration is saved; continue "
-                      f"with\n  admmprune prune --resume {where}", file=sys.stderr)
+                print(_interrupted_advice(run_dir), file=sys.stderr)
             return 130
     if main_rank:
         print(format_summary(summary))
@@ -67,9 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run.dense()
         except KeyboardInterrupt:
             if main_rank:
-                print(f"\ninterrupted: the last finished epoch is saved; continue with\n"
-                      f"  admmprune prune --resume {run.run_dir} --stage admm   (or start "
-                      "again)", file=sys.stderr)
+                print(_interrupted_advice(run.run_dir, " --stage admm   (or start again)"),
+                      file=sys.stderr)
             return 130
         finally:
             run.close()
@@ -95,7 +111,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     run = load_run(args.run_dir, overrides={"data_dir": args.data_dir} if args.data_dir else {},
                    weights=args.weights,  # test split only: no training files needed
-                   trust_pickle=args.trust_pickle)
+                   trust_pickle=args.trust_pickle,
+                   allow_changed_sources=args.allow_changed_sources)
     config, model = run.config, run.model
     task = create_task(config.task)
     task.bind(model)

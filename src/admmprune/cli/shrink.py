@@ -32,9 +32,11 @@ def default_path(run_dir: Path, weights: str | Path | None = None) -> Path:
 
 def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                weights: str | Path | None = None, data_dir: str | None = None,
-               tolerance: float = 1e-5, trust_pickle: bool = False) -> dict:
+               tolerance: float = 1e-5, trust_pickle: bool = False,
+               allow_changed_sources: bool = False) -> dict:
     """Shrink RUN_DIR/model.pt (or ``weights``; zeros read from the weights), write it with
-    :func:`save_shrunk` and check it against the masked model on the first test batch.
+    :func:`save_shrunk` and check it against the masked model on the first test batch
+    (``allow_changed_sources``: see :func:`~admmprune.runs.build.load_run`).
 
     Returns {"report", "path", "batch", "batch_max_abs_diff"}. MACs are counted for one test
     example. Raises :class:`ShrinkError` when the outputs differ by more than ``tolerance``
@@ -48,7 +50,8 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     try:
         run = load_run(run_dir, overrides={"data_dir": data_dir} if data_dir else {},
                        device=torch.device("cpu"), weights=weights,
-                       trust_pickle=trust_pickle)
+                       trust_pickle=trust_pickle,
+                       allow_changed_sources=allow_changed_sources)
     except DatasetError as err:
         raise ShrinkError(f"shrinking traces the model on a test example and checks it on a "
                           f"test batch, and the test data cannot be read: {err}") from None
@@ -87,7 +90,8 @@ def format_shrink_summary(summary: dict) -> str:
 def cmd_shrink(args: argparse.Namespace) -> int:
     try:
         summary = shrink_run(args.run_dir, out=args.out, weights=args.weights,
-                             data_dir=args.data_dir, trust_pickle=args.trust_pickle)
+                             data_dir=args.data_dir, trust_pickle=args.trust_pickle,
+                             allow_changed_sources=args.allow_changed_sources)
     except ShrinkError as err:
         print(f"admmprune shrink: error: {err}", file=sys.stderr)
         return 2

@@ -52,6 +52,10 @@ class DataSplits:
     test: Batches | None
     num_classes: int | None = None
     info: dict = field(default_factory=dict)  # e.g. {"classes": [...], "image_size": 227}
+    # sha256 of what was read, by part (the text dataset: {"train": ..., "test": ...}), of
+    # the content, not the path: a run records them and a resume on other data is refused
+    # while moved data fits. Empty where a dataset does not checksum what it reads.
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 Factory = Callable[[Any, torch.device, Sequence[str]], DataSplits]

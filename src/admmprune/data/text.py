@@ -329,10 +329,15 @@ def text_splits(corpus: TextCorpus, options: Any, device: torch.device) -> DataS
         x, y = token_windows(byte_tokens(corpus.test), context, options.test_subset)
         tokens["test"] = x.numel()
         test = TensorBatches(x.to(device), y.to(device), options.batch_size, shuffle=False)
+    # of the bytes as read (uncompressed, joined): the same text, raw or gzip'ed or moved,
+    # gives the same checksums
+    checksums = {split: _sha256(data) for split, data in
+                 (("train", corpus.train), ("test", corpus.test)) if data is not None}
     return DataSplits(train=train, test=test, num_classes=None,
                       info={"vocab_size": BYTE_VOCAB, "context": context,
                             "input_shape": (context,), "tokens": tokens,
-                            "source": str(corpus.source)})
+                            "source": str(corpus.source)},
+                      checksums=checksums)
 
 
 @register_dataset("text", "byte tokens of text files in windows of `context` (a file, a "

@@ -34,6 +34,7 @@ from ..train import to_device
 from .calibrated import check_calibrated
 from .config import CALIBRATED_PRUNING, Config, ConfigError
 from .rundir import RunError, load_run_config
+from .sources import check_run_sources
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
            "check_pruning", "example_inputs", "check_data", "check_finite", "load_data",
@@ -470,9 +471,11 @@ class LoadedRun:
 def load_run(run_dir: str | Path, *, overrides: dict | None = None,
              splits: tuple[str, ...] = ("test",), data: str = "required",
              device: torch.device | None = None, weights: str | Path | None = None,
-             trust_pickle: bool = False, config: Config | None = None) -> LoadedRun:
+             trust_pickle: bool = False, config: Config | None = None,
+             allow_changed_sources: bool = False) -> LoadedRun:
     """Read RUN_DIR's recipe (with ``overrides``), its data splits, and build its model with
-    ``weights`` (default RUN_DIR/model.pt) loaded.
+    ``weights`` (default RUN_DIR/model.pt) loaded, after checking that the user's files the
+    run imported are unchanged (:func:`~admmprune.runs.sources.check_run_sources`).
 
     Args:
         run_dir: a run directory written by ``admmprune prune``.
@@ -484,14 +487,18 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
         weights: the state dict to load; default RUN_DIR/model.pt.
         trust_pickle: allow a weights format read by unpickling (see :func:`load_weights`).
         config: the run's recipe when the caller has read it already (with its overrides).
+        allow_changed_sources: build the model from the files as they are now when one the
+            run imported changed since (a warning names it) instead of refusing.
 
     Raises:
-        RunError: the run directory, its recipe or the weights cannot be read.
+        RunError: the run directory, its recipe or the weights cannot be read, or a file
+            the run imported changed (without ``allow_changed_sources``).
         DatasetError: ``data="required"`` and the data cannot be read.
     """
     run_dir = Path(run_dir)
     if config is None:
         config = load_run_config(run_dir, overrides or {})
+    check_run_sources(run_dir, config, allow_changed=allow_changed_sources)
     device = device if device is not None else resolve_device(config.device)
     splits_read, data_error = None, None
     if data != "none":

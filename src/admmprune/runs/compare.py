@@ -33,7 +33,8 @@ from .config import (
 from .direction import best_index, direction_note, higher_is_better, percent_keys, task_fields
 from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
-from .rundir import RESUME_SAFE_KEYS, RunDirectory
+from .rundir import RESUME_SAFE_KEYS, RunDirectory, RunError
+from .sources import recorded_sources, run_sources, source_changes
 
 __all__ = ["METHODS", "ONE_MODEL_METHODS", "run_compare", "method_config", "method_notes",
            "single_stage", "check_methods", "check_reusable", "method_of", "REUSE_IGNORED",
@@ -159,7 +160,8 @@ DENSE_UNUSED = frozenset({
 def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REUSE_IGNORED
                    ) -> None:
     """Refuse to reuse the finished run in ``run_dir`` unless its saved config equals
-    ``wanted`` on every key but ``ignored``.
+    ``wanted`` on every key but ``ignored``, and the user's files it recorded
+    (sources.json) are those ``wanted`` imports now: a run of other code is another run.
 
     Args:
         run_dir: a run directory holding config.yaml.
@@ -167,7 +169,7 @@ def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REU
         ignored: keys that may differ.
 
     Raises:
-        ConfigError: naming the keys that differ, and what to do.
+        ConfigError: naming the keys or files that differ, and what to do.
     """
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
@@ -192,6 +194,15 @@ def check_reusable(run_dir: str | Path, wanted: Config, ignored: frozenset = REU
             f"{run_dir} holds a finished run of another configuration ({'; '.join(differ)}); "
             "compare does not mix it into this table: give another --out, or delete "
             f"{run_dir} to run it again with this configuration")
+    try:
+        changed = source_changes(recorded_sources(run_dir), run_sources(wanted))
+    except RunError as err:
+        changed = [str(err)]
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a finished run made with other code ({'; '.join(changed)}); "
+            "compare does not mix it into this table: give another --out, or delete "
+            f"{run_dir} to run it again with this code")
 
 
 def _same_file(first: str, second: str) -> bool:

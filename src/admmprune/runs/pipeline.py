@@ -54,16 +54,22 @@ from .build import (
 from .calibrated import calibrated_prune
 from .config import CALIBRATED_PRUNING, ONE_SHOT_PRUNING, Config, ConfigError
 from .direction import task_fields
-from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
+from .rundir import (
+    SOURCES_FILE,
+    RunDirectory,
+    RunError,
+    load_run_config,
+    new_run_dir,
+    resume_changes,
+)
 from .runstate import Checkpoints, Progress, restore_rng
-from .sources import check_sources, run_sources
+from .sources import check_data_checksums, check_sources, run_sources
 
 __all__ = ["STAGES", "RunError", "Run", "run_pipeline", "load_run_config", "resolve_device",
            "load_weights", "build_pruner", "load_data", "new_run_dir", "build_model",
            "with_objects", "SOURCES_FILE"]
 
 STAGES = ("all", "admm", "retrain")
-SOURCES_FILE = "sources.json"
 
 
 def with_objects(config: Config, model: nn.Module | None, data, task) -> Config:
@@ -150,9 +156,11 @@ class Run:
         self._ddp: nn.Module | None = None
         self._average: RetrainingAverage | None = None  # retraining_average_epochs' mean
         self.checkpoints = Checkpoints(self.dir, self.device, self.rank, self.world)
-        if resume:
-            if not self.dir.has_checkpoint():
-                raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
+        if resume and not self.dir.has_checkpoint():
+            # stopped before its first checkpoint: nothing to resume, the run starts over
+            distributed.on_main(lambda: self._claim_unstarted(config))
+            resume = False
+        elif resume:
             distributed.on_main(self.dir.lock)
         else:
             distributed.on_main(lambda: self._claim(config))
@@ -170,6 +178,26 @@ class Run:
         self.dir.lock()
         try:
             self.dir.check_fresh(config)
+        except RunError:
+            self.dir.unlock()
+            raise
+
+    def _claim_unstarted(self, config: Config) -> None:
+        """Rank 0 resuming a run that stopped before its first checkpoint (a Ctrl-C in the
+        first epoch): it starts over as its config.yaml says, with the changes a resume may
+        make (checked before and again once the directory is locked)."""
+
+        def check() -> None:
+            saved = self.dir.saved_config() if self.dir.unstarted() else None
+            if saved is None:
+                raise RunError(f"nothing to resume: {self.dir.checkpoint} does not exist")
+            resume_changes(saved, config.to_dict(), retraining_started=False,
+                           retrain_epochs_done=0)
+
+        check()
+        self.dir.lock()
+        try:
+            check()
         except RunError:
             self.dir.unlock()
             raise
@@ -243,6 +271,10 @@ class Run:
         distributed.on_main(lambda: self.dir.create(config))
         if self.main and self.sources:
             self.dir.write_json(SOURCES_FILE, self.sources)
+        elif self.main:
+            # an earlier start of this run (stopped before its first checkpoint) may have
+            # recorded files this config no longer imports
+            (self.run_dir / SOURCES_FILE).unlink(missing_ok=True)
         if self.main and config.progress:
             print(format_selection(*self.selection), flush=True)
 
@@ -254,6 +286,7 @@ class Run:
                                  retraining_started=progress.retrain_epoch > 0 or progress.done,
                                  retrain_epochs_done=progress.retrain_epoch)
         check_sources(state.get("sources"), self.sources)
+        check_data_checksums(state.get("data_checksums"), self.data.checksums)
         problems = state_differences(self.model, state["model"])
         if problems:
             raise RunError(f"the model does not fit the checkpoint of {self.run_dir}: "
@@ -358,7 +391,7 @@ class Run:
         average = None if self._average is None else self._average.state_dict()
         self.checkpoints.save(model=self.model, pruner=self.pruner, optimizer=optimizer,
                               progress=self.progress, config=self.config, average=average,
-                              sources=self.sources)
+                              sources=self.sources, data_checksums=self.data.checksums)
 
     def _new_average(self) -> RetrainingAverage:
         return RetrainingAverage(self.model, self.config.retraining_average_epochs,
@@ -688,6 +721,7 @@ class Run:
             "layers": layers,
             "not_pruned": [t._asdict() for t in self.selection[1]],
             **({"sources": self.sources} if self.sources else {}),
+            **({"data_checksums": self.data.checksums} if self.data.checksums else {}),
             "seconds": dict(prog.seconds),
             "wall_seconds": sum(prog.seconds.values()),
             "complete": prog.done,

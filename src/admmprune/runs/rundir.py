@@ -32,18 +32,28 @@ from .config import Config, apply_overrides
 __all__ = ["RunError", "CheckpointError", "RunDirectory", "new_run_dir", "load_run_config",
            "atomic_save", "save_checked", "load_checked", "verify_checked", "CHECKPOINT",
            "PREVIOUS_CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes", "check_output_path",
-           "LOCK_FILE"]
+           "LOCK_FILE", "SOURCES_FILE", "UNSTARTED_FILES"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 # Held (fcntl.flock) by the process running a job in the directory; holds its PID.
 LOCK_FILE = "run.lock"
+# The user's files the run imported, with their sha256 (runs/sources.py).
+SOURCES_FILE = "sources.json"
 # What a run writes; a fresh run refuses a directory holding anything else.
 RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "dense.pt",
              "admm.pt", "model.pt", "summary.json", "admm_residuals.png", "accuracy.png",
-             "kept_per_layer.png", "sources.json", LOCK_FILE}
+             "kept_per_layer.png", SOURCES_FILE, LOCK_FILE}
 # The temporary names those files pass through while being written.
 _TEMPORARY_SUFFIXES = ("", ".tmp", ".new", ".new.tmp")
+# What a run writes before its first checkpoint: a directory holding nothing else (and no
+# checkpoint) holds no finished work, and starts over (the same command, or --resume).
+# metrics.jsonl may hold the record of a unit killed before its checkpoint was written:
+# that work is lost either way, as a resume drops the records after its checkpoint.
+UNSTARTED_FILES = {"config.yaml", SOURCES_FILE, "metrics.jsonl"}
+# ... and what a kill while writing them, or the first checkpoint, leaves behind
+_UNSTARTED_NAMES = {name + suffix for name in UNSTARTED_FILES | {CHECKPOINT}
+                    for suffix in _TEMPORARY_SUFFIXES} - {CHECKPOINT}
 # A directory holding one of these is a run directory.
 _RUN_MARKERS = ("config.yaml", "metrics.jsonl")
 # Keys a resumed run may change: where and how fast it runs, and epochs to add. Everything
@@ -268,13 +278,6 @@ def new_run_dir(config: Config) -> Path:
     return path
 
 
-def _same_config(path: Path, config: Config) -> bool:
-    try:
-        return yaml.safe_load(path.read_text()) == config.to_dict()
-    except (OSError, yaml.YAMLError):
-        return False
-
-
 def load_run_config(run_dir: Path, overrides: dict[str, Any] | None = None) -> Config:
     """The resolved config a run directory was started with, plus ``overrides``."""
     path = Path(run_dir) / "config.yaml"
@@ -344,6 +347,30 @@ class RunDirectory:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.is_file() or self.previous_checkpoint.is_file()
 
+    def _present(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
+
+    def unstarted(self) -> bool:
+        """Whether the directory holds no finished work: it exists, has no checkpoint and
+        holds nothing but :data:`UNSTARTED_FILES` and their temporary names, or those of a
+        first checkpoint being written (a run stopped before its first checkpoint, whatever
+        stopped it; or nothing at all)."""
+        return self.path.is_dir() and not self.has_checkpoint() \
+            and set(self._present()) <= _UNSTARTED_NAMES
+
+    def saved_config(self) -> dict | None:
+        """The mapping in config.yaml; None when it is missing or unreadable."""
+        try:
+            saved = yaml.safe_load((self.path / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return saved if isinstance(saved, dict) else None
+
+    def resumable(self) -> bool:
+        """Whether ``--resume`` continues this directory: it holds a checkpoint, or the
+        config of a run stopped before its first one (which then starts over)."""
+        return self.has_checkpoint() or (self.unstarted() and self.saved_config() is not None)
+
     def check_fresh(self, config: Config) -> None:
         """Refuse a directory a new run must not write into: a file, an unwritable place,
         or a directory holding anything but an unstarted run of this very config."""
@@ -354,14 +381,10 @@ class RunDirectory:
                            "choose another directory")
         if self.path.is_dir():
             # Allowed: an empty directory, or one where a run of this very config wrote its
-            # config and failed before finishing any work (nothing to lose).
-            present = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE)
-            unstarted = set(present) <= {"config.yaml", "metrics.jsonl"} and (
-                not (self.path / "metrics.jsonl").exists()
-                or (self.path / "metrics.jsonl").stat().st_size == 0)
-            same_config = (self.path / "config.yaml").is_file() and _same_config(
-                self.path / "config.yaml", config)
-            if present and not (unstarted and same_config):
+            # config and stopped before finishing any work (nothing to lose).
+            present = self._present()
+            if present and not (self.unstarted()
+                                and self.saved_config() == config.to_dict()):
                 foreign = [n for n in present if n not in RUN_FILES]
                 shown = ", ".join((foreign or present)[:5])
                 raise RunError(f"{self.path} already holds files ({shown}) that are not an "
@@ -373,10 +396,13 @@ class RunDirectory:
                            "writable; choose another --run-dir or output_dir")
 
     def create(self, config: Config) -> None:
+        """A new run's directory and config.yaml (after :meth:`check_fresh`); records of a
+        unit that an earlier start of the run lost before its first checkpoint go."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise RunError(f"cannot create the run directory {self.path}: {err}") from None
+        self.truncate_metrics(0)
         self.write_config(config)
 
     def write_config(self, config: Config) -> None:

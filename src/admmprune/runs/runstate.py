@@ -81,7 +81,8 @@ class Checkpoints:
 
     def save(self, *, model: nn.Module, pruner, optimizer: torch.optim.Optimizer | None,
              progress: Progress, config: Config, average: dict | None = None,
-             sources: dict[str, str] | None = None) -> None:
+             sources: dict[str, str] | None = None,
+             data_checksums: dict[str, str] | None = None) -> None:
         """Collective: every rank calls it (their RNG states are gathered), rank 0 writes."""
         rng = distributed.all_gather_objects(rng_state())
         if not self.main:
@@ -98,6 +99,7 @@ class Checkpoints:
             "world_size": self.world,
             "metrics_bytes": self.dir.metrics_size(),
             "sources": dict(sources or {}),  # the user's files the run imported: sha256
+            "data_checksums": dict(data_checksums or {}),  # what the dataset read: sha256
         })
 
     def load(self) -> tuple[dict, dict | None]:
