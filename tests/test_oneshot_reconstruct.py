@@ -208,5 +208,7 @@ def test_bad_options_are_refused_with_a_reason():
         admm_reconstruct(weight, gram, keep=10, score="hessian")
     with pytest.raises(LayerSolverError, match="warm mask"):
         admm_reconstruct(weight, gram, keep=10, warm_mask=torch.ones(3, 3, dtype=torch.bool))
+    with pytest.raises(LayerSolverError, match="boolean mask"):
+        admm_reconstruct(weight, gram, keep=10, projection=lambda scores, k: scores[:2] > 0)
     with pytest.raises(ProjectionError):
         admm_reconstruct(weight, gram, nm=(4, 2))

@@ -115,6 +115,18 @@ def _nm_projection(n: int, m: int) -> Projection:
     return project
 
 
+def _checked(projection: Projection) -> Projection:
+    """A user's projection, refused when it returns something that is not a mask."""
+    def project(scores: torch.Tensor, keep: int) -> torch.Tensor:
+        mask = projection(scores, keep)
+        if not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+                and mask.shape == scores.shape):
+            raise LayerSolverError(f"the projection must return a boolean mask of shape "
+                                   f"{tuple(scores.shape)}, got {mask!r:.80}")
+        return mask
+    return project
+
+
 def keep_schedule(total: int, start: int, keep: int, ramp: int, schedule: str = "cubic"
                   ) -> list[int]:
     """The projection's budget at ramp steps ``t = 1..ramp``: ``keep + round((start − keep)
@@ -323,7 +335,7 @@ def admm_reconstruct(weight: torch.Tensor, gram: torch.Tensor, *, keep: int | No
         keep = nm_survivors(tuple(w_rows.shape), *nm)
         project = _nm_projection(*nm)
     elif callable(projection):
-        project = projection
+        project = _checked(projection)
     elif projection in PROJECTIONS:
         project = PROJECTIONS[projection]
     else:
@@ -349,12 +361,15 @@ def admm_reconstruct(weight: torch.Tensor, gram: torch.Tensor, *, keep: int | No
     d = _scaling(h, score)
     h_scaled = h / d.unsqueeze(0) / d.unsqueeze(1)
     w = w_rows.double() * d  # the working space, [out, in]
+    del h
     target = w @ h_scaled
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
 
     def factor(r: float) -> tuple[torch.Tensor, torch.Tensor]:
         # factorised in float64 whatever the working precision: H + ρI can be ill-conditioned
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(h_scaled + r * eye))
+        shifted = h_scaled.clone()
+        shifted.diagonal().add_(r)
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(shifted))
+        del shifted
         return inverse.to(precision), (target @ inverse).to(precision)
 
     start = total
