@@ -45,6 +45,8 @@ SMOKE = {
     "inference.py": (["--repeats", "1", "--alexnet-percents", "90", "--alexnet-image-size",
                       "67", "--alexnet-fc-width", "32", "--batch", "4"],
                      ["LeNet-5 random, 250x", "AlexNet random, 90%", "speed-up"]),
+    "layer_solvers.py": (["--smoke"], ["admm / sparsegpt", "spectrum 16x32 70%",
+                                       "mixing 16x32 2:4"]),
     "lenet5_mnist.py": (["--set", "train_subset=256", "--set", "test_subset=128",
                          "--set", "dense_epochs=1", "--set", "k_step=1",
                          "--set", "retraining_epochs=1", "--set", "steps_per_epoch=2",
