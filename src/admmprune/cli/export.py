@@ -212,7 +212,7 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     summary["bytes"] = path.stat().st_size
     summary["reference_bytes"] = weights.stat().st_size
     if data is not None:
-        summary["labels"] = _labels(config)
+        summary.update(_metric_display(config))
     return summary
 
 
@@ -238,10 +238,13 @@ def _check_written(model: nn.Module, written: nn.Module, names) -> None:
                               "fine-tuned weights; please report it")
 
 
-def _labels(config) -> dict:
+def _metric_display(config) -> dict:
+    """What the summary's printer needs of the task's metrics: their labels and which are
+    fractions (shown in percent; bits per byte and perplexity are not)."""
     from ..tasks import create_task
 
-    return create_task(config.task).labels
+    task = create_task(config.task)
+    return {"labels": task.labels, "percent_metrics": list(task.percent_keys())}
 
 
 def format_export_summary(summary: dict) -> str:
@@ -268,14 +271,16 @@ def format_export_summary(summary: dict) -> str:
         lines.append(f"onnxruntime matches PyTorch: max |difference| "
                      f"{summary['onnx_max_abs_diff']:.3g}")
     if "before" in summary:
-        labels = summary.get("labels")
-        lines.append(f"before quantization: {format_metrics(summary['before'], labels)}")
+        labels, percent = summary.get("labels"), summary["percent_metrics"]
+        lines.append(f"before quantization: "
+                     f"{format_metrics(summary['before'], labels, percent)}")
         lines.append(f"after {summary['bits']}-bit quantization: "
-                     f"{format_metrics(summary['after'], labels)}")
+                     f"{format_metrics(summary['after'], labels, percent)}")
         if "finetuned" in summary:
             tune = summary["finetune"]
             lines.append(f"after fine-tuning the centroids ({_epochs(tune['epochs'])}, Adam lr "
-                         f"{tune['lr']:g}): {format_metrics(summary['finetuned'], labels)}")
+                         f"{tune['lr']:g}): "
+                         f"{format_metrics(summary['finetuned'], labels, percent)}")
     if "finetune" in summary:
         tune = summary["finetune"]
         lines.append(f"training loss: {tune['train_before']:.4f} after quantization, "

@@ -13,7 +13,24 @@ from torch import nn
 from ..imports import ImportSpecError, is_object_label, is_spec, resolve_spec, user_code_error
 
 __all__ = ["Task", "register_task", "create_task", "task_factory", "list_tasks",
-           "UnknownTaskError"]
+           "UnknownTaskError", "format_metric"]
+
+
+def format_metric(value: float | None, percent: bool, *, digits: int = 2,
+                  unit: bool = True) -> str:
+    """How every printer shows a metric's value: a fraction (``percent``: accuracy, mAP) as
+    ``99.12%`` with ``digits`` decimals, anything else (loss, bits per byte, perplexity) as
+    it is with ``digits`` + 2 decimals (``7.9172``); ``-`` for None. ``unit=False`` leaves
+    out the % sign, for a table whose caption gives the unit.
+
+    ``percent`` comes from the task (:meth:`Task.percent_keys`) or from what a run recorded
+    of it (``admmprune.runs.direction.percent_keys``), never from the metric's name.
+    """
+    if value is None:
+        return "-"
+    if percent:
+        return f"{100 * value:.{digits}f}" + ("%" if unit else "")
+    return f"{value:.{digits + 2}f}"
 
 
 class UnknownTaskError(ValueError):
@@ -66,6 +83,10 @@ class Task(ABC):
     def percent_keys(self) -> tuple[str, ...]:
         """The metrics shown as percentages (fractions in [0, 1])."""
         return self.metrics if self.percent_metrics is None else self.percent_metrics
+
+    def format(self, key: str, value: float | None) -> str:
+        """``value`` of metric ``key`` in its unit (:func:`format_metric`)."""
+        return format_metric(value, key in self.percent_keys())
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
