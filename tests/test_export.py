@@ -345,6 +345,28 @@ def test_export_command_writes_next_to_the_run_and_reports_sizes(run_dir, capsys
 
 
 
+def test_eval_reads_the_projects_own_exported_files(run_dir, capsys):
+    assert main(["eval", str(run_dir)]) == 0
+    want = capsys.readouterr().out.splitlines()[0].split(": ", 1)[1]
+    for extra, name in (((), "model.apz"), (("--format", "dense"), "model.safetensors")):
+        assert main(["export", str(run_dir), *extra]) == 0
+        capsys.readouterr()
+        assert main(["eval", str(run_dir), "--weights", str(run_dir / name)]) == 0, \
+            capsys.readouterr().err
+        assert capsys.readouterr().out.splitlines()[0].split(": ", 1)[1] == want, name
+    assert main(["export", str(run_dir), "--bits", "4"]) == 0
+    assert main(["eval", str(run_dir), "--weights", str(run_dir / "model-4bit.apz")]) == 0
+    # a damaged file says what it is, not that it is a pickle
+    damaged = run_dir.parent / "damaged.apz"
+    data = bytearray((run_dir / "model.apz").read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--weights", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt" in err and "pickle" not in err
+
+
 def test_report_shows_the_sizes_of_exported_files(run_dir, capsys):
     import json
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..export.container import ContainerError
 from ..export.formats import ExportError, load, save_compressed, save_dense, save_onnx
 from ..export.size import format_size_report, size_report
 
@@ -201,7 +202,9 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
         summary["size"] = size_report(path, reference=weights)
         if bits < 32 and data is not None:
             summary["before"] = _evaluate(model, config, data, device)
-            summary["after"] = _evaluate(load(path), config, data, device)
+            # the written file, read into the run's model (registered or the user's own)
+            written = load(path, build_model(config, num_classes))
+            summary["after"] = _evaluate(written, config, data, device)
     elif fmt == "dense":
         save_dense(model, path, model_name=config.model, model_args=args)
     else:
@@ -305,7 +308,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                              finetune_epochs=args.finetune_epochs,
                              finetune_lr=args.finetune_lr, dead_units=args.dead_units,
                              trust_pickle=args.trust_pickle)
-    except ExportError as err:
+    except (ExportError, ContainerError) as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2
     print(format_export_summary(summary))

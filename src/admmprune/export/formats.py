@@ -7,15 +7,16 @@
 - onnx (``.onnx``, :func:`save_onnx`): torch.onnx export, checked against PyTorch with
   onnxruntime (``pip install 'admmprune[onnx]'``).
 
-Both file kinds that hold weights can record the registered model name and its arguments,
-so :func:`load` rebuilds the module without the code that made it.
+Both file kinds that hold weights can record the model's registered name (or import spec)
+and its arguments, so :func:`load` rebuilds the module without the code that made it (a
+spec from a module the caller allows).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ from .container import (
 )
 from .files import replacing
 from .manifest import DTYPES, MismatchError, TensorSpec, check_record, check_tensors
-from .untrusted import DEFAULT_MAX_PARAMS, ModelLimitError, build_recorded
+from .untrusted import (
+    DEFAULT_MAX_PARAMS,
+    ModelLimitError,
+    ModuleNotAllowedError,
+    build_recorded,
+)
 
 __all__ = ["ExportError", "save_compressed", "save_dense", "save_onnx", "load",
            "load_state_dict", "read_manifest", "BITS"]
@@ -125,7 +131,8 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     the pruner) or the names of ``masks``; their support is the mask, or their non-zero
     entries. ``bits`` 32 stores surviving values as they are (the round trip is bitwise
     exact); 8/6/5/4 replace them by a per-tensor codebook of 2**bits k-means centroids.
-    ``model_name``/``model_args`` (a registered model) let :func:`load` rebuild the module.
+    ``model_name``/``model_args`` (a registered model or an import spec) let :func:`load`
+    rebuild the module.
 
     Raises:
         ExportError: bad arguments, or (quantized) a pruned tensor with an inf or NaN
@@ -333,16 +340,21 @@ def _read_container(path: Path, target: Callable[[dict], nn.Module | None],
     return state, chosen["model"]
 
 
-def _recorded(path: Path, record: Any, max_params: int) -> nn.Module:
-    """The registered model a file records, built only within ``max_params``."""
+def _recorded(path: Path, record: Any, max_params: int,
+              allow_modules: Collection[str]) -> nn.Module:
+    """The model a file records (registered, or a spec of an allowed module), built only
+    within ``max_params``."""
     try:
         found = check_record(record)
         if found is None:
             raise ExportError(f"{path} records no registered model; pass the module to fill: "
                               "load(path, model) or load(path, lambda: MyNet())")
-        return build_recorded(*found, max_params=max_params)
+        return build_recorded(*found, max_params=max_params, allow_modules=allow_modules)
     except ModelLimitError as err:
         raise ContainerError(f"{path}: {err}") from None
+    except ModuleNotAllowedError as err:
+        raise ExportError(f"{path} {err}; or pass the module to fill: load(path, "
+                          "MyNet())") from None
     except ExportError:
         raise
     except ValueError as err:
@@ -375,7 +387,8 @@ def load_state_dict(path: str | Path, *, max_params: int = DEFAULT_MAX_PARAMS,
 def load(path: str | Path,
          model_factory: nn.Module | Callable[[], nn.Module] | None = None, *,
          max_params: int = DEFAULT_MAX_PARAMS,
-         max_ratio: float = DEFAULT_MAX_RATIO) -> nn.Module:
+         max_ratio: float = DEFAULT_MAX_RATIO,
+         allow_modules: Collection[str] = ()) -> nn.Module:
     """An ordinary ``nn.Module`` (in eval mode) from a compressed or dense file.
 
     A file is data from whoever wrote it: loading runs no code from it, and what it can
@@ -387,19 +400,26 @@ def load(path: str | Path,
     Args:
         path: an ``.apz`` or ``.safetensors`` file.
         model_factory: a module to fill in place, or a callable returning one; by default
-            the registered model the file records is built (``create_model(name, **args)``).
+            the model the file records is built (``create_model(name, **args)``): a
+            registered name, or an import spec (``"module:factory"``) of a module in
+            ``allow_modules``.
         max_params: the largest recorded model to build, in parameter and buffer elements
             (default 2**28, 1 GiB of float32: four times YOLOv4). Raise it only for a
             trusted file.
         max_ratio: the most an .apz payload may inflate, relative to its compressed size
             (or 32 MiB, whichever is more); raise it only for a trusted file.
+        allow_modules: the modules (``"your_resnet"``, as the spec names them) whose
+            factories a file's import spec may build; the spec's module is imported then
+            (from the Python path or the current directory). A file can make ``load``
+            import or call nothing else, even a function of a module already imported.
 
     Returns:
         The filled module, in eval mode.
 
     Raises:
         ExportError: the file is missing or of another kind, records no model and none was
-            given, or does not fit the given module.
+            given, records an import spec of a module not in ``allow_modules``, or does not
+            fit the given module.
         ContainerError: a damaged or crafted .apz file, a recorded model that cannot be
             built, or a file beyond the limits (the message names the limit and how to
             raise it).
@@ -414,11 +434,12 @@ def load(path: str | Path,
         given = None
     if _kind(path) == "safetensors":
         state, record = _load_safetensors(path)
-        model = given if given is not None else _recorded(path, record, max_params)
+        model = given if given is not None else \
+            _recorded(path, record, max_params, allow_modules)
     else:
         def target(manifest: dict) -> nn.Module:
             return given if given is not None else \
-                _recorded(path, manifest.get("model"), max_params)
+                _recorded(path, manifest.get("model"), max_params, allow_modules)
 
         state, filled = _read_container(path, target, max_params, max_ratio,
                                         recorded=given is None)

@@ -14,6 +14,8 @@ from torch import nn
 
 from .. import distributed
 from ..data import DatasetError, DataSplits, create_dataset
+from ..export.container import ContainerError, is_container
+from ..export.formats import ExportError, load_state_dict
 from ..imports import ImportSpecError, is_spec, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.registry import accepts_argument
@@ -157,9 +159,16 @@ def check_selection(model: nn.Module, config: Config) -> None:
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _read_state(path: Path, device: torch.device) -> dict:
-    """A state dict from ``.safetensors``, a Hugging Face model directory, or a file of
-    torch.save read with weights_only=True (``{"model": state}`` unwrapped)."""
+def _read_state(path: Path, device: torch.device, max_params: int) -> dict:
+    """A state dict from ``.safetensors``, a Hugging Face model directory, the project's
+    compressed file (``.apz``, up to ``max_params`` elements), or a file of torch.save read
+    with weights_only=True (``{"model": state}`` unwrapped)."""
+    if path.is_file() and is_container(path):
+        try:
+            return {k: v.to(device) for k, v in
+                    load_state_dict(path, max_params=max_params).items()}
+        except (ExportError, ContainerError) as err:
+            raise RunError(str(err)) from None
     if path.is_dir():
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not (path / "config.json").is_file() or not found:
@@ -221,7 +230,8 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
                  model_name: str | None = None, *, trust_pickle: bool = False) -> None:
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
     (Caffe .npy, darknet .weights), else a state dict: ``.safetensors``, a Hugging Face
-    model directory (config.json + model.safetensors or pytorch_model.bin), or a file of
+    model directory (config.json + model.safetensors or pytorch_model.bin), a compressed
+    file of ``admmprune export`` (``.apz``, told by its magic bytes), or a file of
     torch.save, read with weights_only=True.
 
     Args:
@@ -249,7 +259,9 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
         return
-    load_state(model, _read_state(path, device), str(path))
+    # a compressed file holds at most the model's own elements (a tied weight counts twice)
+    limit = sum(t.numel() for t in model.state_dict().values())
+    load_state(model, _read_state(path, device, limit), str(path))
 
 
 def _read_state_dict(path: Path, device: torch.device):
