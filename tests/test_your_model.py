@@ -359,3 +359,56 @@ def test_your_model_example_goes_on_after_an_interrupt_before_the_first_checkpoi
     a, b = torch.load(straight / "model.pt"), torch.load(run_dir / "model.pt")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+# A dataset whose training split alone names the classes (torchvision's datasets have a
+# `classes` attribute); the model's factory defaults to another class count.
+CLASSES_CODE = """
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Points(Dataset):
+    def __init__(self, n, seed, classes=None):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(5, (n,), generator=g)
+        self.x = torch.randn(n, 8, generator=g) + self.y.view(-1, 1).float()
+        if classes is not None:
+            self.classes = classes
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def splits(seed):
+    return {"train": Points(48, seed, classes=list("abcde")), "test": Points(16, seed + 1)}
+
+
+def net(num_classes=3):
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, num_classes))
+"""
+
+
+def test_a_class_count_from_the_training_split_is_recorded_for_eval_and_export(tmp_path,
+                                                                                capsys):
+    import admmprune
+
+    path = tmp_path / "yourmodel_classes_user.py"
+    path.write_text(CLASSES_CODE)
+    run_dir = tmp_path / "run"
+    assert main(["prune", str(recipe(tmp_path, model="yourmodel_classes_user:net",
+                                      dataset="yourmodel_classes_user:splits",
+                                      imports=[str(path)])),
+                 "--run-dir", str(run_dir)]) == 0
+    assert torch.load(run_dir / "model.pt")["2.weight"].shape == (5, 8)
+    capsys.readouterr()
+    # eval and export read the test split only, which does not name the classes
+    assert main(["eval", str(run_dir)]) == 0, capsys.readouterr().err
+    assert main(["export", str(run_dir)]) == 0, capsys.readouterr().err
+    assert main(["export", str(run_dir), "--bits", "4"]) == 0, capsys.readouterr().err
+    model = admmprune.load(run_dir / "model.apz", allow_modules=["yourmodel_classes_user"])
+    assert model[2].out_features == 5

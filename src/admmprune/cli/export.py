@@ -124,7 +124,13 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     examples) before writing, ``keep`` stores the state dict as it is, ``auto`` drops them
     for quantized compressed files, whose values change anyway, and keeps them otherwise
     (a float32 file is then the state dict bit for bit)."""
-    from ..runs.build import build_model, load_run, model_args, resolve_device
+    from ..runs.build import (
+        build_model,
+        load_run,
+        model_args,
+        recorded_num_classes,
+        resolve_device,
+    )
     from ..runs.rundir import load_run_config
 
     if fmt not in FORMATS:
@@ -149,7 +155,9 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     device = resolve_device(config.device) if finetune_epochs else torch.device("cpu")
     needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate) \
         or drop_dead
-    reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
+    # without the data's class count recorded or given, the data gives it
+    reads_data = needs_data or finetune_epochs or (
+        config.model_args.get("num_classes") is None and recorded_num_classes(run_dir) is None)
     run = load_run(run_dir, config=config, device=device, weights=weights,
                    trust_pickle=trust_pickle,
                    splits=("train", "test") if finetune_epochs else ("test",),

@@ -5,6 +5,7 @@ command (eval, export, shrink, draw) reads it the same way and words its errors 
 
 from __future__ import annotations
 
+import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,12 @@ from ..selection import prunable_parameters
 from ..tasks import Task, create_task
 from ..tasks.registry import UnknownTaskError
 from .config import Config, ConfigError
-from .rundir import RunError, load_run_config
+from .rundir import MODEL_FILE, RunError, load_run_config
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
            "load_data", "load_run", "load_weights", "load_state", "state_differences",
-           "model_args", "resolve_device", "traces_model", "HF_WEIGHT_FILES"]
+           "model_args", "model_record", "recorded_num_classes", "resolve_device",
+           "traces_model", "HF_WEIGHT_FILES"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,6 +64,36 @@ def model_args(config: Config, num_classes: int | None = None) -> dict:
         if value is not None and key not in kwargs and accepts_argument(config.model, key):
             kwargs[key] = value
     return kwargs
+
+
+def model_record(config: Config, num_classes: int | None) -> dict:
+    """What RUN_DIR/model.json records next to a run's weights files: the model and the
+    class count its data gave it. Commands that read the test split only (eval, export,
+    shrink) can lack that count (a training split's ``classes`` attribute gave it)."""
+    return {"model": config.model, "num_classes": num_classes}
+
+
+def recorded_num_classes(run_dir: str | Path) -> int | None:
+    """The class count RUN_DIR/model.json records; None when it records none (or the run
+    was made before the file existed).
+
+    Raises:
+        RunError: the file is damaged.
+    """
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} cannot be read ({err}); the run directory is damaged "
+                       "(`admmprune prune --resume` writes it again)") from None
+    count = record.get("num_classes") if isinstance(record, dict) else "missing"
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                              or count < 1):
+        raise RunError(f"{path}: num_classes is {count!r}, not a count >= 1; the run "
+                       "directory is damaged (`admmprune prune --resume` writes it again)")
+    return count
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
@@ -283,7 +315,8 @@ def _read_state_dict(path: Path, device: torch.device):
 @dataclass
 class LoadedRun:
     """A run directory's recipe, device, data (None when not asked for or unreadable, with
-    the reason in ``data_error``), model (weights loaded, eval mode) and weights file."""
+    the reason in ``data_error``), model (weights loaded, eval mode), weights file and the
+    class count the model was built with (None: unknown, the factory's default)."""
 
     run_dir: Path
     config: Config
@@ -292,10 +325,7 @@ class LoadedRun:
     model: nn.Module
     weights: Path
     data_error: str | None = None
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.data.num_classes if self.data is not None else None
+    num_classes: int | None = None
 
 
 def load_run(run_dir: str | Path, *, overrides: dict | None = None,
@@ -332,9 +362,13 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
             if data == "required":
                 raise
             data_error = str(err)
-    num_classes = splits_read.num_classes if splits_read is not None else None
+    # what the run recorded first: the splits read here may not give the count
+    num_classes = recorded_num_classes(run_dir)
+    if num_classes is None and splits_read is not None:
+        num_classes = splits_read.num_classes
     model = build_model(config, num_classes).to(device)
     path = Path(weights) if weights else run_dir / "model.pt"
     load_weights(model, path, device, config.model, trust_pickle=trust_pickle)
     model.eval()
-    return LoadedRun(run_dir, config, device, splits_read, model, path, data_error)
+    return LoadedRun(run_dir, config, device, splits_read, model, path, data_error,
+                     num_classes)

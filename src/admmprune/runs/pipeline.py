@@ -43,6 +43,7 @@ from .build import (
     check_selection,
     load_data,
     load_weights,
+    model_record,
     resolve_device,
     state_differences,
     traces_model,
@@ -50,7 +51,14 @@ from .build import (
 from .calibrated import calibrated_prune
 from .config import CALIBRATED_PRUNING, ONE_SHOT_PRUNING, Config, ConfigError
 from .direction import task_fields
-from .rundir import RunDirectory, RunError, load_run_config, new_run_dir, resume_changes
+from .rundir import (
+    MODEL_FILE,
+    RunDirectory,
+    RunError,
+    load_run_config,
+    new_run_dir,
+    resume_changes,
+)
 from .runstate import Checkpoints, Progress, restore_rng
 from .sources import check_sources, run_sources
 
@@ -363,6 +371,8 @@ class Run:
     def _save_weights(self, name: str, obj: dict) -> None:
         if self.main:
             self.dir.save_weights(name, obj)
+            # what the weights fit, for commands that read only the test split
+            self.dir.write_json(MODEL_FILE, model_record(self.config, self.data.num_classes))
 
     def _train_model(self) -> nn.Module:
         """The module the W-steps run: DDP around the model in a process group (built once,

@@ -32,16 +32,18 @@ from .config import Config, apply_overrides
 __all__ = ["RunError", "CheckpointError", "RunDirectory", "new_run_dir", "load_run_config",
            "atomic_save", "save_checked", "load_checked", "verify_checked", "CHECKPOINT",
            "PREVIOUS_CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes", "check_output_path",
-           "LOCK_FILE"]
+           "LOCK_FILE", "MODEL_FILE"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 # Held (fcntl.flock) by the process running a job in the directory; holds its PID.
 LOCK_FILE = "run.lock"
+# What the model of a run's weights files was built with (see runs/build.py).
+MODEL_FILE = "model.json"
 # What a run writes; a fresh run refuses a directory holding anything else.
 RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "dense.pt",
              "admm.pt", "model.pt", "summary.json", "admm_residuals.png", "accuracy.png",
-             "kept_per_layer.png", "sources.json", LOCK_FILE}
+             "kept_per_layer.png", "sources.json", MODEL_FILE, LOCK_FILE}
 # The temporary names those files pass through while being written.
 _TEMPORARY_SUFFIXES = ("", ".tmp", ".new", ".new.tmp")
 # A directory holding one of these is a run directory.
