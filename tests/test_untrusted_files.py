@@ -107,6 +107,18 @@ def _refused(call, error=ContainerError, match: str = "", max_mb: float = 20,
     return caught.value
 
 
+def _share(manifest: dict, name: str, of, segments=None) -> None:
+    """Entry ``name`` made a tied weight stored as ``of`` (bias 8 and classifier bias 3
+    differ in shape: the shape is made ``of``'s where it exists)."""
+    entry = next(t for t in manifest["tensors"] if t["name"] == name)
+    source = next((t for t in manifest["tensors"] if t["name"] == of), entry)
+    if name != "classifier.weight":
+        entry["shape"] = list(source["shape"])
+    for key in ("positions", "values", "nnz"):
+        entry.pop(key, None)
+    entry.update(layout="shared", of=of, segments=segments or [])
+
+
 def _set(key, value):
     return lambda m: m.__setitem__(key, value)
 
@@ -155,6 +167,19 @@ CRAFTED = {
                            "registered"),
     "model record without a name": (_set("model", {"args": {}}), "its model record is"),
     "model record a string": (_set("model", "mlp"), "its model record is mlp, not"),
+    "shared with a missing tensor": (lambda m: _share(m, "hidden.0.weight", "nope"),
+                                     "shares 'nope', which is no earlier stored tensor"),
+    "shared with a later tensor": (lambda m: _share(m, "hidden.0.bias", "classifier.bias"),
+                                   "shares 'classifier.bias', which is no earlier"),
+    "shared of another shape": (lambda m: _share(m, "classifier.weight", "hidden.0.weight"),
+                                "of its shape and dtype"),
+    "shared naming nothing": (lambda m: _share(m, "hidden.0.bias", 3),
+                              "a shared entry names no tensor it shares"),
+    "shared with segments": (lambda m: _share(m, "classifier.bias", "hidden.0.bias",
+                                              [[0, 12]]),
+                             "a shared entry holds no segments"),
+    "shared with itself": (lambda m: _share(m, "hidden.0.bias", "hidden.0.bias"),
+                           "which is no earlier stored tensor"),
 }
 
 

@@ -43,7 +43,7 @@ from .untrusted import (
 )
 
 __all__ = ["ExportError", "save_compressed", "save_dense", "save_onnx", "load",
-           "load_state_dict", "read_manifest", "BITS"]
+           "load_state_dict", "read_manifest", "shared_names", "BITS"]
 
 BITS = (32, 8, 6, 5, 4)
 
@@ -100,6 +100,24 @@ def sparse_names(model: nn.Module, state: Mapping[str, torch.Tensor],
             if name in state and state[name].is_floating_point()}
 
 
+def shared_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """{name: the first name of the same tensor} for the entries of a state dict that are
+    another entry's very tensor (tied weights: same storage, offset, shape, strides and
+    dtype), read before anything copies them."""
+    first: dict[tuple, str] = {}
+    shared = {}
+    for name, tensor in state.items():
+        if tensor.numel() == 0 or tensor.device.type == "meta":
+            continue
+        key = (str(tensor.device), tensor.untyped_storage().data_ptr(),
+               tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+        if key in first:
+            shared[name] = first[key]
+        else:
+            first[key] = name
+    return shared
+
+
 def _bitwise_nonzero(flat: torch.Tensor) -> torch.Tensor:
     """Entries whose bits are not all zero: -0.0 and NaN included."""
     ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
@@ -129,8 +147,10 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
 
     The pruned tensors are the prunable weights (Conv/Linear, ``include``/``exclude`` as for
     the pruner) or the names of ``masks``; their support is the mask, or their non-zero
-    entries. ``bits`` 32 stores surviving values as they are (the round trip is bitwise
-    exact); 8/6/5/4 replace them by a per-tensor codebook of 2**bits k-means centroids.
+    entries. A tensor the state dict holds under several names (tied weights) is stored
+    once, under its first name, as the tensor of that name is stored. ``bits`` 32 stores
+    surviving values as they are (the round trip is bitwise exact); 8/6/5/4 replace them
+    by a per-tensor codebook of 2**bits k-means centroids.
     ``model_name``/``model_args`` (a registered model or an import spec) let :func:`load`
     rebuild the module.
 
@@ -141,7 +161,9 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     if bits not in BITS:
         raise ExportError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
     record = _model_record(model_name, model_args)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    shared = shared_names(state)
+    state = {k: v.detach().cpu() for k, v in state.items()}
     supports = sparse_names(model, state, masks, include, exclude)
     segments: list[bytes] = []
     offset = 0
@@ -156,6 +178,12 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     for name, tensor in state.items():
         entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape),
                                  "dtype": _dtype_name(tensor)}
+        if name in shared:
+            # a tied weight (a language model's embedding and LM head): stored once, under
+            # the first name; its values are that tensor's, exactly
+            entry.update(layout="shared", of=shared[name], segments=[])
+            entries.append(entry)
+            continue
         flat = tensor.contiguous().view(-1)
         item_bits = 8 * flat.element_size()
         if name not in supports:
@@ -334,7 +362,9 @@ def _read_container(path: Path, target: Callable[[dict], nn.Module | None],
     state: dict[str, torch.Tensor] = {}
     try:
         for entry, spec in zip(manifest["tensors"], chosen["specs"], strict=True):
-            state[spec.name] = _tensor(entry, spec, payload)
+            # a shared entry is the very tensor of an earlier one (checked by check_tensors)
+            state[spec.name] = state[spec.shared] if spec.shared is not None else \
+                _tensor(entry, spec, payload)
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
     return state, chosen["model"]
