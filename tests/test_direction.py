@@ -1,4 +1,8 @@
-"""Compare, report and tradeoff rank by the task's direction: lower bits per byte is better."""
+"""Compare, report and tradeoff rank by the task's direction: lower bits per byte is better;
+every printer shows each metric in its own unit."""
+
+import json
+import re
 
 from admmprune.runs.compare import (
     best_methods,
@@ -84,3 +88,44 @@ def test_tradeoff_best_seed_of_a_lower_is_better_metric(tmp_path):
     assert line.split()[-2:] == ["2.0000", "1.8000"]  # worst, best
     path = write_results(results, tmp_path / "r.csv")
     assert read_results(path) == results
+
+
+def test_one_formatter_shows_each_metric_in_its_unit():
+    from admmprune.tasks import create_task, format_metric
+
+    assert format_metric(0.99123, percent=True) == "99.12%"
+    assert format_metric(0.99123, percent=True, unit=False) == "99.12"
+    assert format_metric(7.91716, percent=False) == "7.9172"
+    assert format_metric(None, percent=False) == "-"
+    language, classes = create_task("language-modeling"), create_task("classification")
+    assert language.format("bpb", 7.91716) == "7.9172"
+    assert language.format("perplexity", 240.5) == "240.5000"
+    assert classes.format("accuracy", 0.5) == "50.00%" and classes.format("loss", 0.5) == "0.5000"
+
+
+def test_every_printer_shows_bits_per_byte_and_perplexity_as_numbers(code_corpus, tmp_path,
+                                                                     capsys):
+    from admmprune.cli import main
+
+    run_dir = tmp_path / "lm"
+    assert main(["prune", "--model", "gpt", "--model-args",
+                 "{n_layer: 1, n_embd: 16, n_head: 2, context: 16}", "--dataset", "text",
+                 "--task", "language-modeling", "--data-dir", str(code_corpus), "--include",
+                 '["*.c_attn", "*.c_proj", "*.c_fc"]', "--train-subset", "64",
+                 "--test-subset", "16", "--batch-size", "16", "--dense-epochs", "1",
+                 "--all-percent", "80", "--k-step", "1", "--retraining-epochs", "1",
+                 "--no-progress", "--threads", "1", "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    bpb = f"bits per byte {summary['pruned_bpb']:.4f}"
+    printed = {"prune": capsys.readouterr().out}
+    for command in (["eval"], ["report", "--no-plots"], ["export", "--bits", "4"]):
+        assert main([command[0], str(run_dir), *command[1:]]) == 0
+        printed[command[0]] = capsys.readouterr().out
+    for command, out in printed.items():
+        assert re.search(r"(bits per byte|perplexity|loss[^0-9]*) +[0-9.]+%", out) is None, \
+            (command, out)
+    table_row = rf"pruned bits per byte +{summary['pruned_bpb']:.4f}\n"
+    assert re.search(table_row, printed["prune"]) and re.search(table_row, printed["report"])
+    assert bpb in printed["eval"]
+    assert f"before quantization: loss (nats/token) {summary['pruned_loss']:.4f}  " \
+           f"perplexity {summary['pruned_perplexity']:.4f}  {bpb}" in printed["export"]

@@ -117,6 +117,61 @@ def test_arbitrary_modules_need_a_module_to_fill(tmp_path):
         admmprune.load(path, nn.Linear(20, 30))
 
 
+class TiedLM(nn.Module):
+    """An embedding and an LM head sharing one weight, as GPT-2 ties them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(64, 16)
+        self.body = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 64, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.body(self.embed(x))))
+
+
+@pytest.mark.parametrize("bits", [32, 4])
+def test_a_tied_tensor_is_stored_once(bits, tmp_path):
+    torch.manual_seed(0)
+    model = TiedLM()
+    prune(model, 50.0, include=["body"])
+    path = save_compressed(model, tmp_path / "tied.apz", bits=bits, include=["body"])
+    entries = {e["name"]: e for e in read_manifest(path)["tensors"]}
+    assert entries["head.weight"]["layout"] == "shared"
+    assert entries["head.weight"]["of"] == "embed.weight"
+    assert entries["head.weight"]["segments"] == []
+    table = 64 * 16 * 4
+    assert table < read_manifest(path)["payload_bytes"] < 2 * table  # one copy, not two
+    state = load_state_dict(path)
+    assert list(state) == list(model.state_dict())  # every name, as the state dict has them
+    assert state["head.weight"] is state["embed.weight"]
+    loaded = admmprune.load(path, TiedLM())
+    assert loaded.head.weight is loaded.embed.weight  # the module's tie stays
+    x = torch.randint(64, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(loaded.embed.weight, model.embed.weight)  # stored exactly
+        if bits == 32:
+            assert torch.equal(loaded(x), model(x))
+    report = size_report(path)
+    shared = next(r for r in report["layers"] if r["name"] == "head.weight")
+    assert shared["stored_bytes"] == 0 and "embed.weight" in shared["encoding"]
+
+
+def test_a_language_model_stores_its_tied_head_once(tmp_path):
+    torch.manual_seed(0)
+    model = admmprune.create_model("gpt", **MODEL_ARGS["gpt"])
+    prune(model, 90.0, INCLUDE["gpt"])
+    path = save_compressed(model, tmp_path / "gpt.apz", include=INCLUDE["gpt"],
+                           model_name="gpt", model_args=MODEL_ARGS["gpt"])
+    stored = {r["name"]: r["stored_bytes"] for r in size_report(path)["layers"]}
+    assert stored["transformer.wte.weight"] == 256 * 32 * 4  # the table, once
+    assert stored["lm_head.weight"] == 0
+    rebuilt = admmprune.load(path)
+    assert rebuilt.lm_head.weight is rebuilt.transformer.wte.weight
+    assert same_state(rebuilt.state_dict(), model.state_dict())
+
+
 def test_masks_choose_the_stored_entries_and_must_cover_the_weights(tmp_path):
     model = nn.Sequential(nn.Linear(8, 8))
     mask = torch.rand(8, 8) > 0.5
@@ -346,6 +401,28 @@ def test_export_command_writes_next_to_the_run_and_reports_sizes(run_dir, capsys
     model = admmprune.load(run_dir / "model.apz")
     assert same_state(model.state_dict(), torch.load(run_dir / "model.pt"))
 
+
+
+def test_eval_reads_the_projects_own_exported_files(run_dir, capsys):
+    assert main(["eval", str(run_dir)]) == 0
+    want = capsys.readouterr().out.splitlines()[0].split(": ", 1)[1]
+    for extra, name in (((), "model.apz"), (("--format", "dense"), "model.safetensors")):
+        assert main(["export", str(run_dir), *extra]) == 0
+        capsys.readouterr()
+        assert main(["eval", str(run_dir), "--weights", str(run_dir / name)]) == 0, \
+            capsys.readouterr().err
+        assert capsys.readouterr().out.splitlines()[0].split(": ", 1)[1] == want, name
+    assert main(["export", str(run_dir), "--bits", "4"]) == 0
+    assert main(["eval", str(run_dir), "--weights", str(run_dir / "model-4bit.apz")]) == 0
+    # a damaged file says what it is, not that it is a pickle
+    damaged = run_dir.parent / "damaged.apz"
+    data = bytearray((run_dir / "model.apz").read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--weights", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert "is corrupt" in err and "pickle" not in err
 
 
 def test_report_shows_the_sizes_of_exported_files(run_dir, capsys):

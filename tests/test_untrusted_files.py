@@ -107,6 +107,18 @@ def _refused(call, error=ContainerError, match: str = "", max_mb: float = 20,
     return caught.value
 
 
+def _share(manifest: dict, name: str, of, segments=None) -> None:
+    """Entry ``name`` made a tied weight stored as ``of`` (bias 8 and classifier bias 3
+    differ in shape: the shape is made ``of``'s where it exists)."""
+    entry = next(t for t in manifest["tensors"] if t["name"] == name)
+    source = next((t for t in manifest["tensors"] if t["name"] == of), entry)
+    if name != "classifier.weight":
+        entry["shape"] = list(source["shape"])
+    for key in ("positions", "values", "nnz"):
+        entry.pop(key, None)
+    entry.update(layout="shared", of=of, segments=segments or [])
+
+
 def _set(key, value):
     return lambda m: m.__setitem__(key, value)
 
@@ -155,6 +167,19 @@ CRAFTED = {
                            "registered"),
     "model record without a name": (_set("model", {"args": {}}), "its model record is"),
     "model record a string": (_set("model", "mlp"), "its model record is mlp, not"),
+    "shared with a missing tensor": (lambda m: _share(m, "hidden.0.weight", "nope"),
+                                     "shares 'nope', which is no earlier stored tensor"),
+    "shared with a later tensor": (lambda m: _share(m, "hidden.0.bias", "classifier.bias"),
+                                   "shares 'classifier.bias', which is no earlier"),
+    "shared of another shape": (lambda m: _share(m, "classifier.weight", "hidden.0.weight"),
+                                "of its shape and dtype"),
+    "shared naming nothing": (lambda m: _share(m, "hidden.0.bias", 3),
+                              "a shared entry names no tensor it shares"),
+    "shared with segments": (lambda m: _share(m, "classifier.bias", "hidden.0.bias",
+                                              [[0, 12]]),
+                             "a shared entry holds no segments"),
+    "shared with itself": (lambda m: _share(m, "hidden.0.bias", "hidden.0.bias"),
+                           "which is no earlier stored tensor"),
 }
 
 
@@ -291,6 +316,76 @@ def test_an_intact_shrunk_file_still_loads(tmp_path):
     assert model.hidden[0].out_features == 8
     with pytest.raises(ShrinkError, match="max_params"):
         load_shrunk(_shrunk_file(tmp_path), max_params=10)
+
+
+# -- import specs: the caller names the modules a file may build from --------------------------
+
+SPEC_MODULE = "yourmodel_load_spec"
+SPEC_CODE = """
+from torch import nn
+
+
+def net(width=4):
+    return nn.Sequential(nn.Linear(3, width), nn.ReLU(), nn.Linear(width, 2))
+"""
+
+
+@pytest.fixture
+def spec_module(tmp_path, monkeypatch) -> str:
+    """A module of the caller's, importable but not imported (yet)."""
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / f"{SPEC_MODULE}.py").write_text(SPEC_CODE)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, SPEC_MODULE, raising=False)
+    return SPEC_MODULE
+
+
+def test_load_builds_an_import_spec_only_from_a_module_the_caller_allows(tmp_path,
+                                                                          spec_module):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    spec, args = f"{spec_module}:net", {"width": 6}
+    files = [save_compressed(model, tmp_path / "m.apz", model_name=spec, model_args=args),
+             save_dense(model, tmp_path / "m.safetensors", model_name=spec, model_args=args)]
+    for path in files:
+        _refused(lambda path=path: admmprune.load(path), ExportError,
+                 rf"records the model '{spec}', an import spec: building it imports and runs "
+                 rf"module '{spec_module}', which load\(\) does only for a module you allow: "
+                 rf"load\(path, allow_modules=\['{spec_module}'\]\)")
+        _refused(lambda path=path: admmprune.load(path, allow_modules=["other_module"]),
+                 ExportError, "allow_modules")
+        assert spec_module not in sys.modules  # nothing of it was imported, nothing ran
+    for path in files:
+        loaded = admmprune.load(path, allow_modules=[spec_module])
+        assert loaded[0].out_features == 6
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], tensor), (path, name)
+    _refused(lambda: admmprune.load(files[0], allow_modules=[spec_module], max_params=10),
+             match="more than 10 parameters and buffers")
+
+
+def test_a_file_cannot_make_load_call_what_the_caller_did_not_allow(tmp_path, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(os, "system", lambda *args, **kwargs: calls.append(args))
+    record = {"name": "os:system", "args": {"command": "echo crafted"}}  # os is imported
+    path = _tampered(tmp_path, _set("model", record))
+    _refused(lambda: admmprune.load(path), ExportError, "'os:system', an import spec")
+    _refused(lambda: admmprune.load(path, allow_modules=[SPEC_MODULE]), ExportError,
+             r"allow_modules=\['os'\]")
+    shrunk = _shrunk_file(tmp_path, lambda r: r.update(model="os:system", args={}))
+    _refused(lambda: load_shrunk(shrunk), ShrinkError, "'os:system', an import spec")
+    assert calls == []
+
+
+def test_a_shrunk_import_spec_model_loads_from_an_allowed_module(tmp_path, spec_module):
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2))
+    path = save_shrunk(model, tmp_path / "small.safetensors", model_name=f"{spec_module}:net",
+                       model_args={"width": 6})
+    _refused(lambda: load_shrunk(path), ShrinkError, "allow_modules")
+    small = load_shrunk(path, allow_modules=[spec_module])
+    assert small[0].out_features == 2
+    assert torch.equal(small[2].weight, model[2].weight)
 
 
 # -- the whole process under a memory limit ----------------------------------------------------

@@ -264,22 +264,157 @@ def test_pretrained_that_does_not_fit_names_the_difference(tmp_path):
         load_weights(Tied(), tmp_path / "empty", torch.device("cpu"))
 
 
-def test_your_model_example_runs_tiny(tmp_path, capsys):
+EXAMPLE = ["--dense-epochs", "1", "--k-step", "1", "--retraining-epochs", "1",
+           "--train-subset", "64", "--test-subset", "32", "--no-progress", "--threads", "1"]
+
+
+def prune_example(run_dir: Path, *extra: str) -> list[str]:
+    """``admmprune prune examples/your_model/recipe.yaml`` in tiny form: one recipe, one
+    command; its imports and specs bring the model and the data."""
     from conftest import REPO
 
+    return ["prune", str(REPO / "examples/your_model/recipe.yaml"), "--run-dir", str(run_dir),
+            *EXAMPLE, *extra]
+
+
+def metrics_line(out: str) -> str:
+    """The metrics and sparsity `admmprune eval` prints after the weights file's name."""
+    return out.splitlines()[0].split(": ", 1)[1]
+
+
+def test_your_model_example_through_every_command(tmp_path, capsys):
+    """The README's "Your own model" commands on examples/your_model: prune, eval, export in
+    every format and 4-bit, eval of the exported files, admmprune.load, report."""
+    import admmprune
+
     run_dir = tmp_path / "run"
-    # one recipe, one command: its imports and specs bring the model and the data
-    assert main(["prune", str(REPO / "examples/your_model/recipe.yaml"), "--run-dir",
-                 str(run_dir), "--dense-epochs", "1", "--k-step", "1", "--retraining-epochs",
-                 "1", "--train-subset", "64", "--test-subset", "32", "--no-progress",
-                 "--threads", "1"]) == 0
+    assert main(prune_example(run_dir)) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["model"] == "your_resnet:tiny_resnet"
     assert summary["kept"] == survivor_count(summary["total"], 95.0)
     assert {"layers.1.shortcut.0.weight", "layers.0.conv2.weight"} <= \
         {layer["name"] for layer in summary["layers"]}  # residual blocks, BatchNorm skipped
-    assert main(["export", str(run_dir)]) == 0
-    assert (run_dir / "model.apz").is_file()
+    capsys.readouterr()
+
+    assert main(["eval", str(run_dir)]) == 0
+    evaluated = metrics_line(capsys.readouterr().out)
+    assert f"top-1 accuracy {100 * summary['pruned_accuracy']:.2f}%" in evaluated
+    for extra, name in (((), "model.apz"), (("--format", "dense"), "model.safetensors"),
+                        (("--format", "onnx"), "model.onnx"), (("--bits", "4"),
+                                                                "model-4bit.apz")):
+        assert main(["export", str(run_dir), *extra]) == 0, capsys.readouterr().err
+        assert (run_dir / name).is_file()
+    exported = capsys.readouterr().out
+    assert "onnxruntime matches PyTorch" in exported
+    assert "after 4-bit quantization: loss " in exported
+    # the exported files evaluate as the project's own files: the lossless ones like model.pt
+    for name in ("model.apz", "model.safetensors", "model-4bit.apz"):
+        assert main(["eval", str(run_dir), "--weights", str(run_dir / name)]) == 0, \
+            capsys.readouterr().err
+        if name != "model-4bit.apz":
+            assert metrics_line(capsys.readouterr().out) == evaluated, name
+    # from Python: the file rebuilds the spec's model once its module is allowed
+    state = torch.load(run_dir / "model.pt")
+    for name in ("model.apz", "model.safetensors"):
+        model = admmprune.load(run_dir / name, allow_modules=["your_resnet"])
+        assert type(model).__name__ == "TinyResNet"
+        for key, tensor in model.state_dict().items():
+            assert torch.equal(tensor, state[key]), (name, key)
+    capsys.readouterr()
+    assert main(["report", str(run_dir), "--no-plots"]) == 0
+    report = capsys.readouterr().out
+    assert "model.apz:" in report and "model-4bit.apz:" in report
+
+
+def test_your_model_example_shrinks_when_pruned_by_filters(tmp_path, capsys):
+    from admmprune.channels.shrink import load_shrunk
+
+    run_dir = tmp_path / "run"
+    assert main(prune_example(run_dir, "--structure", "filter", "--all-percent", "50")) == 0
+    capsys.readouterr()
+    assert main(["shrink", str(run_dir)]) == 0, capsys.readouterr().err
+    assert "matches the masked one" in capsys.readouterr().out
+    small = load_shrunk(run_dir / "model-shrunk.safetensors", allow_modules=["your_resnet"])
+    masked = torch.load(run_dir / "model.pt")
+    assert sum(t.numel() for t in small.state_dict().values()) < \
+        sum(t.numel() for t in masked.values())
+    x = torch.randn(2, 3, 16, 16)
+    import your_resnet  # loaded by the recipe's imports
+
+    full = your_resnet.tiny_resnet(width=8, blocks=[1, 1])
+    full.load_state_dict(masked)
+    with torch.no_grad():
+        assert torch.allclose(small(x), full.eval()(x), atol=1e-5)
+
+
+def test_your_model_example_goes_on_after_an_interrupt_before_the_first_checkpoint(
+        tmp_path, interrupt_training, capsys):
+    straight, run_dir = tmp_path / "straight", tmp_path / "run"
+    assert main(prune_example(straight)) == 0
+    interrupt_training(1)  # Ctrl-C in the first dense epoch: nothing is checkpointed yet
+    assert main(prune_example(run_dir)) == 130
+    assert not (run_dir / "checkpoint.pt").exists()
+    interrupt_training(None)
+    capsys.readouterr()
+    # the directory either resumes (what the interrupted run advises) or starts again
+    if main(["prune", "--resume", str(run_dir)]) != 0:
+        assert main(prune_example(run_dir)) == 0, capsys.readouterr().err
+    a, b = torch.load(straight / "model.pt"), torch.load(run_dir / "model.pt")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+# A dataset whose training split alone names the classes (torchvision's datasets have a
+# `classes` attribute); the model's factory defaults to another class count.
+CLASSES_CODE = """
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+class Points(Dataset):
+    def __init__(self, n, seed, classes=None):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.randint(5, (n,), generator=g)
+        self.x = torch.randn(n, 8, generator=g) + self.y.view(-1, 1).float()
+        if classes is not None:
+            self.classes = classes
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def splits(seed):
+    return {"train": Points(48, seed, classes=list("abcde")), "test": Points(16, seed + 1)}
+
+
+def net(num_classes=3):
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, num_classes))
+"""
+
+
+def test_a_class_count_from_the_training_split_is_recorded_for_eval_and_export(tmp_path,
+                                                                                capsys):
+    import admmprune
+
+    path = tmp_path / "yourmodel_classes_user.py"
+    path.write_text(CLASSES_CODE)
+    run_dir = tmp_path / "run"
+    assert main(["prune", str(recipe(tmp_path, model="yourmodel_classes_user:net",
+                                      dataset="yourmodel_classes_user:splits",
+                                      imports=[str(path)])),
+                 "--run-dir", str(run_dir)]) == 0
+    assert torch.load(run_dir / "model.pt")["2.weight"].shape == (5, 8)
+    capsys.readouterr()
+    # eval and export read the test split only, which does not name the classes
+    assert main(["eval", str(run_dir)]) == 0, capsys.readouterr().err
+    assert main(["export", str(run_dir)]) == 0, capsys.readouterr().err
+    assert main(["export", str(run_dir), "--bits", "4"]) == 0, capsys.readouterr().err
+    model = admmprune.load(run_dir / "model.apz", allow_modules=["yourmodel_classes_user"])
+    assert model[2].out_features == 5
 
 
 # A user's file of data and models that do not fit together, each a mistake a user makes.

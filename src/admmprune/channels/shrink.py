@@ -29,16 +29,17 @@ than returning a wrong model.
 
 File format (:func:`save_shrunk`, :func:`load_shrunk`): one safetensors file holding the
 shrunk state dict; its metadata (string to string) holds ``admmprune_shrunk``, a JSON object
-{"model": registered name, "args": factory keyword arguments, "modules": {module name:
-{"type", "in_channels", "out_channels", "groups" | "in_features", "out_features" |
-"num_features"}}}. Loading builds the registered model, resizes those modules and loads the
-tensors; nothing is unpickled.
+{"model": registered name or import spec, "args": factory keyword arguments, "modules":
+{module name: {"type", "in_channels", "out_channels", "groups" | "in_features",
+"out_features" | "num_features"}}}. Loading builds the recorded model (a spec only from a
+module the caller allows), resizes those modules and loads the tensors; nothing is
+unpickled.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -599,16 +600,19 @@ def shrink_model(model: nn.Module, masks: Mapping[str, torch.Tensor] | None,
 
 def save_shrunk(model: nn.Module, path: str | Path, *, model_name: str,
                 model_args: Mapping[str, Any] | None = None) -> Path:
-    """Write a shrunk model of the registered ``model_name`` (built with ``model_args``) as
-    safetensors with its new module shapes in the metadata (see the module docstring)."""
+    """Write a shrunk model of ``model_name`` (a registered model or an import spec, built
+    with ``model_args``) as safetensors with its new module shapes in the metadata (see the
+    module docstring)."""
     from safetensors.torch import save_file
 
     from ..export.files import replacing
+    from ..imports import is_spec
     from ..models import list_models
 
-    if model_name not in list_models():
-        raise ShrinkError(f"{model_name!r} is not a registered model; load_shrunk rebuilds "
-                          "the registered factory (see `admmprune models`)")
+    if not is_spec(model_name) and model_name not in list_models():
+        raise ShrinkError(f"{model_name!r} is not a registered model nor an import spec "
+                          "(\"module:factory\"); load_shrunk rebuilds the factory (see "
+                          "`admmprune models`)")
     record = {"model": model_name, "args": dict(model_args or {}),
               "modules": _architecture(model)}
     # clones: safetensors refuses tensors that share storage (tied weights)
@@ -651,23 +655,26 @@ def _resize(module: nn.Module, spec: Mapping[str, Any], state: Mapping[str, torc
             getattr(module, kind)[name] = new
 
 
-def load_shrunk(path: str | Path, *, max_params: int | None = None) -> nn.Module:
-    """The shrunk model written by :func:`save_shrunk` (eval mode): the registered model is
+def load_shrunk(path: str | Path, *, max_params: int | None = None,
+                allow_modules: Collection[str] = ()) -> nn.Module:
+    """The shrunk model written by :func:`save_shrunk` (eval mode): the recorded model is
     built, its recorded modules resized, the tensors loaded (safetensors, no pickle).
 
     Args:
         path: the file.
-        max_params: the largest registered model to build from the file's record, in
-            parameter and buffer elements (default
-            :data:`admmprune.export.untrusted.DEFAULT_MAX_PARAMS`, 2**28); raise it only
-            for a trusted file.
+        max_params: the largest model to build from the file's record, in parameter and
+            buffer elements (default :data:`admmprune.export.untrusted.DEFAULT_MAX_PARAMS`,
+            2**28); raise it only for a trusted file.
+        allow_modules: the modules whose factories a recorded import spec may build (as
+            for :func:`admmprune.load`); nothing else is imported or called.
 
     Returns:
         The shrunk model, in eval mode.
 
     Raises:
         ShrinkError: the file is missing, not safetensors, holds no or damaged shrink
-            metadata, records a model beyond ``max_params``, or does not fit the model.
+            metadata, records a model beyond ``max_params`` or an import spec of a module
+            not in ``allow_modules``, or does not fit the model.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -698,7 +705,7 @@ def load_shrunk(path: str | Path, *, max_params: int | None = None) -> nn.Module
     try:
         model = build_recorded(record["model"], record.get("args"),
                                DEFAULT_MAX_PARAMS if max_params is None else max_params,
-                               loader="admmprune.load_shrunk")
+                               loader="admmprune.load_shrunk", allow_modules=allow_modules)
     except ValueError as err:
         raise ShrinkError(f"{path}: {err}") from None
     modules = dict(model.named_modules())

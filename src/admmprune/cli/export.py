@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..export.container import ContainerError
 from ..export.formats import ExportError, load, save_compressed, save_dense, save_onnx
 from ..export.size import format_size_report, size_report
 
@@ -127,7 +128,13 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
 
     ``allow_changed_sources``: export a run whose imported files changed since, with a
     warning (see :func:`~admmprune.runs.build.load_run`); refused otherwise."""
-    from ..runs.build import build_model, load_run, model_args, resolve_device
+    from ..runs.build import (
+        build_model,
+        load_run,
+        model_args,
+        recorded_num_classes,
+        resolve_device,
+    )
     from ..runs.rundir import load_run_config
 
     if fmt not in FORMATS:
@@ -152,7 +159,9 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     device = resolve_device(config.device) if finetune_epochs else torch.device("cpu")
     needs_data = fmt == "onnx" or (fmt == "compressed" and bits < 32 and evaluate) \
         or drop_dead
-    reads_data = needs_data or finetune_epochs or config.model_args.get("num_classes") is None
+    # without the data's class count recorded or given, the data gives it
+    reads_data = needs_data or finetune_epochs or (
+        config.model_args.get("num_classes") is None and recorded_num_classes(run_dir) is None)
     run = load_run(run_dir, config=config, device=device, weights=weights,
                    trust_pickle=trust_pickle, allow_changed_sources=allow_changed_sources,
                    splits=("train", "test") if finetune_epochs else ("test",),
@@ -205,7 +214,9 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
         summary["size"] = size_report(path, reference=weights)
         if bits < 32 and data is not None:
             summary["before"] = _evaluate(model, config, data, device)
-            summary["after"] = _evaluate(load(path), config, data, device)
+            # the written file, read into the run's model (registered or the user's own)
+            written = load(path, build_model(config, num_classes))
+            summary["after"] = _evaluate(written, config, data, device)
     elif fmt == "dense":
         save_dense(model, path, model_name=config.model, model_args=args)
     else:
@@ -216,7 +227,7 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
     summary["bytes"] = path.stat().st_size
     summary["reference_bytes"] = weights.stat().st_size
     if data is not None:
-        summary["labels"] = _labels(config)
+        summary.update(_metric_display(config))
     return summary
 
 
@@ -242,10 +253,13 @@ def _check_written(model: nn.Module, written: nn.Module, names) -> None:
                               "fine-tuned weights; please report it")
 
 
-def _labels(config) -> dict:
+def _metric_display(config) -> dict:
+    """What the summary's printer needs of the task's metrics: their labels and which are
+    fractions (shown in percent; bits per byte and perplexity are not)."""
     from ..tasks import create_task
 
-    return create_task(config.task).labels
+    task = create_task(config.task)
+    return {"labels": task.labels, "percent_metrics": list(task.percent_keys())}
 
 
 def format_export_summary(summary: dict) -> str:
@@ -272,14 +286,16 @@ def format_export_summary(summary: dict) -> str:
         lines.append(f"onnxruntime matches PyTorch: max |difference| "
                      f"{summary['onnx_max_abs_diff']:.3g}")
     if "before" in summary:
-        labels = summary.get("labels")
-        lines.append(f"before quantization: {format_metrics(summary['before'], labels)}")
+        labels, percent = summary.get("labels"), summary["percent_metrics"]
+        lines.append(f"before quantization: "
+                     f"{format_metrics(summary['before'], labels, percent)}")
         lines.append(f"after {summary['bits']}-bit quantization: "
-                     f"{format_metrics(summary['after'], labels)}")
+                     f"{format_metrics(summary['after'], labels, percent)}")
         if "finetuned" in summary:
             tune = summary["finetune"]
             lines.append(f"after fine-tuning the centroids ({_epochs(tune['epochs'])}, Adam lr "
-                         f"{tune['lr']:g}): {format_metrics(summary['finetuned'], labels)}")
+                         f"{tune['lr']:g}): "
+                         f"{format_metrics(summary['finetuned'], labels, percent)}")
     if "finetune" in summary:
         tune = summary["finetune"]
         lines.append(f"training loss: {tune['train_before']:.4f} after quantization, "
@@ -305,7 +321,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                              finetune_lr=args.finetune_lr, dead_units=args.dead_units,
                              trust_pickle=args.trust_pickle,
                              allow_changed_sources=args.allow_changed_sources)
-    except ExportError as err:
+    except (ExportError, ContainerError) as err:
         print(f"admmprune export: error: {err}", file=sys.stderr)
         return 2
     print(format_export_summary(summary))

@@ -72,7 +72,7 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
         raise ShrinkError(f"the shrunk model differs from the masked one by {diff:.3g} on a "
                           f"test batch (allowed {tolerance * scale:.3g}); please report it")
     path = save_shrunk(report.model, path, model_name=config.model,
-                       model_args=model_args(config, data.num_classes))
+                       model_args=model_args(config, run.num_classes))
     return {"report": report, "path": path, "batch": int(batch.shape[0]),
             "batch_max_abs_diff": diff}
 

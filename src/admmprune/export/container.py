@@ -15,9 +15,10 @@ Layout (all integers little-endian)::
 The manifest (JSON, so reading it cannot run code) holds ``format``, ``version``,
 ``payload_bytes`` (the uncompressed payload size; decompression stops there, and it may
 not exceed ``max_ratio`` times the compressed size nor what the shapes need), the model
-(registered name + arguments, or null), export settings and one entry per tensor: name,
-shape, dtype, layout, encodings, survivor count and its segments as [offset, length]
-into the uncompressed payload.
+(registered name or import spec + arguments, or null), export settings and one entry per
+tensor: name, shape, dtype, layout, encodings, survivor count and its segments as [offset,
+length] into the uncompressed payload (a tied weight's second name: layout ``shared``, the
+name it shares, no segments).
 """
 
 from __future__ import annotations

@@ -7,14 +7,15 @@
 - onnx (``.onnx``, :func:`save_onnx`): torch.onnx export, checked against PyTorch with
   onnxruntime (``pip install 'admmprune[onnx]'``).
 
-Both file kinds that hold weights can record the registered model name and its arguments,
-so :func:`load` rebuilds the module without the code that made it.
+Both file kinds that hold weights can record the model's registered name (or import spec)
+and its arguments, so :func:`load` rebuilds the module without the code that made it (a
+spec from a module the caller allows).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,15 @@ from .container import (
 )
 from .files import replacing
 from .manifest import DTYPES, MismatchError, TensorSpec, check_record, check_tensors
-from .untrusted import DEFAULT_MAX_PARAMS, ModelLimitError, build_recorded
+from .untrusted import (
+    DEFAULT_MAX_PARAMS,
+    ModelLimitError,
+    ModuleNotAllowedError,
+    build_recorded,
+)
 
 __all__ = ["ExportError", "save_compressed", "save_dense", "save_onnx", "load",
-           "load_state_dict", "read_manifest", "BITS"]
+           "load_state_dict", "read_manifest", "shared_names", "BITS"]
 
 BITS = (32, 8, 6, 5, 4)
 
@@ -94,6 +100,24 @@ def sparse_names(model: nn.Module, state: Mapping[str, torch.Tensor],
             if name in state and state[name].is_floating_point()}
 
 
+def shared_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """{name: the first name of the same tensor} for the entries of a state dict that are
+    another entry's very tensor (tied weights: same storage, offset, shape, strides and
+    dtype), read before anything copies them."""
+    first: dict[tuple, str] = {}
+    shared = {}
+    for name, tensor in state.items():
+        if tensor.numel() == 0 or tensor.device.type == "meta":
+            continue
+        key = (str(tensor.device), tensor.untyped_storage().data_ptr(),
+               tensor.storage_offset(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+        if key in first:
+            shared[name] = first[key]
+        else:
+            first[key] = name
+    return shared
+
+
 def _bitwise_nonzero(flat: torch.Tensor) -> torch.Tensor:
     """Entries whose bits are not all zero: -0.0 and NaN included."""
     ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[flat.element_size()]
@@ -123,9 +147,12 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
 
     The pruned tensors are the prunable weights (Conv/Linear, ``include``/``exclude`` as for
     the pruner) or the names of ``masks``; their support is the mask, or their non-zero
-    entries. ``bits`` 32 stores surviving values as they are (the round trip is bitwise
-    exact); 8/6/5/4 replace them by a per-tensor codebook of 2**bits k-means centroids.
-    ``model_name``/``model_args`` (a registered model) let :func:`load` rebuild the module.
+    entries. A tensor the state dict holds under several names (tied weights) is stored
+    once, under its first name, as the tensor of that name is stored. ``bits`` 32 stores
+    surviving values as they are (the round trip is bitwise exact); 8/6/5/4 replace them
+    by a per-tensor codebook of 2**bits k-means centroids.
+    ``model_name``/``model_args`` (a registered model or an import spec) let :func:`load`
+    rebuild the module.
 
     Raises:
         ExportError: bad arguments, or (quantized) a pruned tensor with an inf or NaN
@@ -134,7 +161,9 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     if bits not in BITS:
         raise ExportError(f"bits must be one of {', '.join(map(str, BITS))}, got {bits!r}")
     record = _model_record(model_name, model_args)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    shared = shared_names(state)
+    state = {k: v.detach().cpu() for k, v in state.items()}
     supports = sparse_names(model, state, masks, include, exclude)
     segments: list[bytes] = []
     offset = 0
@@ -149,6 +178,12 @@ def save_compressed(model: nn.Module, path: str | Path, *, bits: int = 32,
     for name, tensor in state.items():
         entry: dict[str, Any] = {"name": name, "shape": list(tensor.shape),
                                  "dtype": _dtype_name(tensor)}
+        if name in shared:
+            # a tied weight (a language model's embedding and LM head): stored once, under
+            # the first name; its values are that tensor's, exactly
+            entry.update(layout="shared", of=shared[name], segments=[])
+            entries.append(entry)
+            continue
         flat = tensor.contiguous().view(-1)
         item_bits = 8 * flat.element_size()
         if name not in supports:
@@ -327,22 +362,29 @@ def _read_container(path: Path, target: Callable[[dict], nn.Module | None],
     state: dict[str, torch.Tensor] = {}
     try:
         for entry, spec in zip(manifest["tensors"], chosen["specs"], strict=True):
-            state[spec.name] = _tensor(entry, spec, payload)
+            # a shared entry is the very tensor of an earlier one (checked by check_tensors)
+            state[spec.name] = state[spec.shared] if spec.shared is not None else \
+                _tensor(entry, spec, payload)
     except (ValueError, KeyError, TypeError, IndexError) as err:
         raise ContainerError(f"{path} is corrupt ({err}); export it again") from None
     return state, chosen["model"]
 
 
-def _recorded(path: Path, record: Any, max_params: int) -> nn.Module:
-    """The registered model a file records, built only within ``max_params``."""
+def _recorded(path: Path, record: Any, max_params: int,
+              allow_modules: Collection[str]) -> nn.Module:
+    """The model a file records (registered, or a spec of an allowed module), built only
+    within ``max_params``."""
     try:
         found = check_record(record)
         if found is None:
             raise ExportError(f"{path} records no registered model; pass the module to fill: "
                               "load(path, model) or load(path, lambda: MyNet())")
-        return build_recorded(*found, max_params=max_params)
+        return build_recorded(*found, max_params=max_params, allow_modules=allow_modules)
     except ModelLimitError as err:
         raise ContainerError(f"{path}: {err}") from None
+    except ModuleNotAllowedError as err:
+        raise ExportError(f"{path} {err}; or pass the module to fill: load(path, "
+                          "MyNet())") from None
     except ExportError:
         raise
     except ValueError as err:
@@ -375,7 +417,8 @@ def load_state_dict(path: str | Path, *, max_params: int = DEFAULT_MAX_PARAMS,
 def load(path: str | Path,
          model_factory: nn.Module | Callable[[], nn.Module] | None = None, *,
          max_params: int = DEFAULT_MAX_PARAMS,
-         max_ratio: float = DEFAULT_MAX_RATIO) -> nn.Module:
+         max_ratio: float = DEFAULT_MAX_RATIO,
+         allow_modules: Collection[str] = ()) -> nn.Module:
     """An ordinary ``nn.Module`` (in eval mode) from a compressed or dense file.
 
     A file is data from whoever wrote it: loading runs no code from it, and what it can
@@ -387,19 +430,26 @@ def load(path: str | Path,
     Args:
         path: an ``.apz`` or ``.safetensors`` file.
         model_factory: a module to fill in place, or a callable returning one; by default
-            the registered model the file records is built (``create_model(name, **args)``).
+            the model the file records is built (``create_model(name, **args)``): a
+            registered name, or an import spec (``"module:factory"``) of a module in
+            ``allow_modules``.
         max_params: the largest recorded model to build, in parameter and buffer elements
             (default 2**28, 1 GiB of float32: four times YOLOv4). Raise it only for a
             trusted file.
         max_ratio: the most an .apz payload may inflate, relative to its compressed size
             (or 32 MiB, whichever is more); raise it only for a trusted file.
+        allow_modules: the modules (``"your_resnet"``, as the spec names them) whose
+            factories a file's import spec may build; the spec's module is imported then
+            (from the Python path or the current directory). A file can make ``load``
+            import or call nothing else, even a function of a module already imported.
 
     Returns:
         The filled module, in eval mode.
 
     Raises:
         ExportError: the file is missing or of another kind, records no model and none was
-            given, or does not fit the given module.
+            given, records an import spec of a module not in ``allow_modules``, or does not
+            fit the given module.
         ContainerError: a damaged or crafted .apz file, a recorded model that cannot be
             built, or a file beyond the limits (the message names the limit and how to
             raise it).
@@ -414,11 +464,12 @@ def load(path: str | Path,
         given = None
     if _kind(path) == "safetensors":
         state, record = _load_safetensors(path)
-        model = given if given is not None else _recorded(path, record, max_params)
+        model = given if given is not None else \
+            _recorded(path, record, max_params, allow_modules)
     else:
         def target(manifest: dict) -> nn.Module:
             return given if given is not None else \
-                _recorded(path, manifest.get("model"), max_params)
+                _recorded(path, manifest.get("model"), max_params, allow_modules)
 
         state, filled = _read_container(path, target, max_params, max_ratio,
                                         recorded=given is None)

@@ -3,7 +3,8 @@
 Every number in a manifest comes from the file. Before the payload is decompressed and any
 tensor is built, :func:`check_tensors` makes sure each entry is well formed (types, a shape
 of non-negative integers, a known dtype, layout and encodings, segments inside the payload
-and no longer than the shape can need), that the shapes are those of the model to fill (or
+and no longer than the shape can need; a ``shared`` entry names an earlier stored tensor of
+its shape and dtype and holds no bytes), that the shapes are those of the model to fill (or
 add up to at most ``max_params`` elements when there is none), and that the payload is no
 larger than the shapes can need. Decoding then allocates at most what the shapes describe.
 """
@@ -38,12 +39,14 @@ class MismatchError(ValueError):
 
 
 class TensorSpec:
-    """One checked manifest entry: its name, shape, element count and dtype."""
+    """One checked manifest entry: its name, shape, element count, dtype and, for a tensor
+    stored once under an earlier name (tied weights), that name (``shared``)."""
 
-    __slots__ = ("name", "shape", "numel", "dtype")
+    __slots__ = ("name", "shape", "numel", "dtype", "shared")
 
-    def __init__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-        self.name, self.shape, self.dtype = name, shape, dtype
+    def __init__(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                 shared: str | None = None) -> None:
+        self.name, self.shape, self.dtype, self.shared = name, shape, dtype, shared
         self.numel = math.prod(shape)
 
 
@@ -75,6 +78,15 @@ def _entry(entry: Any, index: int, payload_bytes: int) -> tuple[TensorSpec, int]
         raise ValueError(f"tensor {name}: its segments are not [offset, length] pairs inside "
                          f"the {payload_bytes:,}-byte payload")
     layout = entry.get("layout")
+    if layout == "shared":
+        # the values are an earlier entry's (check_tensors checks which): no bytes of its own
+        of = entry.get("of")
+        if not isinstance(of, str):
+            raise ValueError(f"tensor {name}: a shared entry names no tensor it shares")
+        if segments:
+            raise ValueError(f"tensor {name}: a shared entry holds no segments")
+        spec.shared = of
+        return spec, 0
     if layout == "raw":
         wanted = 1
         if segments and segments[0][1] != spec.numel * item:
@@ -138,6 +150,15 @@ def check_tensors(manifest: Mapping[str, Any], *,
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise ValueError("a tensor name appears twice")
+    stored: dict[str, TensorSpec] = {}
+    for spec in specs:
+        if spec.shared is None:
+            stored[spec.name] = spec
+            continue
+        of = stored.get(spec.shared)
+        if of is None or of.shape != spec.shape or of.dtype != spec.dtype:
+            raise ValueError(f"tensor {spec.name} shares {spec.shared[:100]!r}, which is no "
+                             "earlier stored tensor of its shape and dtype")
     if payload_bytes > need:
         raise ValueError(f"its payload of {payload_bytes:,} bytes is larger than its tensors' "
                          f"shapes can need")

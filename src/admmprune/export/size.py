@@ -19,14 +19,22 @@ def size_report(path: str | Path, reference: str | Path | None = None) -> dict:
 
     Per tensor: dense bytes (numel x item size), stored bytes (its encoded segments, before
     the zstd pass over the whole payload, so the per-tensor figures add up to the payload,
-    not to the file), ratio, encoding, survivors. Total: dense bytes of the state dict, the
+    not to the file), ratio (None for a tied weight stored under another name), encoding,
+    survivors. Total: dense bytes of the state dict, the
     file's bytes, their ratio, and the ratio to ``reference`` (e.g. the run's model.pt)."""
     manifest, _ = read_container(path, with_payload=False)
-    layers = []
+    layers: list[dict] = []
     for entry in manifest["tensors"]:
         numel = int(np.prod(entry["shape"], dtype=np.int64))
         dense = numel * _ITEM[entry["dtype"]]
         stored = sum(length for _, length in entry["segments"])
+        if entry["layout"] == "shared":  # a tied weight, stored once under the other name
+            of = next((r for r in layers if r["name"] == entry["of"]), None)
+            layers.append({"name": entry["name"], "shape": entry["shape"], "dense_bytes": dense,
+                           "stored_bytes": 0, "ratio": None,
+                           "encoding": f"shared with {entry['of']}",
+                           "kept": of["kept"] if of else numel, "numel": numel})
+            continue
         sparse = entry["layout"] == "sparse"
         values = entry.get("values", {})
         layers.append({
@@ -53,7 +61,8 @@ def format_size_report(report: dict) -> str:
     from ..tables import format_table
 
     rows = [(r["name"], "x".join(map(str, r["shape"])) or "scalar", r["kept"], r["encoding"],
-             r["dense_bytes"], r["stored_bytes"], f"{r['ratio']:.1f}x")
+             r["dense_bytes"], r["stored_bytes"],
+             "-" if r["ratio"] is None else f"{r['ratio']:.1f}x")
             for r in report["layers"]]
     t = report["total"]
     rows.append(("total (file, after zstd)", "", "", f"{t['bits']}-bit values", t["dense_bytes"],

@@ -5,6 +5,7 @@ command (eval, export, shrink, draw) reads it the same way and words its errors 
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,8 @@ from torch.nn.parameter import is_lazy
 from .. import distributed
 from ..activations import CalibrationError
 from ..data import DatasetError, DataSplits, create_dataset
+from ..export.container import ContainerError, is_container
+from ..export.formats import ExportError, load_state_dict
 from ..imports import ImportSpecError, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.hf import config_differences
@@ -33,13 +36,13 @@ from ..tasks.registry import UnknownTaskError
 from ..train import to_device
 from .calibrated import check_calibrated
 from .config import CALIBRATED_PRUNING, Config, ConfigError
-from .rundir import RunError, load_run_config
+from .rundir import MODEL_FILE, RunError, load_run_config
 from .sources import check_run_sources
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
            "check_pruning", "example_inputs", "check_data", "check_finite", "load_data",
            "load_run", "load_weights", "load_state", "state_differences", "model_args",
-           "resolve_device", "traces_model",
+           "model_record", "recorded_num_classes", "resolve_device", "traces_model",
            "HF_WEIGHT_FILES"]
 
 
@@ -73,6 +76,36 @@ def model_args(config: Config, num_classes: int | None = None) -> dict:
         if value is not None and key not in kwargs and accepts_argument(config.model, key):
             kwargs[key] = value
     return kwargs
+
+
+def model_record(config: Config, num_classes: int | None) -> dict:
+    """What RUN_DIR/model.json records next to a run's weights files: the model and the
+    class count its data gave it. Commands that read the test split only (eval, export,
+    shrink) can lack that count (a training split's ``classes`` attribute gave it)."""
+    return {"model": config.model, "num_classes": num_classes}
+
+
+def recorded_num_classes(run_dir: str | Path) -> int | None:
+    """The class count RUN_DIR/model.json records; None when it records none (or the run
+    was made before the file existed).
+
+    Raises:
+        RunError: the file is damaged.
+    """
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} cannot be read ({err}); the run directory is damaged "
+                       "(`admmprune prune --resume` writes it again)") from None
+    count = record.get("num_classes") if isinstance(record, dict) else "missing"
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                              or count < 1):
+        raise RunError(f"{path}: num_classes is {count!r}, not a count >= 1; the run "
+                       "directory is damaged (`admmprune prune --resume` writes it again)")
+    return count
 
 
 def build_model(config: Config, num_classes: int | None = None) -> nn.Module:
@@ -316,9 +349,16 @@ def check_pruning(model: nn.Module, config: Config,
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def _read_state(path: Path, device: torch.device) -> dict:
-    """A state dict from ``.safetensors``, a Hugging Face model directory, or a file of
-    torch.save read with weights_only=True (``{"model": state}`` unwrapped)."""
+def _read_state(path: Path, device: torch.device, max_params: int) -> dict:
+    """A state dict from ``.safetensors``, a Hugging Face model directory, the project's
+    compressed file (``.apz``, up to ``max_params`` elements), or a file of torch.save read
+    with weights_only=True (``{"model": state}`` unwrapped)."""
+    if path.is_file() and is_container(path):
+        try:
+            return {k: v.to(device) for k, v in
+                    load_state_dict(path, max_params=max_params).items()}
+        except (ExportError, ContainerError) as err:
+            raise RunError(str(err)) from None
     if path.is_dir():
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not (path / "config.json").is_file() or not found:
@@ -380,7 +420,8 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
                  model_name: str | None = None, *, trust_pickle: bool = False) -> None:
     """Fill ``model`` from ``path``: a format registered for ``model_name`` by its suffix
     (Caffe .npy, darknet .weights), else a state dict: ``.safetensors``, a Hugging Face
-    model directory (config.json + model.safetensors or pytorch_model.bin), or a file of
+    model directory (config.json + model.safetensors or pytorch_model.bin), a compressed
+    file of ``admmprune export`` (``.apz``, told by its magic bytes), or a file of
     torch.save, read with weights_only=True. A Hugging Face directory's config.json must
     match ``model``'s own config where it changes the computation (:mod:`admmprune.models.hf`).
 
@@ -411,7 +452,10 @@ def load_weights(model: nn.Module, path: Path, device: torch.device,
             raise RunError(f"cannot load {path} into {model_name}: {err}") from None
         model.to(device)
     else:
-        state = _read_state(path, device)
+        # a compressed file holds at most the model's own elements (a tied weight counts
+        # twice)
+        limit = sum(t.numel() for t in model.state_dict().values())
+        state = _read_state(path, device, limit)
         if path.is_dir():
             _check_hf_config(model, path, model_name)
         load_state(model, state, str(path))
@@ -453,7 +497,8 @@ def _read_state_dict(path: Path, device: torch.device):
 @dataclass
 class LoadedRun:
     """A run directory's recipe, device, data (None when not asked for or unreadable, with
-    the reason in ``data_error``), model (weights loaded, eval mode) and weights file."""
+    the reason in ``data_error``), model (weights loaded, eval mode), weights file and the
+    class count the model was built with (None: unknown, the factory's default)."""
 
     run_dir: Path
     config: Config
@@ -462,10 +507,7 @@ class LoadedRun:
     model: nn.Module
     weights: Path
     data_error: str | None = None
-
-    @property
-    def num_classes(self) -> int | None:
-        return self.data.num_classes if self.data is not None else None
+    num_classes: int | None = None
 
 
 def load_run(run_dir: str | Path, *, overrides: dict | None = None,
@@ -508,9 +550,13 @@ def load_run(run_dir: str | Path, *, overrides: dict | None = None,
             if data == "required":
                 raise
             data_error = str(err)
-    num_classes = splits_read.num_classes if splits_read is not None else None
+    # what the run recorded first: the splits read here may not give the count
+    num_classes = recorded_num_classes(run_dir)
+    if num_classes is None and splits_read is not None:
+        num_classes = splits_read.num_classes
     model = build_model(config, num_classes).to(device)
     path = Path(weights) if weights else run_dir / "model.pt"
     load_weights(model, path, device, config.model, trust_pickle=trust_pickle)
     model.eval()
-    return LoadedRun(run_dir, config, device, splits_read, model, path, data_error)
+    return LoadedRun(run_dir, config, device, splits_read, model, path, data_error,
+                     num_classes)

@@ -22,6 +22,7 @@ from ..imports import file_sha256
 from ..jsonfile import dumps, loads
 from ..selection import prunable_parameters
 from ..tables import format_table
+from ..tasks import format_metric
 from .build import build_model, check_pruning, check_selection, example_inputs, load_data
 from .config import (
     ONE_SHOT_PRUNING,
@@ -30,7 +31,14 @@ from .config import (
     ConfigError,
     counts_live_weights,
 )
-from .direction import best_index, direction_note, higher_is_better, percent_keys, task_fields
+from .direction import (
+    best_index,
+    direction_note,
+    format_value,
+    higher_is_better,
+    percent_keys,
+    task_fields,
+)
 from .pipeline import Run, run_pipeline
 from .report import plot_residuals, read_metrics, save_figure
 from .rundir import RESUME_SAFE_KEYS, RunDirectory, RunError
@@ -543,16 +551,18 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n\n".join(blocks) + "\n"
 
 
-def _scale(row: dict) -> tuple[float, int]:
-    """Factor and decimals of a row's headline metric: fractions in %, others as they are."""
-    return (100.0, 2) if row_metric(row) in percent_keys(row) else (1.0, 4)
+def _plot_scale(row: dict) -> float:
+    """The factor a row's headline metric is plotted with: fractions in %, others as they
+    are (the text goes through format_metric)."""
+    return 100.0 if row_metric(row) in percent_keys(row) else 1.0
 
 
 def _fmt_value(row: dict, most_seeds: int) -> str:
-    scale, digits = _scale(row)
-    text = f"{scale * row['mean']:.{digits}f}"
+    # the caption gives the unit (table_caption): no % sign in the cells
+    percent = row_metric(row) in percent_keys(row)
+    text = format_metric(row["mean"], percent, unit=False)
     if row["std"] is not None:
-        text += f" ± {scale * row['std']:.{digits}f}"
+        text += f" ± {format_metric(row['std'], percent, unit=False)}"
     compression = row["compression"]
     if compression is not None and compression != 1:
         text += f" ({compression:.1f}x)"
@@ -613,8 +623,8 @@ def plot_compare(rows: Sequence[dict], out_dir: str | Path, layers_at: float | N
     for ax, variant in zip(axes[0], variants, strict=True):
         subset = [r for r in summary if tuple(r.get(k) for k in variant_keys) == variant]
         for method in dict.fromkeys(r["method"] for r in subset):
-            points = sorted((r["compression"], _scale(r)[0] * r["mean"],
-                             _scale(r)[0] * (r["std"] or 0)) for r in subset
+            points = sorted((r["compression"], _plot_scale(r) * r["mean"],
+                             _plot_scale(r) * (r["std"] or 0)) for r in subset
                             if r["method"] == method)
             if method in REFERENCES:
                 ax.axhline(points[0][1], color="gray", label=method,
@@ -682,6 +692,4 @@ def format_rows(rows: Sequence[dict]) -> str:
 
 
 def _fmt_one(row: dict) -> str:
-    scale, digits = _scale(row)
-    text = f"{scale * row[f'pruned_{row_metric(row)}']:.{digits}f}"
-    return text + "%" if scale == 100 else text
+    return format_value(row, row_metric(row), row[f"pruned_{row_metric(row)}"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..tasks import create_task
+from ..tasks import create_task, format_metric
 from ..tasks.registry import UnknownTaskError
 
 __all__ = ["higher_is_better", "percent_keys", "task_fields", "format_value", "best_index",
@@ -54,12 +54,9 @@ def percent_keys(record: dict) -> tuple[str, ...]:
 
 
 def format_value(record: dict, key: str, value: float | None, digits: int = 2) -> str:
-    """``99.12%`` for a fraction metric, ``1.8734`` for anything else (loss, bpb)."""
-    if value is None:
-        return "-"
-    if key in percent_keys(record):
-        return f"{100 * value:.{digits}f}%"
-    return f"{value:.{digits + 2}f}"
+    """``99.12%`` for a fraction metric, ``1.8734`` for anything else (loss, bpb): the
+    metric ``key`` of ``record`` (a summary or compare row) through :func:`format_metric`."""
+    return format_metric(value, key in percent_keys(record), digits=digits)
 
 
 def is_better(a: float, b: float, higher: bool) -> bool:

@@ -47,6 +47,7 @@ from .build import (
     example_inputs,
     load_data,
     load_weights,
+    model_record,
     resolve_device,
     state_differences,
     traces_model,
@@ -55,6 +56,7 @@ from .calibrated import calibrated_prune
 from .config import CALIBRATED_PRUNING, ONE_SHOT_PRUNING, Config, ConfigError
 from .direction import task_fields
 from .rundir import (
+    MODEL_FILE,
     SOURCES_FILE,
     RunDirectory,
     RunError,
@@ -404,6 +406,8 @@ class Run:
     def _save_weights(self, name: str, obj: dict) -> None:
         if self.main:
             self.dir.save_weights(name, obj)
+            # what the weights fit, for commands that read only the test split
+            self.dir.write_json(MODEL_FILE, model_record(self.config, self.data.num_classes))
 
     def _train_model(self) -> nn.Module:
         """The module the W-steps run: DDP around the model in a process group (built once,

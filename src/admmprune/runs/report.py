@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..jsonfile import loads
 from ..tables import format_table
+from ..tasks import format_metric
 from .direction import direction_note, format_value, higher_is_better, percent_keys
 from .rundir import RunError
 
@@ -17,20 +18,13 @@ __all__ = ["format_table", "format_summary", "format_metrics", "summary_metric",
            "check_picture_path"]
 
 
-def format_metrics(metrics: dict, labels: dict | None = None,
-                   percent: tuple[str, ...] | None = None) -> str:
-    """``top-1 accuracy 99.12%  top-5 accuracy 99.98%  loss 0.0312``: the ``percent`` keys
-    (default: every key but the loss) as percentages, the others (loss, bits per byte) as
-    numbers."""
+def format_metrics(metrics: dict, labels: dict | None, percent: Sequence[str]) -> str:
+    """``top-1 accuracy 99.12%  top-5 accuracy 99.98%  loss 0.0312``: each metric with its
+    label, in its unit (:func:`admmprune.tasks.format_metric`; the ``percent`` keys, the
+    task's fractions, as percentages)."""
     labels = labels or {}
-    parts = []
-    for key, value in metrics.items():
-        if value is None:
-            continue
-        shown = key != "loss" if percent is None else key in percent
-        text = f"{100 * value:.2f}%" if shown else f"{value:.4f}"
-        parts.append(f"{labels.get(key, key)} {text}")
-    return "  ".join(parts)
+    return "  ".join(f"{labels.get(key, key)} {format_metric(value, key in percent)}"
+                     for key, value in metrics.items() if value is not None)
 
 
 def summary_metric(summary: dict, phase: str) -> float | None:

@@ -32,7 +32,7 @@ from .config import Config, apply_overrides
 __all__ = ["RunError", "CheckpointError", "RunDirectory", "new_run_dir", "load_run_config",
            "atomic_save", "save_checked", "load_checked", "verify_checked", "CHECKPOINT",
            "PREVIOUS_CHECKPOINT", "RESUME_SAFE_KEYS", "resume_changes", "check_output_path",
-           "LOCK_FILE", "SOURCES_FILE", "UNSTARTED_FILES"]
+           "LOCK_FILE", "SOURCES_FILE", "UNSTARTED_FILES", "MODEL_FILE"]
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -40,10 +40,12 @@ PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 LOCK_FILE = "run.lock"
 # The user's files the run imported, with their sha256 (runs/sources.py).
 SOURCES_FILE = "sources.json"
+# What the model of a run's weights files was built with (see runs/build.py).
+MODEL_FILE = "model.json"
 # What a run writes; a fresh run refuses a directory holding anything else.
 RUN_FILES = {"config.yaml", "metrics.jsonl", CHECKPOINT, PREVIOUS_CHECKPOINT, "dense.pt",
              "admm.pt", "model.pt", "summary.json", "admm_residuals.png", "accuracy.png",
-             "kept_per_layer.png", SOURCES_FILE, LOCK_FILE}
+             "kept_per_layer.png", SOURCES_FILE, MODEL_FILE, LOCK_FILE}
 # The temporary names those files pass through while being written.
 _TEMPORARY_SUFFIXES = ("", ".tmp", ".new", ".new.tmp")
 # What a run writes before its first checkpoint: a directory holding nothing else (and no

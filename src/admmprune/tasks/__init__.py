@@ -4,6 +4,6 @@
 :mod:`admmprune.tasks.registry`'s built-in list.
 """
 
-from .registry import Task, create_task, list_tasks, register_task
+from .registry import Task, create_task, format_metric, list_tasks, register_task
 
-__all__ = ["Task", "create_task", "list_tasks", "register_task"]
+__all__ = ["Task", "create_task", "list_tasks", "register_task", "format_metric"]

@@ -21,7 +21,24 @@ from ..imports import (
 )
 
 __all__ = ["Task", "register_task", "create_task", "task_factory", "list_tasks",
-           "UnknownTaskError"]
+           "UnknownTaskError", "format_metric"]
+
+
+def format_metric(value: float | None, percent: bool, *, digits: int = 2,
+                  unit: bool = True) -> str:
+    """How every printer shows a metric's value: a fraction (``percent``: accuracy, mAP) as
+    ``99.12%`` with ``digits`` decimals, anything else (loss, bits per byte, perplexity) as
+    it is with ``digits`` + 2 decimals (``7.9172``); ``-`` for None. ``unit=False`` leaves
+    out the % sign, for a table whose caption gives the unit.
+
+    ``percent`` comes from the task (:meth:`Task.percent_keys`) or from what a run recorded
+    of it (``admmprune.runs.direction.percent_keys``), never from the metric's name.
+    """
+    if value is None:
+        return "-"
+    if percent:
+        return f"{100 * value:.{digits}f}" + ("%" if unit else "")
+    return f"{value:.{digits + 2}f}"
 
 
 class UnknownTaskError(ValueError):
@@ -82,6 +99,10 @@ class Task(ABC):
         split before a run trains. ``num_classes``: the data's class count, when known.
         Nothing is checked by default."""
         return None
+
+    def format(self, key: str, value: float | None) -> str:
+        """``value`` of metric ``key`` in its unit (:func:`format_metric`)."""
+        return format_metric(value, key in self.percent_keys())
 
 
 _REGISTRY: dict[str, Callable[..., Task]] = {}
