@@ -7,7 +7,9 @@ A method is any object with a ``name``, the ``statistic`` it needs (``"gram"`` f
 
 - :class:`Magnitude`: keep the largest ``|W|`` of the layer (N:M: of every group);
 - :class:`Wanda`: keep the largest ``|W_ij| · ‖X_j‖₂`` of every output row (N:M: group);
-- :class:`SparseGPT`: SparseGPT's mask selection and optimal-brain-surgeon updates.
+- :class:`SparseGPT`: SparseGPT's mask selection and optimal-brain-surgeon updates;
+- :class:`ADMM`: layer-wise ADMM reconstruction with a gradually tightened mask and an exact
+  final update of the kept weights (:func:`admmprune.oneshot.reconstruct.admm_reconstruct`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..projection import layerwise_topk_masks, magnitude_scores
+from ..projection import layerwise_topk_masks, magnitude_scores, survivor_count
 from ..sparsegpt import sparsegpt_prune
 from ..wanda import nm_row_masks, row_masks, wanda_scores
 from .budgets import Budget
 from .errors import OneShotError
+from .reconstruct import admm_reconstruct
 
-__all__ = ["LayerMethod", "Magnitude", "Wanda", "SparseGPT", "METHODS", "layer_method"]
+__all__ = ["LayerMethod", "Magnitude", "Wanda", "SparseGPT", "ADMM", "METHODS",
+           "layer_method"]
 
 
 @runtime_checkable
@@ -114,7 +118,42 @@ class SparseGPT:
                                damp=self.damp)
 
 
-METHODS: dict[str, type] = {"magnitude": Magnitude, "wanda": Wanda, "sparsegpt": SparseGPT}
+class ADMM:
+    """Layer-wise ADMM reconstruction (Boža 2024): ``min ‖X Ŵᵀ − X Wᵀ‖²`` over the layer's
+    sparsity set, one factorization of ``XᵀX + ρI`` per layer, the mask tightened to its
+    target over the first iterations, then the exact least-squares weights on the final mask
+    (:func:`~admmprune.oneshot.reconstruct.admm_reconstruct`, whose defaults these are).
+
+    Args:
+        iterations: ADMM iterations per layer.
+        rho: the penalty, relative to the rescaled ``XᵀX``'s unit diagonal.
+        damp: ``XᵀX`` dampening relative to its mean diagonal.
+        projection: ``"layer"`` (one top-K over the layer) or ``"row"`` (every row alike).
+    """
+
+    name = "admm"
+    statistic: str | None = "gram"
+
+    def __init__(self, iterations: int = 20, rho: float = 0.6, damp: float = 0.01,
+                 projection: str = "layer") -> None:
+        self.iterations = iterations
+        self.rho = rho
+        self.damp = damp
+        self.projection = projection
+
+    def prune(self, name: str, weight: torch.Tensor, statistic: torch.Tensor | None,
+              budget: Budget) -> tuple[torch.Tensor, torch.Tensor]:
+        if statistic is None:
+            raise OneShotError(f"{name}: ADMM reconstruction needs the inputs' XᵀX")
+        keep = None if budget.nm is not None else \
+            survivor_count(weight.numel(), float(budget.all_percent or 0.0))
+        return admm_reconstruct(weight, statistic, keep=keep, nm=budget.nm,
+                                projection=self.projection, iterations=self.iterations,
+                                rho=self.rho, damp=self.damp)
+
+
+METHODS: dict[str, type] = {"magnitude": Magnitude, "wanda": Wanda, "sparsegpt": SparseGPT,
+                            "admm": ADMM}
 
 
 def layer_method(method: str | LayerMethod, **options: object) -> LayerMethod:
