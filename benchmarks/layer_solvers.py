@@ -2,7 +2,7 @@
 
 For each input family, layer shape and sparsity, prunes one dense layer by magnitude (top-K of
 |W| in the layer, no update), Wanda (top of |W|·‖X_j‖ per row, no update), SparseGPT and the
-ADMM reconstruction of ``admmprune.oneshot.reconstruct``, and prints the relative
+ADMM reconstruction of ``admmprune.posttraining.reconstruct``, and prints the relative
 reconstruction error ``‖X(Ŵ − W)ᵀ‖² / ‖XWᵀ‖²``, its ratio to SparseGPT's and the wall time
 of the call (best of ``--repeats``). Every method keeps the same count per layer (2:4: the
 same N:M set).
@@ -41,11 +41,11 @@ from collections.abc import Callable
 
 import torch
 
-from admmprune.oneshot.reconstruct import admm_reconstruct, reconstruction_error
+from admmprune.posttraining.reconstruct import admm_reconstruct, reconstruction_error
+from admmprune.posttraining.sparsegpt import sparsegpt_prune
+from admmprune.posttraining.wanda import nm_row_masks, row_masks, wanda_scores
 from admmprune.projection import StructureOptions, global_topk_masks, nm_masks, survivor_count
-from admmprune.sparsegpt import sparsegpt_prune
 from admmprune.tables import format_table
-from admmprune.wanda import nm_row_masks, row_masks, wanda_scores
 
 METHODS = ("magnitude", "wanda", "sparsegpt", "admm")
 FAMILIES = ("spectrum", "mixing")

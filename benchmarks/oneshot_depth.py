@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 
 from admmprune import create_model
-from admmprune.oneshot import find_blocks, prune_blocks
+from admmprune.posttraining import find_blocks, prune_blocks
 from admmprune.tables import format_table
 
 TARGET = 1.5

@@ -9,15 +9,15 @@ import itertools
 import pytest
 import torch
 
-from admmprune.oneshot.allocation import (
+from admmprune.posttraining.allocation import (
     AllocationError,
     allocate_global,
     counts_for_percents,
     error_curve,
     marginal_costs,
 )
-from admmprune.oneshot.owl import owl_ratios
-from admmprune.oneshot.reconstruct import admm_reconstruct, reconstruction_error
+from admmprune.posttraining.owl import owl_ratios
+from admmprune.posttraining.reconstruct import admm_reconstruct, reconstruction_error
 from admmprune.projection import ProjectionError, survivor_count
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from admmprune.oneshot.owl import OWLError, outlier_ratio, owl_ratios
+from admmprune.posttraining.owl import OWLError, outlier_ratio, owl_ratios
+from admmprune.posttraining.wanda import wanda_scores
 from admmprune.projection import ProjectionError
-from admmprune.wanda import wanda_scores
 
 
 def test_outlier_ratio_by_hand():

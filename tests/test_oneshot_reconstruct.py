@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from admmprune.oneshot.reconstruct import (
+from admmprune.posttraining.reconstruct import (
     LayerSolverError,
     admm_reconstruct,
     keep_schedule,
@@ -16,9 +16,9 @@ from admmprune.oneshot.reconstruct import (
     reconstruction_error,
     row_topk_mask,
 )
+from admmprune.posttraining.sparsegpt import sparsegpt_prune
+from admmprune.posttraining.wanda import row_masks, wanda_scores
 from admmprune.projection import ProjectionError, survivor_count
-from admmprune.sparsegpt import sparsegpt_prune
-from admmprune.wanda import row_masks, wanda_scores
 
 
 def correlated_layer(out: int = 48, inputs: int = 64, tokens: int = 256, seed: int = 0

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from admmprune.models import create_model
-from admmprune.oneshot.errors import OneShotError
-from admmprune.oneshot.sensitivity import (
+from admmprune.posttraining.errors import OneShotError
+from admmprune.posttraining.sensitivity import (
     next_token_loss,
     output_sensitivities,
     weighted_error,

@@ -10,18 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from admmprune.activations import input_grams
-from admmprune.projection import survivor_count
-from admmprune.runs.compare import METHODS, fixed_percent, method_config
-from admmprune.runs.config import ConfigError
-from admmprune.runs.pipeline import run_pipeline
-from admmprune.sparsegpt import (
+from admmprune.posttraining.activations import input_grams
+from admmprune.posttraining.sparsegpt import (
     SparseGPTError,
     hessian_inverse_factor,
     sparsegpt_prune,
     sparsegpt_prune_model,
 )
-from admmprune.wanda import row_masks, wanda_scores
+from admmprune.posttraining.wanda import row_masks, wanda_scores
+from admmprune.projection import survivor_count
+from admmprune.runs.compare import METHODS, fixed_percent, method_config
+from admmprune.runs.config import ConfigError
+from admmprune.runs.pipeline import run_pipeline
 
 PRUNED = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
@@ -205,7 +205,7 @@ def test_sequential_calibration_feeds_each_layer_the_pruned_layers_before_it():
 
 
 def test_sequential_wanda_zeroes_each_layer_before_scoring_the_next():
-    from admmprune.wanda import wanda_masks
+    from admmprune.posttraining.wanda import wanda_masks
 
     model, batches = two_layers_and_batches(7, 3)
     second = model[2].weight.detach().clone()

@@ -7,9 +7,15 @@ import torch
 from torch import nn
 
 from admmprune import ADMMPruner
-from admmprune.activations import input_feature_dim, input_norms
+from admmprune.posttraining.activations import input_feature_dim, input_norms
+from admmprune.posttraining.wanda import (
+    WandaError,
+    nm_row_masks,
+    row_masks,
+    wanda_masks,
+    wanda_scores,
+)
 from admmprune.pruner import PrunerError
-from admmprune.wanda import WandaError, nm_row_masks, row_masks, wanda_masks, wanda_scores
 
 INCLUDE = ["*.c_attn", "*.c_proj", "*.c_fc"]
 
@@ -104,3 +110,24 @@ def test_bad_requests_are_refused():
         wanda_masks(model, [(torch.randn(1, 1, 4, 4), None)], all_percent=50.0)
     with pytest.raises(WandaError, match="input norms"):
         wanda_scores(torch.ones(2, 3), torch.ones(2))
+
+
+def test_row_masks_for_count_keep_exactly_the_budget_as_evenly_as_rows_allow():
+    from admmprune.posttraining.wanda import WandaError, row_masks_for_count
+
+    torch.manual_seed(0)
+    scores = torch.rand(5, 8)
+    for keep in (0, 3, 5, 17, 40):
+        mask = row_masks_for_count(scores, keep)
+        per_row = mask.sum(1)
+        assert int(per_row.sum()) == keep and int(per_row.max() - per_row.min()) <= 1
+        # every row keeps its largest scores
+        for row, kept in zip(scores, mask, strict=True):
+            if 0 < int(kept.sum()) < 8:
+                assert row[kept].min() >= row[~kept].max()
+    # 17 = 3 per row + 2 rows with one more: the rows whose 4th largest score is highest
+    fourth = scores.sort(dim=1, descending=True).values[:, 3]
+    assert set(torch.nonzero(row_masks_for_count(scores, 17).sum(1) == 4).flatten().tolist()) \
+        == set(fourth.argsort(descending=True)[:2].tolist())
+    with pytest.raises(WandaError):
+        row_masks_for_count(scores, 41)

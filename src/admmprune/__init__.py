@@ -11,6 +11,7 @@ from .export import load  # noqa: E402
 from .export.sparse import sparsify  # noqa: E402
 from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
+from .posttraining import prune_oneshot as oneshot  # noqa: E402
 from .pruner import ADMMPruner, PrunerError  # noqa: E402
 from .selection import prunable_parameters  # noqa: E402
 
@@ -32,4 +33,5 @@ __all__ = [
     "shrink",
     "save_shrunk",
     "load_shrunk",
+    "oneshot",
 ]

@@ -22,6 +22,7 @@ from .info import (
     cmd_make_detection_set,
     cmd_models,
 )
+from .oneshot import cmd_oneshot
 from .parser import build_parser
 from .prune import cmd_eval, cmd_prune, cmd_train
 from .report import cmd_report
@@ -37,6 +38,7 @@ COMMANDS = {"prune": cmd_prune, "train": cmd_train, "eval": cmd_eval, "compare":
             "draw": cmd_draw,
             "export": cmd_export,
             "shrink": cmd_shrink,
+            "oneshot": cmd_oneshot,
             "tradeoff": cmd_tradeoff,
             "keys": cmd_keys}
 

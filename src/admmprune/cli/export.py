@@ -13,23 +13,25 @@ from torch import nn
 
 from ..export.container import ContainerError
 from ..export.formats import ExportError, load, save_compressed, save_dense, save_onnx
+from ..export.huggingface import HuggingFaceExportError, save_huggingface
 from ..export.size import format_size_report, size_report
 
 __all__ = ["DEAD_UNITS", "FORMATS", "default_path", "export_run", "format_export_summary"]
 
-FORMATS = ("compressed", "dense", "onnx")
+FORMATS = ("compressed", "dense", "onnx", "huggingface")
 DEAD_UNITS = ("auto", "drop", "keep")
 
 
 def default_path(run_dir: Path, fmt: str, bits: int = 32, weights: str | Path | None = None
                  ) -> Path:
-    """RUN_DIR/model.apz (model-4bit.apz when quantized), model.safetensors, model.onnx;
+    """RUN_DIR/model.apz (model-4bit.apz when quantized), model.safetensors, model.onnx,
+    model-hf/ (a Hugging Face directory);
     named after the weights file instead of model when ``weights`` is given (``--weights
     RUN/dense.pt`` writes RUN/dense.apz: a derived file's name says what it holds)."""
     stem = Path(weights).stem if weights else "model"
     if fmt == "compressed":
         return run_dir / (f"{stem}.apz" if bits == 32 else f"{stem}-{bits}bit.apz")
-    return run_dir / (stem + {"dense": ".safetensors", "onnx": ".onnx"}[fmt])
+    return run_dir / (stem + {"dense": ".safetensors", "onnx": ".onnx", "huggingface": "-hf"}[fmt])
 
 
 def _evaluate(model: nn.Module, config, data, device, split: str = "test") -> dict:
@@ -219,12 +221,18 @@ def _export_run(run_dir: str | Path, fmt: str = "compressed", *, bits: int = 32,
             summary["after"] = _evaluate(written, config, data, device)
     elif fmt == "dense":
         save_dense(model, path, model_name=config.model, model_args=args)
+    elif fmt == "huggingface":
+        try:
+            save_huggingface(model, path)
+        except HuggingFaceExportError as err:
+            raise ExportError(str(err)) from None
     else:
         x, _ = next(iter(data.test))
         check = save_onnx(model, path, x[:2].to(device).float())
         summary["onnx_max_abs_diff"] = check["max_abs_diff"]
     summary["path"] = str(path)
-    summary["bytes"] = path.stat().st_size
+    summary["bytes"] = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() \
+        else path.stat().st_size
     summary["reference_bytes"] = weights.stat().st_size
     if data is not None:
         summary.update(_metric_display(config))

@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ROOT/val_labels.txt]")
     add_export_parser(sub)
     add_shrink_parser(sub)
+    add_oneshot_parser(sub)
     add_tradeoff_parser(sub)
     keys = sub.add_parser("keys", help="list every recipe key with its default and meaning")
     keys.add_argument("--markdown", action="store_true", help="as a Markdown table (README)")
@@ -282,11 +283,15 @@ def add_tradeoff_parser(sub) -> None:
 
 def add_export_parser(sub) -> None:
     export = sub.add_parser(
-        "export", help="write a run's model as a compressed file, dense safetensors or ONNX",
+        "export", help="write a run's model as a compressed file, dense safetensors, ONNX or "
+                       "a Hugging Face directory",
         description="compressed (RUN_DIR/model.apz): only the surviving weights (positions + "
                     "values, float or --bits k-means codes), zstd, checksummed, no pickle; "
                     "read it back with admmprune.load(path). dense (model.safetensors): the "
-                    "plain state dict. onnx (model.onnx): checked with onnxruntime. Prints "
+                    "plain state dict. onnx (model.onnx): checked with onnxruntime. "
+                    "huggingface (model-hf/: config.json + model.safetensors, for gpt, llama "
+                    "and models built on a transformers config): what from_pretrained and "
+                    "`admmprune oneshot` load. Prints "
                     "the size report, and for --bits < 32 the test metrics before and after "
                     "quantization (and after --finetune-epochs of centroid fine-tuning).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -294,7 +299,7 @@ def add_export_parser(sub) -> None:
                "  admmprune export runs/a --format onnx --out lenet5.onnx")
     export.add_argument("run_dir", type=Path, help="run directory")
     export.add_argument("--format", dest="export_format", default="compressed",
-                        choices=("compressed", "dense", "onnx"),
+                        choices=("compressed", "dense", "onnx", "huggingface"),
                         help="[default: %(default)s]")
     export.add_argument("--bits", type=int, default=32, choices=(32, 8, 6, 5, 4),
                         help="compressed: bits per surviving value; below 32, a per-layer "
@@ -342,3 +347,59 @@ def add_shrink_parser(sub) -> None:
     shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")
     add_trust_pickle(shrink)
     add_allow_changed_sources(shrink)
+
+
+def add_oneshot_parser(sub) -> None:
+    from ..posttraining import ALLOCATIONS, METHODS, ORDERS
+
+    oneshot = sub.add_parser(
+        "oneshot", help="prune a trained Hugging Face causal LM from calibration data alone",
+        description="Post-training pruning, block by block: calibration windows of a text "
+                    "corpus (--dataset text: $ADMMPRUNE_DATA_DIR/pystdlib or --data-dir), no "
+                    "retraining. --allocation global (the default for admm) splits one "
+                    "budget between the layers by the method's own error curves weighted by "
+                    "the loss's sensitivity to each layer; uniform gives every layer the same "
+                    "share; owl sets shares per block from outlier ratios. Writes OUT as a "
+                    "Hugging Face directory (from_pretrained loads it) with oneshot.json: "
+                    "test bits per byte before/after, kept weights per layer, times, peak "
+                    "memory.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  admmprune oneshot models/gpt-pystdlib --method admm "
+               "--all-percent 70 --out runs/gpt-admm70\n"
+               "  admmprune oneshot models/llama-pystdlib --method sparsegpt --nm 2:4 "
+               "--out runs/llama-sgpt24")
+    oneshot.add_argument("model", help="Hugging Face model directory (config.json + "
+                         "model.safetensors)")
+    oneshot.add_argument("--method", choices=tuple(METHODS), default="admm",
+                         help="layer method [default: %(default)s]")
+    oneshot.add_argument("--all-percent", type=float, help="share of the blocks' weights "
+                         "removed, one budget for the model")
+    oneshot.add_argument("--nm", metavar="N:M", help="keep N of every M weights instead")
+    oneshot.add_argument("--allocation", choices=ALLOCATIONS,
+                         help="how the budget is split [default: global for admm, uniform "
+                              "otherwise]")
+    oneshot.add_argument("--dataset", choices=("text",), default="text",
+                         help="calibration and test corpus [default: %(default)s]")
+    oneshot.add_argument("--data-dir", help="the corpus (a file, a directory, or "
+                         "train.txt/test.txt[.gz]) [default: $ADMMPRUNE_DATA_DIR/pystdlib]")
+    oneshot.add_argument("--calibration", type=int, default=128, metavar="N",
+                         help="calibration sequences of the context length [default: "
+                              "%(default)s]")
+    oneshot.add_argument("--context", type=int, help="tokens per sequence [default: the "
+                         "model's positions]")
+    oneshot.add_argument("--batch-size", type=int, default=16, help="[default: %(default)s]")
+    oneshot.add_argument("--seed", type=int, default=0, help="which calibration windows "
+                         "[default: %(default)s]")
+    oneshot.add_argument("--order", choices=ORDERS, default="sequential",
+                         help="calibrate each group of a block's layers on the block with the "
+                              "groups before it pruned (sequential) or all from the block's "
+                              "inputs (block) [default: %(default)s]")
+    oneshot.add_argument("--iterations", type=int, help="admm: iterations per layer "
+                         "[default: 20]")
+    oneshot.add_argument("--test-windows", type=int, default=2048, metavar="N",
+                         help="test bpb on the first N test windows (0: all) "
+                              "[default: %(default)s]")
+    oneshot.add_argument("--no-eval", action="store_true", help="skip the test bpb")
+    oneshot.add_argument("--out", help="directory to write (must not exist); without it "
+                         "nothing is written")
+    oneshot.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -20,7 +20,6 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from .. import distributed
-from ..activations import CalibrationError
 from ..data import DatasetError, DataSplits, create_dataset
 from ..export.container import ContainerError, is_container
 from ..export.formats import ExportError, load_state_dict
@@ -28,6 +27,7 @@ from ..imports import ImportSpecError, user_code_error
 from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.hf import config_differences
 from ..models.registry import ModelArgumentsError, accepts_argument
+from ..posttraining.activations import CalibrationError
 from ..projection import ProjectionError, survivor_count
 from ..pruner import ADMMPruner, PrunerError
 from ..selection import prunable_parameters

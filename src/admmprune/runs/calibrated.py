@@ -9,11 +9,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..activations import calibrated_layers
 from ..masks import LayerSparsity
+from ..posttraining.activations import calibrated_layers
+from ..posttraining.sparsegpt import sparsegpt_prune_model
+from ..posttraining.wanda import wanda_masks
 from ..pruner import ADMMPruner
-from ..sparsegpt import sparsegpt_prune_model
-from ..wanda import wanda_masks
 from .config import Config
 
 __all__ = ["calibrated_prune", "check_calibrated"]

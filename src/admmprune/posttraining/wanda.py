@@ -7,7 +7,7 @@ only within their output row (Wanda's comparison group): every row of a layer re
 same share, so the ratio is uniform across layers. With N:M the groups are M consecutive
 inputs of a row, as the pruner's ``nm`` structure groups them.
 
-The functions here are pure maths on tensors; :mod:`admmprune.activations` gathers the
+The functions here are pure maths on tensors; :mod:`admmprune.posttraining.activations` gathers the
 norms with forward hooks (from the dense model in one pass, or layer by layer from the model
 pruned so far), and :func:`wanda_masks` joins the two for a model.
 
@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..projection import StructureOptions, nm_masks, survivor_count
 from .activations import CalibrationError, calibrate, calibrated_layers, input_norms
-from .projection import StructureOptions, nm_masks, survivor_count
 
 __all__ = ["WandaError", "wanda_scores", "row_masks", "nm_row_masks", "wanda_masks"]
 
@@ -90,6 +90,30 @@ def row_masks(scores: torch.Tensor, all_percent: float, input_dim: int = 1) -> t
     order = torch.argsort(-rows, dim=1, stable=True)[:, :keep]
     mask = torch.zeros_like(rows, dtype=torch.bool).scatter_(1, order, True)
     return mask if input_dim == 1 else mask.t().contiguous()
+
+
+def row_masks_for_count(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """Keep exactly ``keep`` scores of ``[out, in]`` rows, as evenly as rows allow: every row
+    keeps ``keep // out`` of its largest, and the ``keep % out`` rows whose next-largest
+    score is highest keep one more (Wanda's per-row comparison with an exact layer budget,
+    which a share per row cannot give when ``out`` does not divide it).
+
+    Raises:
+        WandaError: not 2-D, or ``keep`` outside [0, out·in].
+    """
+    if scores.dim() != 2 or not 0 <= keep <= scores.numel():
+        raise WandaError(f"keep {keep} of a {tuple(scores.shape)} layer: needs 2-D scores "
+                         "and 0 <= keep <= their count")
+    out, width = scores.shape
+    base, extra = divmod(keep, out)
+    order = torch.argsort(-scores, dim=1, stable=True)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
+    mask.scatter_(1, order[:, :base], True)
+    if extra:
+        following = scores.gather(1, order[:, base:base + 1]).squeeze(1)
+        lucky = torch.argsort(-following, stable=True)[:extra]
+        mask[lucky, order[lucky, base]] = True
+    return mask
 
 
 def nm_row_masks(scores: torch.Tensor, n: int = 2, m: int = 4, input_dim: int = 1

@@ -52,7 +52,7 @@ Choices made here, and why:
   solve would cost ``out · k³`` (one factorisation per row, as the kept sets differ). At
   ρ = 0.6 the last Z was 0.6-4% above this optimum on those layers (25-130% at ρ = 0.3).
 
-Pure functions on tensors: no model, no IO. Layouts as in :mod:`admmprune.wanda`:
+Pure functions on tensors: no model, no IO. Layouts as in :mod:`admmprune.posttraining.wanda`:
 ``nn.Linear`` ``[out, in]`` (``input_dim=1``), HF ``Conv1D`` ``[in, out]`` (``input_dim=0``).
 """
 
@@ -62,9 +62,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..activations import CalibrationError
 from ..projection import global_topk_masks, nm_survivors, validate_nm
-from ..wanda import nm_row_masks
+from .activations import CalibrationError
+from .wanda import nm_row_masks
 
 __all__ = ["LayerSolverError", "PROJECTIONS", "admm_reconstruct", "masked_least_squares",
            "reconstruction_error", "keep_schedule", "row_topk_mask", "layer_topk_mask"]

@@ -13,7 +13,7 @@ from itertools import islice
 import torch
 from torch import nn
 
-from .selection import prunable_parameters
+from ..selection import prunable_parameters
 
 __all__ = ["CalibrationError", "calibrated_layers", "calibrate", "input_feature_dim",
            "input_norms", "input_grams"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..activations import CalibrationError
+from .activations import CalibrationError
 
 __all__ = ["OneShotError", "BlockError"]
 

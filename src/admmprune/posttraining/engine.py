@@ -18,7 +18,7 @@ after the last layer it gathers for: the forward cost grows linearly with depth,
 holds one block's statistics plus the calibration activations.
 
 Where block weights live is a :class:`BlockStore`'s business: in memory (nothing to do), or
-on disk (:mod:`admmprune.oneshot.checkpoint` loads each block just before it is pruned and
+on disk (:mod:`admmprune.posttraining.checkpoint` loads each block just before it is pruned and
 writes it out after).
 """
 
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..activations import calibrated_layers
+from .activations import calibrated_layers
 from .blocks import find_blocks
 from .budgets import Budget, layer_budgets
 from .errors import OneShotError

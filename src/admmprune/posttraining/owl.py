@@ -15,7 +15,7 @@ is ``S``. With blocks of equal size (every block of a transformer) that is also 
 of the weights removed; with ``sizes`` given the shift is chosen instead so that the
 size-weighted mean is ``S`` (the project's rule: one removal ratio for the whole model),
 keeping OWL's spread. The integer per-layer counts that make the budget exact come from
-:func:`admmprune.oneshot.allocation.counts_for_percents`.
+:func:`admmprune.posttraining.allocation.counts_for_percents`.
 
 Pure functions on tensors and numbers; gathering the scores is the engine's job.
 """
@@ -26,8 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..activations import CalibrationError
 from ..projection import check_percent
+from .activations import CalibrationError
 
 __all__ = ["OWLError", "outlier_ratio", "owl_ratios"]
 

@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..projection import ProjectionError, global_topk_masks, survivor_count
-from ..sparsegpt import sparsegpt_prune
-from ..wanda import row_masks, wanda_scores
 from .reconstruct import admm_reconstruct, reconstruction_error
+from .sparsegpt import sparsegpt_prune
+from .wanda import row_masks, wanda_scores
 
 __all__ = ["AllocationError", "SOLVERS", "allocate_global", "counts_for_percents",
            "error_curve", "marginal_costs"]

@@ -11,7 +11,7 @@ the blocks are written to a last shard, with the index
 ...): a Hugging Face directory that ``from_pretrained`` loads as it is.
 
 :func:`prune_checkpoint` does all this for a Hugging Face model directory;
-:class:`LazyCheckpoint` is the :class:`~admmprune.oneshot.engine.BlockStore` it uses, for
+:class:`LazyCheckpoint` is the :class:`~admmprune.posttraining.engine.BlockStore` it uses, for
 any ``nn.Module`` built with empty weights whose state-dict names are the checkpoint's.
 """
 
@@ -292,7 +292,7 @@ def prune_checkpoint(source: str | Path, out: str | Path, batches: Iterable,
         source: the model directory (``config.json`` and safetensors weights).
         out: the directory to create.
         batches, method, all_percent, nm, include, exclude, pattern, order, max_batches,
-            progress, keep_masks, callback: as :func:`~admmprune.oneshot.prune_blocks`.
+            progress, keep_masks, callback: as :func:`~admmprune.posttraining.prune_blocks`.
         device: where weights and activations go.
 
     Returns:

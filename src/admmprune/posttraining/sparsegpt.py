@@ -15,7 +15,8 @@ Hessians of a model's layers (from the dense model in one pass, or layer by laye
 model pruned so far, as the reference implementation feeds each transformer block the
 outputs of the blocks pruned before it) and rewrites the weights in place.
 
-Layouts as in :mod:`admmprune.wanda`: ``nn.Linear`` ``[out, in]``, HF ``Conv1D`` ``[in, out]``.
+Layouts as in :mod:`admmprune.posttraining.wanda`: ``nn.Linear`` ``[out, in]``, HF ``Conv1D``
+``[in, out]``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from ..projection import survivor_count, validate_nm
 from .activations import CalibrationError, calibrate, calibrated_layers, input_grams
-from .projection import survivor_count, validate_nm
 
 __all__ = ["SparseGPTError", "hessian_inverse_factor", "sparsegpt_prune",
            "sparsegpt_prune_model"]

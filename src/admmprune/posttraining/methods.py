@@ -9,7 +9,7 @@ A method is any object with a ``name``, the ``statistic`` it needs (``"gram"`` f
 - :class:`Wanda`: keep the largest ``|W_ij| · ‖X_j‖₂`` of every output row (N:M: group);
 - :class:`SparseGPT`: SparseGPT's mask selection and optimal-brain-surgeon updates;
 - :class:`ADMM`: layer-wise ADMM reconstruction with a gradually tightened mask and an exact
-  final update of the kept weights (:func:`admmprune.oneshot.reconstruct.admm_reconstruct`).
+  final update of the kept weights (:func:`admmprune.posttraining.reconstruct.admm_reconstruct`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from ..projection import layerwise_topk_masks, magnitude_scores, survivor_count
-from ..sparsegpt import sparsegpt_prune
-from ..wanda import nm_row_masks, row_masks, wanda_scores
 from .budgets import Budget
 from .errors import OneShotError
 from .reconstruct import admm_reconstruct
+from .sparsegpt import sparsegpt_prune
+from .wanda import nm_row_masks, row_masks_for_count, wanda_scores
 
 __all__ = ["LayerMethod", "Magnitude", "Wanda", "SparseGPT", "ADMM", "METHODS",
            "layer_method"]
@@ -79,7 +79,8 @@ class Magnitude:
 
 
 class Wanda:
-    """Wanda: ``|W_ij| · ‖X_j‖₂``, every output row removing the same share."""
+    """Wanda: ``|W_ij| · ‖X_j‖₂``, every output row removing the same share (within one
+    weight, so that the layer keeps exactly its budget)."""
 
     name = "wanda"
     statistic: str | None = "norms"
@@ -90,12 +91,13 @@ class Wanda:
             raise OneShotError(f"{name}: Wanda needs the input norms")
         scores = wanda_scores(weight, statistic, 1)
         mask = (nm_row_masks(scores, *budget.nm) if budget.nm is not None
-                else row_masks(scores, float(budget.all_percent or 0.0)))
+                else row_masks_for_count(scores, survivor_count(
+                    scores.numel(), float(budget.all_percent or 0.0))))
         return _apply(weight, mask)
 
 
 class SparseGPT:
-    """SparseGPT (see :func:`admmprune.sparsegpt.sparsegpt_prune`).
+    """SparseGPT (see :func:`admmprune.posttraining.sparsegpt.sparsegpt_prune`).
 
     Args:
         block_size: inputs per block of the sweep.
@@ -122,7 +124,7 @@ class ADMM:
     """Layer-wise ADMM reconstruction (Boža 2024): ``min ‖X Ŵᵀ − X Wᵀ‖²`` over the layer's
     sparsity set, one factorization of ``XᵀX + ρI`` per layer, the mask tightened to its
     target over the first iterations, then the exact least-squares weights on the final mask
-    (:func:`~admmprune.oneshot.reconstruct.admm_reconstruct`, whose defaults these are).
+    (:func:`~admmprune.posttraining.reconstruct.admm_reconstruct`, whose defaults these are).
 
     Args:
         iterations: ADMM iterations per layer.

@@ -1,0 +1,65 @@
+"""``admmprune oneshot``: prune a trained Hugging Face causal LM from calibration data alone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..runs.config import ConfigError
+
+__all__ = ["cmd_oneshot", "format_oneshot"]
+
+
+def _nm(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        n, m = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"--nm takes N:M (e.g. 2:4), got {text!r}") from None
+    return n, m
+
+
+def format_oneshot(record: dict) -> str:
+    """The summary a person reads: bpb before/after, kept weights per block, times, memory."""
+    result = record["result"]
+    target = f"{record['all_percent']:g}% removed" if record.get("all_percent") is not None \
+        else f"{record['nm'][0]}:{record['nm'][1]}"
+    lines = [f"{result['method']} ({record['allocation']} allocation), {target}: kept "
+             f"{result['kept']:,} of {result['total']:,} weights "
+             f"({result['sparsity_percent']:.2f}% removed)"]
+    if "dense_bpb" in record:
+        lines.append(f"test bits per byte: dense {record['dense_bpb']:.4f} -> pruned "
+                     f"{record['pruned_bpb']:.4f} ({record['test_windows']} windows of "
+                     f"{record['context']} tokens)")
+    lines.append("kept per block: " + ", ".join(
+        f"{b['name']} {100 * b['kept'] / b['total']:.1f}%" for b in result["blocks"]))
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in result["seconds"].items())
+    lines.append(f"time: {phases}; whole command {record['seconds']:.1f}s; peak RSS "
+                 f"{record['peak_rss_mb']:.0f} MB")
+    if "out" in record:
+        lines.append(f"-> {record['out']} (Hugging Face directory; oneshot.json holds the "
+                     "per-layer record)")
+    return "\n".join(lines)
+
+
+def cmd_oneshot(args: argparse.Namespace) -> int:
+    from ..posttraining import OneShotError
+    from ..runs.oneshot import run_oneshot
+
+    if (args.all_percent is None) == (args.nm is None):
+        raise ConfigError("give exactly one of --all-percent P and --nm N:M")
+    options = {"iterations": args.iterations} if args.iterations is not None else {}
+    try:
+        record = run_oneshot(args.model, args.out, method=args.method,
+                             all_percent=args.all_percent, nm=_nm(args.nm),
+                             allocation=args.allocation, calibration=args.calibration,
+                             batch_size=args.batch_size, seed=args.seed,
+                             data_dir=args.data_dir, context=args.context,
+                             test_windows=None if args.no_eval else args.test_windows,
+                             order=args.order, progress=not args.no_progress, **options)
+    except OneShotError as err:
+        raise ConfigError(str(err)) from None
+    print(format_oneshot(record))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,173 @@
+"""admmprune.oneshot: post-training pruning in one call, and `admmprune oneshot`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import admmprune
+from admmprune.cli import main
+from admmprune.models import create_model
+from admmprune.posttraining import OneShotError, layer_shares
+from admmprune.projection import survivor_count
+
+LLAMA = dict(n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate=48, context=16)
+GPT = dict(n_layer=2, n_embd=32, n_head=2, context=16)
+
+
+def trained_like(name: str, args: dict) -> torch.nn.Module:
+    """A small model whose layers differ in scale as trained ones do (random init gives every
+    layer the same statistics)."""
+    torch.manual_seed(0)
+    model = create_model(name, **args).eval()
+    with torch.no_grad():
+        for i, (_, weight) in enumerate(admmprune.prunable_parameters(model)):
+            weight.mul_(0.5 + (i % 3))
+    return model
+
+
+def calibration(n: int = 4) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(256, (4, 16), generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name, args", [("llama", LLAMA), ("gpt", GPT)])
+@pytest.mark.parametrize("method, allocation", [
+    ("admm", "global"), ("admm", "uniform"), ("admm", "owl"), ("sparsegpt", "global"),
+    ("sparsegpt", "uniform"), ("wanda", "owl"), ("wanda", "uniform"), ("magnitude", "global"),
+])
+def test_exactly_the_global_budget_survives(name, args, method, allocation):
+    model = trained_like(name, args)
+    total = sum(w.numel() for _, w in admmprune.prunable_parameters(model))
+    result = admmprune.oneshot(model, calibration(), method=method, all_percent=70.0,
+                               allocation=allocation, progress=False, **(
+                                   {"iterations": 4} if method == "admm" else {}))
+    assert result.total == total and result.kept == survivor_count(total, 70.0)
+    kept = sum(int((w != 0).sum()) for _, w in admmprune.prunable_parameters(model))
+    assert kept <= result.kept  # the model holds the records' masks (a kept weight may be 0)
+    summary = result.summary()
+    assert summary["allocation"] == allocation and len(summary["layers"]) == len(
+        admmprune.prunable_parameters(model))
+    json.dumps(summary)  # plain numbers
+    if allocation == "uniform":  # the same share, up to one weight per layer of rounding
+        assert all(abs(result.percents[r.name] - 70.0) * r.total / 100 < 1
+                   for r in result.records)
+    if allocation == "owl":
+        by_block: dict[str, list[float]] = {}
+        for r in result.records:  # one share per block, up to a weight of rounding per layer
+            by_block.setdefault(r.block, []).append(result.percents[r.name])
+        spreads = [max(p) - min(p) for p in by_block.values()]
+        assert max(spreads) < 0.5
+        shares = [sum(p) / len(p) for p in by_block.values()]
+        assert abs(shares[0] - shares[1]) > 2 * max(spreads)  # and the blocks' shares differ
+
+
+def test_the_global_allocation_prunes_harder_where_the_loss_cares_less():
+    name = "model.layers.1.mlp.down_proj.weight"
+    shares = []
+    for scale in (1.0, 1e-3):  # 1e-3: the MLP's output barely moves the residual stream
+        model = trained_like("llama", LLAMA)
+        with torch.no_grad():
+            model.get_parameter(name).mul_(scale)
+        result = admmprune.oneshot(model, calibration(), method="sparsegpt", all_percent=60.0,
+                                   allocation="global", progress=False)
+        shares.append(result.percents)
+    assert shares[0][name] < 90.0 < shares[1][name]
+    assert shares[1][name] >= max(shares[1].values()) - 0.1  # at the grid's last point
+    assert sorted(result.seconds) == ["analysis", "prune", "sensitivity", "total"]
+
+
+def test_layer_shares_split_the_budget_exactly():
+    sizes = [100, 300]
+    assert layer_shares(sizes, 100, "uniform") == [25, 75]
+    curves = [([0, 50, 100], [0.0, 1.0, 10.0]), ([0, 150, 300], [0.0, 100.0, 200.0])]
+    # 300 removals: layer 0's 100 cost 0.02 and 0.18 each, layer 1's 0.67: layer 0 goes first
+    assert layer_shares(sizes, 100, "global", curves=curves) == [0, 100]
+    assert layer_shares(sizes, 350, "global", curves=curves) == [50, 300]  # 50 at 0.02
+    owl = layer_shares(sizes, 200, "owl", block_of=[0, 1], block_outlier_ratios=[1.0, 3.0],
+                       target_percent=50.0, owl_lambda=0.08)
+    assert sum(owl) == 200 and owl[1] / 300 > owl[0] / 100  # more outliers: kept more
+    with pytest.raises(OneShotError, match="allocation"):
+        layer_shares(sizes, 100, "best")
+
+
+def test_bad_requests_are_refused_before_any_work():
+    model = trained_like("llama", LLAMA)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    model.model.embed_tokens.register_forward_hook(lambda *a: calls.append(1))
+    for kwargs, match in (({"all_percent": 70.0, "nm": (2, 4)}, "exactly one"),
+                          ({"nm": (2, 4), "allocation": "global"}, "N:M"),
+                          ({"all_percent": 100.0}, "all_percent"),
+                          ({"all_percent": 70.0, "allocation": "best"}, "allocation"),
+                          ({"all_percent": 70.0, "method": "obs"}, "unknown method")):
+        with pytest.raises(OneShotError, match=match):
+            admmprune.oneshot(model, calibration(), progress=False, **kwargs)
+    with pytest.raises(OneShotError, match="empty"):
+        admmprune.oneshot(model, [], all_percent=50.0, progress=False)
+    assert not calls
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_nm_keeps_n_of_every_m_in_every_layer():
+    model = trained_like("gpt", GPT)
+    result = admmprune.oneshot(model, calibration(), method="admm", nm=(2, 4), progress=False,
+                               iterations=4)
+    assert result.allocation == "uniform" and result.kept * 2 == result.total
+
+
+# -- the command -------------------------------------------------------------------------------
+
+@pytest.fixture
+def hf_model(tmp_path):
+    from admmprune.export.huggingface import save_huggingface
+
+    return save_huggingface(trained_like("llama", LLAMA), tmp_path / "llama")
+
+
+def test_oneshot_command_writes_a_loadable_directory_and_its_record(hf_model, code_corpus,
+                                                                    tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "pruned"
+    assert main(["oneshot", str(hf_model), "--method", "admm", "--all-percent", "60",
+                 "--data-dir", str(code_corpus), "--calibration", "8", "--batch-size", "4",
+                 "--test-windows", "8", "--iterations", "4", "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "admm (global allocation), 60% removed" in printed and "bits per byte" in printed
+    record = json.loads((out / "oneshot.json").read_text())
+    result = record["result"]
+    assert result["kept"] == survivor_count(result["total"], 60.0)
+    assert record["pruned_bpb"] > 0 and record["dense_bpb"] > 0 and record["peak_rss_mb"] > 0
+    model = AutoModelForCausalLM.from_pretrained(out)
+    kept = sum(int((model.get_parameter(layer["name"]) != 0).sum())
+               for layer in result["layers"])
+    assert kept <= result["kept"]
+    assert sum(layer["kept"] for layer in result["layers"]) == result["kept"]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--all-percent", "60", "--nm", "2:4"], "exactly one"),
+    (["--nm", "2-4"], "N:M"),
+    (["--all-percent", "60", "--allocation", "owl", "--nm", "2:4"], "exactly one"),
+    (["--all-percent", "60", "--calibration", "100000"], "windows"),
+])
+def test_oneshot_command_refuses_bad_requests(hf_model, code_corpus, tmp_path, capsys, args,
+                                              match):
+    assert main(["oneshot", str(hf_model), "--data-dir", str(code_corpus), "--no-progress",
+                 "--out", str(tmp_path / "o"), *args]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_oneshot_command_needs_a_model_directory_and_a_new_out(hf_model, code_corpus,
+                                                              tmp_path, capsys):
+    assert main(["oneshot", str(tmp_path / "nothing"), "--all-percent", "50"]) == 2
+    assert "no Hugging Face model directory" in capsys.readouterr().err
+    (tmp_path / "taken").mkdir()
+    assert main(["oneshot", str(hf_model), "--all-percent", "50", "--data-dir",
+                 str(code_corpus), "--out", str(tmp_path / "taken")]) == 2
+    assert "taken" in capsys.readouterr().err
