@@ -154,6 +154,7 @@ def test_oneshot_command_writes_a_loadable_directory_and_its_record(hf_model, co
     (["--nm", "2-4"], "N:M"),
     (["--all-percent", "60", "--allocation", "owl", "--nm", "2:4"], "exactly one"),
     (["--all-percent", "60", "--calibration", "100000"], "windows"),
+    (["--all-percent", "60", "--method", "wanda", "--iterations", "3"], "admm"),
 ])
 def test_oneshot_command_refuses_bad_requests(hf_model, code_corpus, tmp_path, capsys, args,
                                               match):
@@ -171,3 +172,29 @@ def test_oneshot_command_needs_a_model_directory_and_a_new_out(hf_model, code_co
     assert main(["oneshot", str(hf_model), "--all-percent", "50", "--data-dir",
                  str(code_corpus), "--out", str(tmp_path / "taken")]) == 2
     assert "taken" in capsys.readouterr().err
+
+
+def test_the_readme_post_training_commands_run_in_tiny_form(tmp_path, code_corpus, capsys):
+    """Every README line with `admmprune oneshot` or `runs/gpt`: a tiny gpt run stands for
+    runs/gpt, the generated corpus for the data."""
+    from conftest import tiny_gpt_config
+    from test_readme_commands import _argv, readme_commands
+
+    from admmprune.runs.pipeline import run_pipeline
+
+    lines = [c for c in readme_commands() if "oneshot" in c or "runs/gpt" in c]
+    assert len(lines) >= 3
+    run_dir = tmp_path / "runs" / "gpt"
+    config = tiny_gpt_config(code_corpus, pruning="admm", model_args={
+        "n_layer": 2, "n_embd": 16, "n_head": 2, "context": 16})
+    run_pipeline(config, run_dir=run_dir)
+    for line in sorted(lines, key=lambda c: "oneshot" in c):  # the export first
+        argv = [str(tmp_path / w) if w.startswith("runs/gpt") else w for w in _argv(line)]
+        if argv[0] == "oneshot":
+            argv += ["--data-dir", str(code_corpus), "--calibration", "4", "--batch-size",
+                     "4", "--test-windows", "4", "--no-progress"]
+            if "sparsegpt" not in argv:
+                argv += ["--iterations", "2"]
+        assert main(argv) == 0, (line, capsys.readouterr().err)
+    assert (tmp_path / "runs" / "gpt-admm70" / "oneshot.json").is_file()
+    assert (tmp_path / "runs" / "gpt-sparsegpt24" / "model.safetensors").is_file()

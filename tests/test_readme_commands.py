@@ -31,7 +31,9 @@ TINY = ["--train-subset", "256", "--test-subset", "128", "--dense-epochs", "1", 
         "--threads", "1"]
 # what a command must not need to run here: data or hardware this machine does not have
 NOT_HERE = ("imagenet", "alexnet", "digits", "yolov4", "/data/", "torchrun", "draw",
-            "make-detection-set", "--import my_models.py", "runs/my", "lenet5_spine", "mlp.yaml")
+            "make-detection-set", "--import my_models.py", "runs/my", "lenet5_spine", "mlp.yaml",
+            # language models: run in tiny form by tests/test_oneshot_api.py
+            "oneshot", "runs/gpt")
 
 
 def readme_commands() -> list[str]:

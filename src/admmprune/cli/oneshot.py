@@ -49,6 +49,9 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
 
     if (args.all_percent is None) == (args.nm is None):
         raise ConfigError("give exactly one of --all-percent P and --nm N:M")
+    if args.iterations is not None and args.method != "admm":
+        raise ConfigError(f"--iterations sets the admm method's iterations per layer; "
+                          f"{args.method} has none: drop it")
     options = {"iterations": args.iterations} if args.iterations is not None else {}
     try:
         record = run_oneshot(args.model, args.out, method=args.method,

@@ -364,10 +364,10 @@ def add_oneshot_parser(sub) -> None:
                     "test bits per byte before/after, kept weights per layer, times, peak "
                     "memory.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  admmprune oneshot models/gpt-pystdlib --method admm "
+        epilog="examples:\n  admmprune oneshot runs/gpt/model-hf --method admm "
                "--all-percent 70 --out runs/gpt-admm70\n"
-               "  admmprune oneshot models/llama-pystdlib --method sparsegpt --nm 2:4 "
-               "--out runs/llama-sgpt24")
+               "  admmprune oneshot runs/gpt/model-hf --method sparsegpt --nm 2:4 "
+               "--out runs/gpt-sparsegpt24")
     oneshot.add_argument("model", help="Hugging Face model directory (config.json + "
                          "model.safetensors)")
     oneshot.add_argument("--method", choices=tuple(METHODS), default="admm",

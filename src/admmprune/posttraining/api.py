@@ -40,12 +40,23 @@ from .methods import LayerMethod, layer_method
 from .owl import outlier_ratio, owl_ratios
 from .sensitivity import output_sensitivities, weighted_error
 
-__all__ = ["ALLOCATIONS", "DEFAULT_GRID", "OneShotResult", "prune_oneshot", "layer_shares"]
+__all__ = ["ALLOCATIONS", "DEFAULT_GRID", "MAX_LAYER_PERCENT", "OneShotResult",
+           "curve_percents", "prune_oneshot", "layer_shares"]
 
 ALLOCATIONS = ("uniform", "owl", "global")
-# removal percents at which the global allocation measures each layer's error curve; past
-# the last point a layer's removals cost +inf, so no layer loses more than 98%
-DEFAULT_GRID = (20.0, 40.0, 50.0, 60.0, 70.0, 75.0, 80.0, 85.0, 90.0, 93.0, 95.0, 98.0)
+# offsets from the target (percent points) at which the global allocation measures each
+# layer's error curve: dense near the target, where the shares settle; past the last point
+# (MAX_LAYER_PERCENT) a layer's removals cost +inf, so no layer loses more than that
+DEFAULT_GRID = (-30.0, -20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
+MAX_LAYER_PERCENT = 98.0
+
+
+def curve_percents(target: float, grid: Sequence[float] = DEFAULT_GRID,
+                   most: float = MAX_LAYER_PERCENT) -> list[float]:
+    """The removal percents of the error curves for a global ``target``: ``target + offset``
+    for each offset of ``grid`` inside (0, ``most``), and ``most`` itself."""
+    points = {round(target + offset, 6) for offset in grid if 0 < target + offset < most}
+    return sorted(points | {most})
 
 
 @dataclass
@@ -212,8 +223,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
         max_batches: use at most this many calibration batches.
         device: where batches go (default: the model's).
         progress: progress bars over the blocks.
-        grid: (global) removal percents of the error curves; no layer loses more than the
-            last.
+        grid: (global) offsets from ``all_percent`` at which the error curves are measured
+            (:func:`curve_percents`; no layer loses more than :data:`MAX_LAYER_PERCENT`).
         owl_m, owl_lambda: (owl) the outlier threshold M and the spread λ.
         **method_options: options of a method given by name (e.g. ``iterations=30``).
 
@@ -288,7 +299,8 @@ def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, s
                 batches, device=device)
             sensitivities = {name: g for (name, _, _, _), g in zip(layers, found, strict=True)}
             seconds["sensitivity"] = time.perf_counter() - start
-        probe = _Probe(layer, grid if allocation == "global" else None, sensitivities,
+        probe = _Probe(layer, curve_percents(all_percent, grid) if allocation == "global"
+                       else None, sensitivities,
                        owl_m if allocation == "owl" else None)
         start = time.perf_counter()
         with torch.no_grad():
