@@ -80,3 +80,13 @@ def test_bad_inputs_are_refused():
         outlier_ratio(torch.ones(3), m=0.0)
     with pytest.raises(OWLError, match="NaN"):
         outlier_ratio(torch.tensor([1.0, float("inf")]))
+
+
+def test_a_block_pushed_past_the_cap_gives_its_excess_to_the_others():
+    # by hand: ratios 1, 2, 3 at 90% with lam 0.08 over equal blocks: 98, 90, 82 before the
+    # cap; with most=95 the first block keeps 95 and the 3 points it gives up go to the other
+    # two alike: 91.5 and 83.5 (mean 90)
+    assert owl_ratios([3.0, 2.0, 1.0], 90.0, 0.08, sizes=[1, 1, 1]) == pytest.approx(
+        [82.0, 90.0, 98.0])
+    assert owl_ratios([1.0, 2.0, 3.0], 90.0, 0.08, sizes=[1, 1, 1], most=95.0) == \
+        pytest.approx([95.0, 91.5, 83.5])

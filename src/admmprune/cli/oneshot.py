@@ -44,7 +44,7 @@ def format_oneshot(record: dict) -> str:
 
 
 def cmd_oneshot(args: argparse.Namespace) -> int:
-    from ..posttraining import OneShotError
+    from ..posttraining.activations import CalibrationError
     from ..runs.oneshot import run_oneshot
 
     if (args.all_percent is None) == (args.nm is None):
@@ -61,7 +61,7 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              data_dir=args.data_dir, context=args.context,
                              test_windows=None if args.no_eval else args.test_windows,
                              order=args.order, progress=not args.no_progress, **options)
-    except OneShotError as err:
+    except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None
     print(format_oneshot(record))
     sys.stdout.flush()

@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from ..projection import ProjectionError, check_percent, survivor_count
-from .allocation import allocate_global, counts_for_percents, marginal_costs
+from .allocation import AllocationError, allocate_global, counts_for_percents, marginal_costs
 from .blocks import find_blocks
 from .budgets import Budget
 from .engine import LayerRecord, block_layers, prune_blocks
 from .errors import OneShotError
 from .methods import LayerMethod, layer_method
-from .owl import outlier_ratio, owl_ratios
+from .owl import OWLError, outlier_ratio, owl_ratios
 from .sensitivity import output_sensitivities, weighted_error
 
 __all__ = ["ALLOCATIONS", "DEFAULT_GRID", "MAX_LAYER_PERCENT", "OneShotResult",
@@ -179,16 +179,22 @@ def layer_shares(sizes: Sequence[int], keep: int, allocation: str, *,
     if allocation == "global":
         if curves is None or len(curves) != len(sizes):
             raise OneShotError("the global allocation needs an error curve per layer")
-        costs = [marginal_costs(r, e, n) for (r, e), n in zip(curves, sizes, strict=True)]
-        return allocate_global(costs, keep)
+        try:
+            costs = [marginal_costs(r, e, n) for (r, e), n in zip(curves, sizes, strict=True)]
+            return allocate_global(costs, keep)
+        except AllocationError as err:
+            raise OneShotError(f"the global allocation failed: {err}") from None
     if allocation == "owl":
         if block_of is None or block_outlier_ratios is None or target_percent is None:
             raise OneShotError("the OWL allocation needs the blocks' outlier ratios")
         block_sizes = [0] * len(block_outlier_ratios)
         for b, n in zip(block_of, sizes, strict=True):
             block_sizes[b] += n
-        per_block = owl_ratios(block_outlier_ratios, target_percent, owl_lambda,
-                               sizes=block_sizes)
+        try:
+            per_block = owl_ratios(block_outlier_ratios, target_percent, owl_lambda,
+                                   sizes=block_sizes, most=MAX_LAYER_PERCENT)
+        except OWLError as err:
+            raise OneShotError(str(err)) from None
         return counts_for_percents(sizes, [per_block[b] for b in block_of], keep)
     raise OneShotError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got "
                        f"{allocation!r}")

@@ -62,8 +62,28 @@ def outlier_ratio(scores: torch.Tensor | Sequence[torch.Tensor], m: float = 5.0)
     return 100.0 * float((flat > threshold).sum()) / flat.numel()
 
 
+def _capped(percents: torch.Tensor, weights: torch.Tensor, target: float, most: float
+            ) -> torch.Tensor:
+    """``percents`` with every block above ``most`` set to ``most`` and the others raised
+    together so that the size-weighted mean stays ``target`` (repeated until none exceeds)."""
+    capped = torch.zeros_like(percents, dtype=torch.bool)
+    for _ in range(percents.numel()):
+        over = (percents > most) & ~capped
+        if not bool(over.any()):
+            break
+        capped |= over
+        free = ~capped
+        if not bool(free.any()):
+            raise OWLError(f"no block can take more than {most}% at target {target}%")
+        percents = torch.where(capped, torch.full_like(percents, most), percents)
+        missing = target * weights.sum() - (percents * weights).sum()
+        percents = torch.where(free, percents + missing / weights[free].sum(), percents)
+    return percents
+
+
 def owl_ratios(block_outlier_ratios: Sequence[float], target_percent: float,
-               lam: float = 0.08, sizes: Sequence[int] | None = None) -> list[float]:
+               lam: float = 0.08, sizes: Sequence[int] | None = None,
+               most: float | None = None) -> list[float]:
     """Per-block removal percentages from the blocks' outlier ratios.
 
     Args:
@@ -74,6 +94,9 @@ def owl_ratios(block_outlier_ratios: Sequence[float], target_percent: float,
             the unweighted mean of the ratios is S. Given: the ratios are shifted together so
             that their size-weighted mean is S, i.e. S% of all the weights go (identical to
             the default when every block has the same size).
+        most: with ``sizes``: no block removes more than this percent; the share a block
+            would remove above it goes to the other blocks alike (at high targets OWL's
+            spread would otherwise push a block past 100%).
 
     Returns:
         One removal percentage per block. Equal outlier ratios give S everywhere.
@@ -104,6 +127,8 @@ def owl_ratios(block_outlier_ratios: Sequence[float], target_percent: float,
                            f"got {list(sizes)}")
         centre = (normalized * weights).sum() / weights.sum()
     percents = target_percent - 100.0 * (normalized - centre)
+    if most is not None and sizes is not None:
+        percents = _capped(percents, weights, target_percent, most)
     if not bool(((percents >= 0) & (percents < 100)).all()):
         raise OWLError(f"OWL ratios {[round(float(p), 3) for p in percents]} leave [0, 100) "
                        f"at target {target_percent}% and lam {lam}; lower lam")
