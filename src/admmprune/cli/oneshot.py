@@ -60,7 +60,8 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, seed=args.seed,
                              data_dir=args.data_dir, context=args.context,
                              test_windows=None if args.no_eval else args.test_windows,
-                             order=args.order, progress=not args.no_progress, **options)
+                             order=args.order, progress=not args.no_progress,
+                             curve_rows=args.curve_rows or None, **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None
     print(format_oneshot(record))

@@ -113,13 +113,15 @@ class _Probe:
     statistic: str | None = "gram"
 
     def __init__(self, method: LayerMethod, grid: Sequence[float] | None,
-                 sensitivities: Mapping[str, torch.Tensor] | None, owl_m: float | None
-                 ) -> None:
+                 sensitivities: Mapping[str, torch.Tensor] | None, owl_m: float | None,
+                 curve_rows: int | None = None, seed: int = 0) -> None:
         self.name = f"{method.name} (analysis)"
         self.method = method
         self.grid = grid
         self.sensitivities = sensitivities
         self.owl_m = owl_m
+        self.curve_rows = curve_rows
+        self.generator = torch.Generator().manual_seed(seed)
         self.curves: dict[str, tuple[list[int], list[float]]] = {}
         self.scores: dict[str, torch.Tensor] = {}
 
@@ -127,13 +129,20 @@ class _Probe:
               budget: Budget) -> tuple[torch.Tensor, torch.Tensor]:
         assert statistic is not None
         if self.grid is not None and self.sensitivities is not None:
+            rows, sensitivity = weight, self.sensitivities[name]
+            if self.curve_rows is not None and weight.shape[0] > self.curve_rows:
+                # the curve of a random sample of rows, scaled to the layer: rows share the
+                # inputs' XᵀX, so the sample's error per row estimates the layer's
+                chosen = torch.randperm(weight.shape[0], generator=self.generator)[
+                    :self.curve_rows].sort().values
+                rows, sensitivity = weight[chosen], sensitivity[chosen.to(sensitivity.device)]
+            scale = weight.shape[0] / rows.shape[0]
             removed, errors = [], []
             for percent in self.grid:
-                pruned, _ = self.method.prune(name, weight, statistic,
-                                              Budget(all_percent=percent))
+                pruned, _ = self.method.prune(name, rows, statistic, Budget(all_percent=percent))
                 removed.append(weight.numel() - survivor_count(weight.numel(), percent))
-                errors.append(weighted_error(pruned.double() - weight.double(), statistic,
-                                             self.sensitivities[name]))
+                errors.append(scale * weighted_error(pruned.double() - rows.double(), statistic,
+                                                     sensitivity))
             self.curves[name] = (removed, errors)
         if self.owl_m is not None:  # Wanda's scores |W_ij|·‖X_j‖ on the dense inputs
             norms = torch.diagonal(statistic).clamp_min(0).sqrt()
@@ -206,7 +215,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                   exclude: Sequence[str] | None = None, pattern: str | None = None,
                   order: str = "sequential", max_batches: int | None = None,
                   device: torch.device | str | None = None, progress: bool = True,
-                  grid: Sequence[float] = DEFAULT_GRID, owl_m: float = 5.0,
+                  grid: Sequence[float] = DEFAULT_GRID, curve_rows: int | None = 128,
+                  owl_m: float = 5.0,
                   owl_lambda: float = 0.08, **method_options: Any) -> OneShotResult:
     """Prune a trained model in place from calibration batches alone, block by block.
 
@@ -231,6 +241,9 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
         progress: progress bars over the blocks.
         grid: (global) offsets from ``all_percent`` at which the error curves are measured
             (:func:`curve_percents`; no layer loses more than :data:`MAX_LAYER_PERCENT`).
+        curve_rows: (global) measure each curve on this many of the layer's output rows,
+            drawn at random (seeded) and scaled to the layer (None: every row); the curves
+            cost about ``curve_rows / rows`` of a full solve per point.
         owl_m, owl_lambda: (owl) the outlier threshold M and the spread λ.
         **method_options: options of a method given by name (e.g. ``iterations=30``).
 
@@ -277,7 +290,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
         budget, outliers = _shares(model, batches, layer, layers, sizes, keep, allocation,
                                    all_percent=float(all_percent),  # type: ignore[arg-type]
                                    include=include, exclude=exclude, pattern=pattern,
-                                   device=device, progress=progress, grid=grid, owl_m=owl_m,
+                                   device=device, progress=progress, grid=grid,
+                                   curve_rows=curve_rows, owl_m=owl_m,
                                    owl_lambda=owl_lambda, seconds=seconds)
     start = time.perf_counter()
     records = prune_blocks(model, batches, layer, all_percent=budget, nm=nm, include=include,
@@ -291,7 +305,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
 
 def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, sizes: list[int],
             keep: int, allocation: str, *, all_percent: float, include, exclude, pattern,
-            device, progress: bool, grid: Sequence[float], owl_m: float, owl_lambda: float,
+            device, progress: bool, grid: Sequence[float], curve_rows: int | None,
+            owl_m: float, owl_lambda: float,
             seconds: dict[str, float]) -> tuple[dict[str, float], list[float]]:
     """``({weight name: removal percent}, outlier ratios)`` under ``allocation``."""
     outliers: list[float] = []
@@ -307,7 +322,7 @@ def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, s
             seconds["sensitivity"] = time.perf_counter() - start
         probe = _Probe(layer, curve_percents(all_percent, grid) if allocation == "global"
                        else None, sensitivities,
-                       owl_m if allocation == "owl" else None)
+                       owl_m if allocation == "owl" else None, curve_rows)
         start = time.perf_counter()
         with torch.no_grad():
             prune_blocks(model, batches, probe, all_percent=0.0, include=include,
