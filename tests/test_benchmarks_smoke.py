@@ -54,6 +54,8 @@ SMOKE = {
                          "--threads", "1"],
                         ["W-step / plain", "compression N/K"]),
     "oneshot_depth.py": (["--smoke"], ["depth 4:", "s/block at 4 blocks / at 2 blocks"]),
+    "oneshot_grid.py": (["--smoke"], ["tiny-llama 50 admm:global seed 0: bpb",
+                                      "admm:uniform", "x)"]),
     "penalty_form.py": (["--models", "alexnet,lenet5", "--steps", "1", "--batch", "2",
                          "--alexnet-width", "16"], ["fused / plain", "gradient / plain"]),
     "projection.py": (["--sizes", "10K", "--repeats", "1"], ["10K with 1 thread(s)"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import jsonfile
 from ..runs.config import ConfigError
 
 __all__ = ["cmd_oneshot", "format_oneshot"]
@@ -64,6 +65,6 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              curve_rows=args.curve_rows or None, **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None
-    print(format_oneshot(record))
+    print(jsonfile.dumps(record) if args.json else format_oneshot(record))
     sys.stdout.flush()
     return 0

@@ -407,3 +407,5 @@ def add_oneshot_parser(sub) -> None:
     oneshot.add_argument("--out", help="directory to write (must not exist); without it "
                          "nothing is written")
     oneshot.add_argument("--no-progress", action="store_true", help="no progress bars")
+    oneshot.add_argument("--json", action="store_true", help="print the record (what "
+                         "oneshot.json holds) as JSON instead of the summary")

@@ -1,0 +1,164 @@
+"""The post-training experiment grid: every method and allocation at every ratio and
+calibration seed on Hugging Face model directories, each cell one `admmprune oneshot` process
+(so that its peak RSS is its own), gathered into one table of test bpb, the gap to dense, the
+gap as a multiple of the uniform ADMM solver's, wall time and peak memory.
+
+    python benchmarks/oneshot_grid.py MODEL_DIR [MODEL_DIR ...] --percents 50,60,70,80,90 \\
+        --nm --seeds 0,1 --out runs/oneshot-grid
+    python benchmarks/oneshot_grid.py --smoke           # a tiny model and corpus, seconds
+
+Cells already in OUT/cells.jsonl are not run again, so a grid can be extended or resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from admmprune.tables import format_table
+
+# (method, allocation): the uniform ADMM solver is the floor the global allocation must beat
+METHODS = ("sparsegpt:uniform", "sparsegpt:owl", "wanda:uniform", "wanda:owl",
+           "magnitude:uniform", "admm:uniform", "admm:owl", "admm:global")
+FLOOR = "admm:uniform"
+
+
+def cell_key(model: str, target: str, method: str, seed: int) -> str:
+    return f"{model}|{target}|{method}|{seed}"
+
+
+def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Namespace
+             ) -> dict:
+    name, allocation = method.split(":")
+    if target.startswith("nm") and allocation != "uniform":
+        return {}
+    command = [sys.executable, "-m", "admmprune", "oneshot", model, "--method", name,
+               "--allocation", allocation, "--seed", str(seed), "--calibration",
+               str(args.calibration), "--test-windows", str(args.test_windows), "--json",
+               "--no-progress", *(["--nm", target[2:]] if target.startswith("nm") else
+                                  ["--all-percent", target]), *args.extra,
+               *(["--iterations", str(args.iterations)] if name == "admm" and args.iterations
+                 else [])]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"model": model, "target": target, "method": method, "seed": seed,
+            "dense_bpb": record["dense_bpb"], "pruned_bpb": record["pruned_bpb"],
+            "seconds": record["seconds"], "prune_seconds": record["result"]["seconds"]["total"],
+            "peak_rss_mb": record["peak_rss_mb"],
+            "blocks": [b["kept"] / b["total"] for b in record["result"]["blocks"]]}
+
+
+def table(cells: list[dict]) -> str:
+    """One row per (model, method), one column per target: mean gap to dense over seeds,
+    with the ratio to the uniform ADMM solver's gap in brackets."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in cells:
+        groups.setdefault((c["model"], c["target"], c["method"]), []).append(c)
+    gap = {k: statistics.mean(c["pruned_bpb"] - c["dense_bpb"] for c in v)
+           for k, v in groups.items()}
+    seconds = {k: statistics.mean(c["prune_seconds"] for c in v) for k, v in groups.items()}
+    rss = {k: max(c["peak_rss_mb"] for c in v) for k, v in groups.items()}
+    models = sorted({k[0] for k in groups})
+    targets = sorted({k[1] for k in groups}, key=lambda t: (t.startswith("nm"), float(
+        t[2:].split(":")[0]) if t.startswith("nm") else float(t)))
+    out = []
+    for model in models:
+        rows = []
+        for method in METHODS:
+            row = [method]
+            for target in targets:
+                key = (model, target, method)
+                if key not in gap:
+                    row.append("-")
+                    continue
+                floor = gap.get((model, target, FLOOR))
+                ratio = f" ({gap[key] / floor:.2f}x)" if floor and method != FLOOR else ""
+                row.append(f"{gap[key]:+.4f}{ratio} {seconds[key]:.0f}s {rss[key]:.0f}MB")
+            rows.append(row)
+        out.append(f"{Path(model).name}: bpb gap to dense (x the uniform ADMM solver's), "
+                   "prune seconds, peak RSS")
+        out.append(format_table(["method:allocation", *targets], rows))
+    return "\n".join(out)
+
+
+def smoke_model(directory: Path) -> tuple[str, str]:
+    import torch
+
+    from admmprune.export.huggingface import save_huggingface
+    from admmprune.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2,
+                         intermediate=48, context=16)
+    path = save_huggingface(model.eval(), directory / "tiny-llama")
+    corpus = directory / "corpus.txt"
+    corpus.write_text("def f(x):\n    return x + 1\n" * 200)
+    return str(path), str(corpus)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", help="Hugging Face model directories")
+    parser.add_argument("--percents", default="50,60,70,80,90")
+    parser.add_argument("--nm", action="store_true", help="also 2:4")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1", help="calibration seeds")
+    parser.add_argument("--calibration", type=int, default=128)
+    parser.add_argument("--test-windows", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--iterations", type=int, help="admm iterations per layer")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--out", type=Path, help="folder for cells.jsonl and table.md")
+    parser.add_argument("--smoke", action="store_true")
+    args, extra = parser.parse_known_args(argv)
+    args.extra = extra
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.smoke:
+            model, corpus = smoke_model(Path(tmp))
+            args.models, args.percents, args.seeds = [model], "50", "0"
+            args.methods = "sparsegpt:uniform,admm:uniform,admm:global"
+            args.calibration, args.test_windows = 4, 4
+            args.extra += ["--data-dir", corpus, "--batch-size", "4"]
+            args.iterations = 2
+        if not args.models:
+            parser.error("give model directories, or --smoke")
+        out = args.out or Path(tmp) / "grid"
+        out.mkdir(parents=True, exist_ok=True)
+        store = out / "cells.jsonl"
+        cells = [json.loads(line) for line in store.open()] if store.exists() else []
+        done = {cell_key(c["model"], c["target"], c["method"], c["seed"]) for c in cells}
+        targets = [p.strip() for p in args.percents.split(",") if p.strip()]
+        targets += ["nm2:4"] if args.nm else []
+        for model in args.models:
+            for target in targets:
+                for method in args.methods.split(","):
+                    for seed in (int(s) for s in args.seeds.split(",")):
+                        key = cell_key(model, target, method, seed)
+                        if key in done:
+                            continue
+                        cell = run_cell(model, target, method, seed, args)
+                        if not cell:
+                            continue
+                        cells.append(cell)
+                        with store.open("a") as handle:
+                            handle.write(json.dumps(cell) + "\n")
+                        print(f"{Path(model).name} {target} {method} seed {seed}: bpb "
+                              f"{cell['dense_bpb']:.4f} -> {cell['pruned_bpb']:.4f}, "
+                              f"{cell['prune_seconds']:.1f}s", flush=True)
+        text = table(cells)
+        (out / "table.md").write_text(text + "\n")
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
