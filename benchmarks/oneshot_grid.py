@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{cell['prune_seconds']:.1f}s", flush=True)
         text = table(cells)
         (out / "table.md").write_text(text + "\n")
-        print(text)
+        print(text, flush=True)
     return 0
 
 
