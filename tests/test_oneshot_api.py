@@ -211,3 +211,13 @@ def test_the_readme_post_training_commands_run_in_tiny_form(tmp_path, code_corpu
         assert main(argv) == 0, (line, capsys.readouterr().err)
     assert (tmp_path / "runs" / "gpt-admm70" / "oneshot.json").is_file()
     assert (tmp_path / "runs" / "gpt-sparsegpt24" / "model.safetensors").is_file()
+
+
+def test_curves_by_another_method_keep_the_budget_and_unknown_ones_are_refused():
+    model = trained_like("llama", LLAMA)
+    result = admmprune.oneshot(model, calibration(), method="admm", all_percent=70.0,
+                               curve_method="sparsegpt", progress=False, iterations=4)
+    assert result.allocation == "global" and result.kept == survivor_count(result.total, 70.0)
+    with pytest.raises(OneShotError, match="unknown method"):
+        admmprune.oneshot(model, calibration(), all_percent=70.0, curve_method="obs",
+                          progress=False)

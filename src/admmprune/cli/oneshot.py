@@ -62,7 +62,8 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              data_dir=args.data_dir, context=args.context,
                              test_windows=None if args.no_eval else args.test_windows,
                              order=args.order, progress=not args.no_progress,
-                             curve_rows=args.curve_rows or None, **options)
+                             curve_rows=args.curve_rows or None,
+                             curve_method=args.curve_method, **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None
     print(jsonfile.dumps(record) if args.json else format_oneshot(record))

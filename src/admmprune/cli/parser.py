@@ -396,6 +396,9 @@ def add_oneshot_parser(sub) -> None:
                               "inputs (block) [default: %(default)s]")
     oneshot.add_argument("--iterations", type=int, help="admm: iterations per layer "
                          "[default: 20]")
+    oneshot.add_argument("--curve-method", choices=tuple(METHODS),
+                         help="global: the method that measures the error curves [default: "
+                              "--method]")
     oneshot.add_argument("--curve-rows", type=int, default=128, metavar="N",
                          help="global: measure each layer's error curve on N of its output "
                               "rows, drawn at random and scaled (0: every row) "

@@ -216,7 +216,7 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                   order: str = "sequential", max_batches: int | None = None,
                   device: torch.device | str | None = None, progress: bool = True,
                   grid: Sequence[float] = DEFAULT_GRID, curve_rows: int | None = 128,
-                  owl_m: float = 5.0,
+                  curve_method: str | LayerMethod | None = None, owl_m: float = 5.0,
                   owl_lambda: float = 0.08, **method_options: Any) -> OneShotResult:
     """Prune a trained model in place from calibration batches alone, block by block.
 
@@ -244,6 +244,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
         curve_rows: (global) measure each curve on this many of the layer's output rows,
             drawn at random (seeded) and scaled to the layer (None: every row); the curves
             cost about ``curve_rows / rows`` of a full solve per point.
+        curve_method: (global) the layer method that measures the curves (None: ``method``
+            itself; ``"sparsegpt"`` is cheaper than ``"admm"``).
         owl_m, owl_lambda: (owl) the outlier threshold M and the spread λ.
         **method_options: options of a method given by name (e.g. ``iterations=30``).
 
@@ -292,6 +294,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                                    include=include, exclude=exclude, pattern=pattern,
                                    device=device, progress=progress, grid=grid,
                                    curve_rows=curve_rows, owl_m=owl_m,
+                                   curve_method=layer_method(curve_method)
+                                   if curve_method is not None else layer,
                                    owl_lambda=owl_lambda, seconds=seconds)
     start = time.perf_counter()
     records = prune_blocks(model, batches, layer, all_percent=budget, nm=nm, include=include,
@@ -306,7 +310,7 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
 def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, sizes: list[int],
             keep: int, allocation: str, *, all_percent: float, include, exclude, pattern,
             device, progress: bool, grid: Sequence[float], curve_rows: int | None,
-            owl_m: float, owl_lambda: float,
+            curve_method: LayerMethod, owl_m: float, owl_lambda: float,
             seconds: dict[str, float]) -> tuple[dict[str, float], list[float]]:
     """``({weight name: removal percent}, outlier ratios)`` under ``allocation``."""
     outliers: list[float] = []
@@ -320,7 +324,7 @@ def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, s
                 batches, device=device)
             sensitivities = {name: g for (name, _, _, _), g in zip(layers, found, strict=True)}
             seconds["sensitivity"] = time.perf_counter() - start
-        probe = _Probe(layer, curve_percents(all_percent, grid) if allocation == "global"
+        probe = _Probe(curve_method, curve_percents(all_percent, grid) if allocation == "global"
                        else None, sensitivities,
                        owl_m if allocation == "owl" else None, curve_rows)
         start = time.perf_counter()
