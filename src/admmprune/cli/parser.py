@@ -399,7 +399,7 @@ def add_oneshot_parser(sub) -> None:
     oneshot.add_argument("--curve-method", choices=tuple(METHODS),
                          help="global: the method that measures the error curves [default: "
                               "--method]")
-    oneshot.add_argument("--curve-rows", type=int, default=128, metavar="N",
+    oneshot.add_argument("--curve-rows", type=int, default=32, metavar="N",
                          help="global: measure each layer's error curve on N of its output "
                               "rows, drawn at random and scaled (0: every row) "
                               "[default: %(default)s]")

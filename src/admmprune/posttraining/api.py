@@ -215,7 +215,7 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                   exclude: Sequence[str] | None = None, pattern: str | None = None,
                   order: str = "sequential", max_batches: int | None = None,
                   device: torch.device | str | None = None, progress: bool = True,
-                  grid: Sequence[float] = DEFAULT_GRID, curve_rows: int | None = 128,
+                  grid: Sequence[float] = DEFAULT_GRID, curve_rows: int | None = 32,
                   curve_method: str | LayerMethod | None = None, owl_m: float = 5.0,
                   owl_lambda: float = 0.08, **method_options: Any) -> OneShotResult:
     """Prune a trained model in place from calibration batches alone, block by block.

@@ -111,7 +111,7 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                 allocation: str | None = None, calibration: int = 128, batch_size: int = 16,
                 seed: int = 0, data_dir: str | None = None, context: int | None = None,
                 test_windows: int | None = 2048, order: str = "sequential",
-                progress: bool = True, curve_rows: int | None = 128,
+                progress: bool = True, curve_rows: int | None = 32,
                 curve_method: str | None = None, **method_options: Any) -> dict[str, Any]:
     """Prune the model of ``model_dir`` post-training and write ``out`` (None: measure only).
 
