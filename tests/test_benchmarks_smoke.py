@@ -56,6 +56,8 @@ SMOKE = {
     "oneshot_depth.py": (["--smoke"], ["depth 4:", "s/block at 4 blocks / at 2 blocks"]),
     "oneshot_grid.py": (["--smoke"], ["tiny-llama 50 admm:global seed 0: bpb",
                                       "admm:uniform", "x)"]),
+    "oneshot_memory.py": (["--smoke"], ["block by block, MALLOC_MMAP_THRESHOLD_=131072: ok",
+                                        "the cap binds", "model / cap = "]),
     "penalty_form.py": (["--models", "alexnet,lenet5", "--steps", "1", "--batch", "2",
                          "--alexnet-width", "16"], ["fused / plain", "gradient / plain"]),
     "projection.py": (["--sizes", "10K", "--repeats", "1"], ["10K with 1 thread(s)"]),

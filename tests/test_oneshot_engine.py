@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -437,6 +438,51 @@ def test_a_checkpoint_pruned_from_disk_equals_the_in_memory_engine_and_holds_one
     index = json.loads((tmp_path / "pruned" / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) == 3 + 1  # a shard per block, one for the rest
     assert (tmp_path / "pruned" / "config.json").is_file()
+
+
+def test_a_block_read_from_a_checkpoint_leaves_no_mapping_of_the_file(tmp_path):
+    # safetensors' default reader maps the whole file private and writable and hands out
+    # views of that mapping: while one block lived, the whole checkpoint would sit in the
+    # data segment that RLIMIT_DATA / RLIMIT_AS count (benchmarks/oneshot_memory.py)
+    source = tmp_path / "dense"
+    tiny("hf_llama", n_layer=3).save_pretrained(source)
+    weights = str((source / "model.safetensors").resolve())
+    maps = Path("/proc/self/maps")
+    mapped = []
+
+    def look(index, name, block):
+        assert all(p.device.type == "cpu" for p in block.parameters())  # the block is read
+        mapped.append(weights in maps.read_text())
+
+    prune_checkpoint(source, tmp_path / "pruned", batches(), "sparsegpt", all_percent=50,
+                     progress=False, callback=look)
+    assert mapped == [False, False, False]
+    assert weights not in maps.read_text()
+
+
+def test_a_safetensors_without_read_backends_still_reads_the_checkpoint(tmp_path, monkeypatch):
+    import safetensors
+
+    source = tmp_path / "dense"
+    tiny("hf_llama").save_pretrained(source)
+    expected = prune_checkpoint(source, tmp_path / "new", batches(), all_percent=50,
+                                progress=False)
+    real = safetensors.safe_open
+    refused = []
+
+    def before_0_8(filename, framework, device="cpu", **options):
+        if options:
+            refused.append(options)
+            raise TypeError("safe_open() got an unexpected keyword argument 'backend'")
+        return real(filename, framework, device=device)
+
+    monkeypatch.setattr(safetensors, "safe_open", before_0_8)
+    records = prune_checkpoint(source, tmp_path / "old", batches(), all_percent=50,
+                               progress=False)
+    assert refused and all(options == {"backend": "pread"} for options in refused)
+    assert [(r.name, r.kept) for r in records] == [(r.name, r.kept) for r in expected]
+    for name in ("new", "old"):
+        assert (tmp_path / name / "model.safetensors.index.json").is_file()
 
 
 def test_a_checkpoint_is_refused_when_the_output_exists_and_leaves_nothing_on_failure(

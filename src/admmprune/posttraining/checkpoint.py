@@ -4,11 +4,11 @@ The model is built with empty weights (accelerate's ``init_empty_weights``: para
 the ``meta`` device, buffers such as rotary tables real); the weights outside the blocks
 (embeddings, final norm, head) are read from the safetensors checkpoint first, then each
 block's tensors just before the engine prunes it (``safetensors.safe_open``: one tensor at a
-time from the memory-mapped file). Once pruned and run, the block is written to its own
-shard of the output directory and released back to ``meta``. At the end the weights outside
-the blocks are written to a last shard, with the index
-(``model.safetensors.index.json``) and the source directory's other files (``config.json``
-...): a Hugging Face directory that ``from_pretrained`` loads as it is.
+time, read into memory of its own rather than left a view of a mapping of the whole file).
+Once pruned and run, the block is written to its own shard of the output directory and
+released back to ``meta``. At the end the weights outside the blocks are written to a last
+shard, with the index (``model.safetensors.index.json``) and the source directory's other
+files (``config.json`` ...): a Hugging Face directory that ``from_pretrained`` loads as it is.
 
 :func:`prune_checkpoint` does all this for a Hugging Face model directory;
 :class:`LazyCheckpoint` is the :class:`~admmprune.posttraining.engine.BlockStore` it uses, for
@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,8 +47,6 @@ def weight_files(source: str | Path) -> dict[str, Path]:
     Raises:
         OneShotError: no safetensors weights there.
     """
-    from safetensors import safe_open
-
     source = Path(source)
     if source.is_dir() and (source / INDEX).is_file():
         weight_map = json.loads((source / INDEX).read_text())["weight_map"]
@@ -56,8 +55,25 @@ def weight_files(source: str | Path) -> dict[str, Path]:
     if not path.is_file():
         raise OneShotError(f"{source} holds no safetensors weights ({SINGLE} or {INDEX}): "
                            "save the model with save_pretrained(..., safe_serialization=True)")
-    with safe_open(str(path), framework="pt") as f:
+    with _open(path) as f:
         return {key: path for key in f.keys()}
+
+
+def _open(path: Path, device: torch.device | str = "cpu") -> Any:
+    """safetensors' lazy reader of ``path``, reading each tensor into memory of its own
+    (``pread``) where the installed safetensors can (0.8 on).
+
+    Its default backend maps the whole file private and writable, and every tensor it returns
+    stays a view of that mapping: while one tensor of a shard lives, the whole shard is in
+    the process's data segment, which ``RLIMIT_DATA`` and ``RLIMIT_AS`` count, so a process
+    capped below the size of the checkpoint's largest file could not read one block of it.
+    """
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt", device=str(device), backend="pread")
+    except TypeError:  # safetensors before 0.8: no backend argument, memory-mapped only
+        return safe_open(str(path), framework="pt", device=str(device))
 
 
 def _under(key: str, prefix: str) -> bool:
@@ -108,14 +124,12 @@ class LazyCheckpoint:
 
     # -- reading ---------------------------------------------------------------------------
     def _read(self, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
-
         tensors: dict[str, torch.Tensor] = {}
         by_file: dict[Path, list[str]] = {}
         for key in keys:
             by_file.setdefault(self.files[key], []).append(key)
         for path, names in by_file.items():
-            with safe_open(str(path), framework="pt", device=str(self.device)) as f:
+            with _open(path, self.device) as f:
                 for key in names:
                     tensors[key] = f.get_tensor(key)
         return tensors
