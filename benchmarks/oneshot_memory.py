@@ -15,8 +15,12 @@ cache, are not counted.
 The children run with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB
 (``--mmap-threshold``): by default glibc raises that threshold to the size of each large
 block freed (up to 32 MiB), after which tensors of a few MiB come from the heap, which keeps
-their freed space in the data segment; ``--default-malloc`` adds a run with glibc's defaults.
-``--uncapped`` adds a run without a cap under glibc's defaults, for comparison.
+their freed space in the data segment until a ``malloc_trim`` (the library trims after each
+block: ``admmprune.posttraining.trim_heap``), and accelerate's ``init_empty_weights``
+allocates every parameter before moving it to ``meta``, which spreads the heap over about the
+model's size (untouched, so not resident, but counted by the cap). ``--default-malloc`` adds
+a capped run with glibc's defaults; ``--uncapped`` a run without a cap under glibc's
+defaults, for time and resident memory as users run it.
 ``--load-whole`` adds a child that reads the whole checkpoint into memory under the same cap
 and must fail: that shows the cap binds. A child's failure is reported as its exit status and
 its error; a child that does not finish in ``--timeout`` seconds is killed.

@@ -28,6 +28,7 @@ from admmprune.posttraining import (
     forward_groups,
     prune_blocks,
     prune_checkpoint,
+    trim_heap,
 )
 from admmprune.posttraining.activations import calibrated_layers, input_grams
 from admmprune.posttraining.inputs import capture_block_inputs
@@ -458,6 +459,37 @@ def test_a_block_read_from_a_checkpoint_leaves_no_mapping_of_the_file(tmp_path):
                      progress=False, callback=look)
     assert mapped == [False, False, False]
     assert weights not in maps.read_text()
+
+
+def _rss_anon() -> int:
+    text = Path("/proc/self/status").read_text()
+    return int(next(line for line in text.splitlines() if line.startswith("RssAnon:")).split()[1])
+
+
+def test_trim_heap_gives_the_freed_heap_back_to_the_system():
+    # freeing a 4 MiB block raises glibc's mmap threshold past 1 MiB (unless fixed by
+    # MALLOC_MMAP_THRESHOLD_): the 1 MiB tensors below come from the heap, behind a live one
+    big = torch.ones(2**20)
+    del big
+    chunks = [torch.ones(2**18) for _ in range(64)]
+    pin = torch.ones(2**18)  # above them: the heap cannot shrink past it
+    before = _rss_anon()
+    del chunks
+    assert trim_heap()  # glibc
+    assert _rss_anon() < before - 32 * 1024  # kB: most of the 64 MiB freed has left
+    del pin
+
+
+def test_a_checkpoint_gives_each_block_back_to_the_system_once_released(tmp_path,
+                                                                       monkeypatch):
+    import admmprune.posttraining.checkpoint as checkpoint
+
+    source = tmp_path / "dense"
+    tiny("hf_llama", n_layer=3).save_pretrained(source)
+    trims = []
+    monkeypatch.setattr(checkpoint, "trim_heap", lambda: trims.append(1) or True)
+    prune_checkpoint(source, tmp_path / "pruned", batches(), all_percent=50, progress=False)
+    assert len(trims) == 3
 
 
 def test_a_safetensors_without_read_backends_still_reads_the_checkpoint(tmp_path, monkeypatch):

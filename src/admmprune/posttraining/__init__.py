@@ -15,7 +15,7 @@ disk, one block in memory at a time.
 from .api import ALLOCATIONS, DEFAULT_GRID, OneShotResult, layer_shares, prune_oneshot
 from .blocks import find_blocks
 from .budgets import Budget, layer_budgets
-from .checkpoint import LazyCheckpoint, empty_causal_lm, prune_checkpoint, weight_files
+from .checkpoint import LazyCheckpoint, empty_causal_lm, prune_checkpoint, trim_heap, weight_files
 from .engine import ORDERS, BlockCallback, BlockStore, LayerRecord, block_layers, prune_blocks
 from .errors import BlockError, OneShotError
 from .inputs import BlockInput, block_output, capture_block_inputs, run_block
@@ -25,7 +25,7 @@ from .statistics import STATISTICS, forward_groups, gather_statistics, gram, squ
 __all__ = [
     "prune_oneshot", "OneShotResult", "ALLOCATIONS", "DEFAULT_GRID", "layer_shares", "ADMM",
     "find_blocks", "Budget", "layer_budgets", "LazyCheckpoint", "empty_causal_lm",
-    "prune_checkpoint", "weight_files", "ORDERS",
+    "prune_checkpoint", "trim_heap", "weight_files", "ORDERS",
     "BlockCallback", "BlockStore", "LayerRecord", "block_layers", "prune_blocks", "BlockError",
     "OneShotError", "BlockInput", "block_output", "capture_block_inputs", "run_block",
     "METHODS", "LayerMethod", "Magnitude", "SparseGPT", "Wanda", "layer_method", "STATISTICS",
