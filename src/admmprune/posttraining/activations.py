@@ -15,8 +15,8 @@ from torch import nn
 
 from ..selection import prunable_parameters
 
-__all__ = ["CalibrationError", "calibrated_layers", "calibrate", "input_feature_dim",
-           "input_norms", "input_grams"]
+__all__ = ["CalibrationError", "check_weight_and_gram", "calibrated_layers", "calibrate",
+           "input_feature_dim", "input_norms", "input_grams"]
 
 
 def input_feature_dim(module: nn.Module) -> int | None:
@@ -34,6 +34,24 @@ def input_feature_dim(module: nn.Module) -> int | None:
 
 class CalibrationError(ValueError):
     """A calibration method (Wanda, SparseGPT) cannot score these layers."""
+
+
+def check_weight_and_gram(weight: torch.Tensor, gram: torch.Tensor, input_dim: int,
+                          method: str, error: type[CalibrationError] = CalibrationError
+                          ) -> None:
+    """The one layout rule of the methods that reconstruct a layer from ``XᵀX``: a 2-D
+    weight with its inputs on dim 0 or 1 and a square Gram matrix of that many inputs.
+
+    Raises:
+        CalibrationError: (of class ``error``) naming ``method`` and what does not fit.
+    """
+    if weight.dim() != 2 or input_dim not in (0, 1):
+        raise error(f"{method} takes 2-D weights with inputs on dim 0 or 1, got shape "
+                    f"{tuple(weight.shape)} and input_dim {input_dim!r}")
+    n_in = weight.shape[input_dim]
+    if gram.shape != (n_in, n_in):
+        raise error(f"a {tuple(gram.shape)} Gram matrix for a weight of shape "
+                    f"{tuple(weight.shape)} with {n_in} inputs (input_dim {input_dim})")
 
 
 def calibrated_layers(model: nn.Module, include: Sequence[str] | None,

@@ -63,7 +63,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..projection import global_topk_masks, nm_survivors, validate_nm
-from .activations import CalibrationError
+from .activations import CalibrationError, check_weight_and_gram
 from .wanda import nm_row_masks
 
 __all__ = ["LayerSolverError", "PROJECTIONS", "admm_reconstruct", "masked_least_squares",
@@ -155,14 +155,7 @@ def _as_rows(weight: torch.Tensor, input_dim: int) -> torch.Tensor:
 
 
 def _check_layer(weight: torch.Tensor, gram: torch.Tensor, input_dim: int) -> None:
-    if weight.dim() != 2 or input_dim not in (0, 1):
-        raise LayerSolverError(f"the layer solver takes 2-D weights with inputs on dim 0 or 1, "
-                               f"got shape {tuple(weight.shape)} and input_dim {input_dim!r}")
-    n_in = weight.shape[input_dim]
-    if gram.shape != (n_in, n_in):
-        raise LayerSolverError(f"a {tuple(gram.shape)} Gram matrix for a weight of shape "
-                               f"{tuple(weight.shape)} with {n_in} inputs (input_dim "
-                               f"{input_dim})")
+    check_weight_and_gram(weight, gram, input_dim, "the layer solver", LayerSolverError)
 
 
 def _damped(gram: torch.Tensor, damp: float) -> torch.Tensor:

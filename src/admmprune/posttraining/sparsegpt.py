@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from ..projection import survivor_count, validate_nm
-from .activations import CalibrationError, calibrate, calibrated_layers, input_grams
+from .activations import (
+    CalibrationError,
+    calibrate,
+    calibrated_layers,
+    check_weight_and_gram,
+    input_grams,
+)
 
 __all__ = ["SparseGPTError", "hessian_inverse_factor", "sparsegpt_prune",
            "sparsegpt_prune_model"]
@@ -86,13 +92,8 @@ def sparsegpt_prune(weight: torch.Tensor, gram: torch.Tensor, *,
     """
     if (all_percent is None) == (nm is None):
         raise SparseGPTError("give exactly one of all_percent (unstructured) and nm=(N, M)")
-    if weight.dim() != 2 or input_dim not in (0, 1):
-        raise SparseGPTError(f"SparseGPT prunes 2-D weights with inputs on dim 0 or 1, got "
-                             f"shape {tuple(weight.shape)} and input_dim {input_dim!r}")
+    check_weight_and_gram(weight, gram, input_dim, "SparseGPT", SparseGPTError)
     n_in = weight.shape[input_dim]
-    if gram.shape != (n_in, n_in):
-        raise SparseGPTError(f"a {tuple(gram.shape)} Gram matrix for a weight of shape "
-                             f"{tuple(weight.shape)} with {n_in} inputs (input_dim {input_dim})")
     if not (isinstance(block_size, int) and block_size >= 1):
         raise SparseGPTError(f"block_size must be an integer >= 1, got {block_size!r}")
     if nm is not None:
