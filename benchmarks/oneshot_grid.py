@@ -54,7 +54,8 @@ def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Nam
             "dense_bpb": record["dense_bpb"], "pruned_bpb": record["pruned_bpb"],
             "seconds": record["seconds"], "prune_seconds": record["result"]["seconds"]["total"],
             "peak_rss_mb": record["peak_rss_mb"],
-            "blocks": [b["kept"] / b["total"] for b in record["result"]["blocks"]]}
+            "blocks": [b["kept"] / b["total"] for b in record["result"]["blocks"]],
+            "layers": {r["name"]: r["kept"] / r["total"] for r in record["result"]["layers"]}}
 
 
 def table(cells: list[dict]) -> str:
@@ -90,6 +91,44 @@ def table(cells: list[dict]) -> str:
     return "\n".join(out)
 
 
+def plot_allocation(cells: list[dict], target: str, path: Path,
+                    methods: tuple[str, ...] = ("admm:uniform", "admm:owl", "admm:global")
+                    ) -> Path | None:
+    """Kept share per layer (mean over seeds) under each allocation at ``target``, one panel
+    per model: where the global budget puts its survivors next to OWL and uniform."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from admmprune.runs.report import save_figure
+
+    chosen = [c for c in cells if c["target"] == target and c["method"] in methods
+              and c.get("layers")]
+    models = sorted({c["model"] for c in chosen})
+    if not models:
+        return None
+    fig, axes = plt.subplots(len(models), 1, figsize=(12, 3.6 * len(models)), squeeze=False)
+    for ax, model in zip(axes[:, 0], models, strict=True):
+        names: list[str] = []
+        for method in methods:
+            runs = [c["layers"] for c in chosen if c["model"] == model and c["method"] == method]
+            if not runs:
+                continue
+            names = names or list(runs[0])
+            shares = [100 * statistics.mean(r[n] for r in runs) for n in names]
+            ax.plot(range(len(names)), shares, "o-", label=method.split(":")[1], markersize=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.removesuffix(".weight").replace("model.layers.", "")
+                            .replace("transformer.h.", "") for n in names],
+                           rotation=90, fontsize=7)
+        ax.set_ylabel("kept weights (%)")
+        ax.set_title(f"{Path(model).name}: per-layer kept share at {target}% removed")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
 def smoke_model(directory: Path) -> tuple[str, str]:
     import torch
 
@@ -118,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, help="admm iterations per layer")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
     parser.add_argument("--out", type=Path, help="folder for cells.jsonl and table.md")
+    parser.add_argument("--plot", metavar="TARGET", action="append", default=[],
+                        help="also draw OUT/allocation-TARGET.png: per-layer kept shares of "
+                        "admm uniform, owl and global at this target (repeatable)")
     parser.add_argument("--smoke", action="store_true")
     args, extra = parser.parse_known_args(argv)
     args.extra = extra
@@ -129,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             args.calibration, args.test_windows = 4, 4
             args.extra += ["--data-dir", corpus, "--batch-size", "4"]
             args.iterations = 2
+            args.plot = ["50"]
         if not args.models:
             parser.error("give model directories, or --smoke")
         out = args.out or Path(tmp) / "grid"
@@ -157,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         text = table(cells)
         (out / "table.md").write_text(text + "\n")
         print(text, flush=True)
+        for target in args.plot:
+            drawn = plot_allocation(cells, target, out / f"allocation-{target}.png")
+            print(f"allocation plot at {target}: {drawn or 'no per-layer cells'}", flush=True)
     return 0
 
 
