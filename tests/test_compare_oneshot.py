@@ -19,7 +19,6 @@ from admmprune.runs.config import (
     BLOCKWISE_ALLOCATIONS,
     BLOCKWISE_METHODS,
     ConfigError,
-    load_config,
 )
 from admmprune.runs.pipeline import run_pipeline
 from admmprune.selection import prunable_parameters

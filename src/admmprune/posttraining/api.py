@@ -137,9 +137,13 @@ class _Probe:
                     :self.curve_rows].sort().values
                 rows, sensitivity = weight[chosen], sensitivity[chosen.to(sensitivity.device)]
             scale = weight.shape[0] / rows.shape[0]
+            # the probe gathers XᵀX; a method that reads the inputs' square sums (Wanda)
+            # gets its diagonal, which they are
+            given = torch.diagonal(statistic) if self.method.statistic == "norms" \
+                else statistic
             removed, errors = [], []
             for percent in self.grid:
-                pruned, _ = self.method.prune(name, rows, statistic, Budget(all_percent=percent))
+                pruned, _ = self.method.prune(name, rows, given, Budget(all_percent=percent))
                 removed.append(weight.numel() - survivor_count(weight.numel(), percent))
                 errors.append(scale * weighted_error(pruned.double() - rows.double(), statistic,
                                                      sensitivity))

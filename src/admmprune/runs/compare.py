@@ -118,7 +118,8 @@ METHODS: dict[str, tuple[str, dict]] = {
                       "retraining_epochs": 0}),
     # the block-by-block engine of `admmprune oneshot` (pruning blockwise) on calibration
     # batches of the training split; the -retrain forms get the same epoch budget as ADMM
-    "oneshot-admm": ("block-by-block ADMM reconstruction, global allocation (one budget split "
+    "oneshot-admm": ("block-by-block ADMM reconstruction from calibration batches, global "
+                     "allocation (one budget split "
                      "by the layers' error curves), no retraining",
                      _blockwise("admm", "global", retrain=False)),
     "oneshot-admm-retrain": ("oneshot-admm + masked retraining for the same epoch budget",
