@@ -22,7 +22,7 @@ Exactly K weights survive under every allocation (N:M: N of every M, in every la
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -137,9 +137,13 @@ class _Probe:
                     :self.curve_rows].sort().values
                 rows, sensitivity = weight[chosen], sensitivity[chosen.to(sensitivity.device)]
             scale = weight.shape[0] / rows.shape[0]
+            # the probe gathers XᵀX; a method that reads the inputs' square sums (Wanda)
+            # gets its diagonal, which they are
+            given = torch.diagonal(statistic) if self.method.statistic == "norms" \
+                else statistic
             removed, errors = [], []
             for percent in self.grid:
-                pruned, _ = self.method.prune(name, rows, statistic, Budget(all_percent=percent))
+                pruned, _ = self.method.prune(name, rows, given, Budget(all_percent=percent))
                 removed.append(weight.numel() - survivor_count(weight.numel(), percent))
                 errors.append(scale * weighted_error(pruned.double() - rows.double(), statistic,
                                                      sensitivity))
@@ -217,7 +221,9 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                   device: torch.device | str | None = None, progress: bool = True,
                   grid: Sequence[float] = DEFAULT_GRID, curve_rows: int | None = 32,
                   curve_method: str | LayerMethod | None = None, owl_m: float = 5.0,
-                  owl_lambda: float = 0.08, **method_options: Any) -> OneShotResult:
+                  owl_lambda: float = 0.08,
+                  loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+                  keep_masks: bool = False, **method_options: Any) -> OneShotResult:
     """Prune a trained model in place from calibration batches alone, block by block.
 
     Args:
@@ -247,6 +253,11 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
         curve_method: (global) the layer method that measures the curves (None: ``method``
             itself; ``"sparsegpt"`` is cheaper than ``"admm"``).
         owl_m, owl_lambda: (owl) the outlier threshold M and the spread λ.
+        loss_fn: (global) the calibration loss ``loss_fn(model(x), y)`` whose gradients
+            weigh each layer's outputs (None: next-token cross-entropy; see
+            :func:`~.sensitivity.output_sensitivities`).
+        keep_masks: keep every layer's boolean mask in its record (``records[i].mask``, in
+            the weight's layout, on the CPU).
         **method_options: options of a method given by name (e.g. ``iterations=30``).
 
     Returns:
@@ -296,11 +307,11 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                                    curve_rows=curve_rows, owl_m=owl_m,
                                    curve_method=layer_method(curve_method)
                                    if curve_method is not None else layer,
-                                   owl_lambda=owl_lambda, seconds=seconds)
+                                   owl_lambda=owl_lambda, loss_fn=loss_fn, seconds=seconds)
     start = time.perf_counter()
     records = prune_blocks(model, batches, layer, all_percent=budget, nm=nm, include=include,
                            exclude=exclude, pattern=pattern, order=order, device=device,
-                           progress=progress)
+                           progress=progress, keep_masks=keep_masks)
     seconds["prune"] = time.perf_counter() - start
     seconds["total"] = time.perf_counter() - started
     return OneShotResult(records, dict(budget or {}), allocation, layer.name, seconds,
@@ -311,6 +322,7 @@ def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, s
             keep: int, allocation: str, *, all_percent: float, include, exclude, pattern,
             device, progress: bool, grid: Sequence[float], curve_rows: int | None,
             curve_method: LayerMethod, owl_m: float, owl_lambda: float,
+            loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None,
             seconds: dict[str, float]) -> tuple[dict[str, float], list[float]]:
     """``({weight name: removal percent}, outlier ratios)`` under ``allocation``."""
     outliers: list[float] = []
@@ -321,7 +333,7 @@ def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, s
             start = time.perf_counter()
             found = output_sensitivities(
                 model, [(module, _output_size(module, dim)) for _, module, dim, _ in layers],
-                batches, device=device)
+                batches, loss_fn=loss_fn, device=device)
             sensitivities = {name: g for (name, _, _, _), g in zip(layers, found, strict=True)}
             seconds["sensitivity"] = time.perf_counter() - start
         probe = _Probe(curve_method, curve_percents(all_percent, grid) if allocation == "global"

@@ -49,6 +49,14 @@ __all__ = ["METHODS", "ONE_MODEL_METHODS", "run_compare", "method_config", "meth
            "DENSE_UNUSED", "summarize", "plot_compare", "best_methods", "markdown_table",
            "format_rows"]
 
+
+def _blockwise(method: str, allocation: str, retrain: bool) -> dict:
+    """The recipe keys of a ``pruning: blockwise`` method (the projection is never read:
+    layerwise, as for Wanda and SparseGPT)."""
+    return {"pruning": "blockwise", "blockwise_method": method, "allocation": allocation,
+            "projection": "layerwise", **({} if retrain else {"retraining_epochs": 0})}
+
+
 # name -> (description, recipe keys it sets)
 METHODS: dict[str, tuple[str, dict]] = {
     "dense": ("the dense model, no pruning", {}),
@@ -108,6 +116,33 @@ METHODS: dict[str, tuple[str, dict]] = {
     "sparsegpt-nm": ("SparseGPT N:M (nm_n of every nm_m inputs), no retraining",
                      {"structure": "nm", "pruning": "sparsegpt", "projection": "layerwise",
                       "retraining_epochs": 0}),
+    # the block-by-block engine of `admmprune oneshot` (pruning blockwise) on calibration
+    # batches of the training split; the -retrain forms get the same epoch budget as ADMM
+    "oneshot-admm": ("block-by-block ADMM reconstruction from calibration batches, global "
+                     "allocation (one budget split "
+                     "by the layers' error curves), no retraining",
+                     _blockwise("admm", "global", retrain=False)),
+    "oneshot-admm-retrain": ("oneshot-admm + masked retraining for the same epoch budget",
+                             _blockwise("admm", "global", retrain=True)),
+    "oneshot-admm-uniform": ("block-by-block ADMM reconstruction, every layer at the same "
+                             "ratio, no retraining", _blockwise("admm", "uniform", retrain=False)),
+    "oneshot-admm-owl": ("block-by-block ADMM reconstruction, OWL's per-block ratios, no "
+                         "retraining", _blockwise("admm", "owl", retrain=False)),
+    "oneshot-admm-nm": ("block-by-block ADMM reconstruction, N:M (nm_n of every nm_m inputs), "
+                        "no retraining",
+                        {**_blockwise("admm", "uniform", retrain=False), "structure": "nm"}),
+    "oneshot-sparsegpt": ("block-by-block SparseGPT, global allocation, no retraining",
+                          _blockwise("sparsegpt", "global", retrain=False)),
+    "oneshot-sparsegpt-retrain": ("oneshot-sparsegpt + masked retraining for the same epoch "
+                                  "budget", _blockwise("sparsegpt", "global", retrain=True)),
+    "oneshot-sparsegpt-uniform": ("block-by-block SparseGPT, every layer at the same ratio, no "
+                                  "retraining", _blockwise("sparsegpt", "uniform", retrain=False)),
+    "oneshot-wanda": ("block-by-block Wanda, global allocation, no retraining",
+                      _blockwise("wanda", "global", retrain=False)),
+    "oneshot-wanda-retrain": ("oneshot-wanda + masked retraining for the same epoch budget",
+                              _blockwise("wanda", "global", retrain=True)),
+    "oneshot-wanda-uniform": ("block-by-block Wanda, every layer at the same ratio, no "
+                              "retraining", _blockwise("wanda", "uniform", retrain=False)),
 }
 
 # methods that compete nowhere: drawn as lines and listed across every ratio column
@@ -131,22 +166,28 @@ def _check_fits(config: Config, method: str) -> None:
 def _signature(keys: dict) -> tuple:
     """What tells methods apart, with the defaults a method that does not set a key gets."""
     layer_percents = keys.get("layer_percents")
-    return (keys.get("pruning", "admm"), keys.get("projection", "global"),
+    pruning = keys.get("pruning", "admm")
+    # only pruning blockwise reads its layer method and allocation
+    blockwise = (keys.get("blockwise_method", "admm"), keys.get("allocation", "global")) \
+        if pruning == "blockwise" else None
+    return (pruning, keys.get("projection", "global"),
             keys.get("structure", "unstructured"), keys.get("score", "magnitude"),
-            tuple(map(float, layer_percents)) if layer_percents else None)
+            tuple(map(float, layer_percents)) if layer_percents else None, blockwise)
 
 
 def method_of(config: Config) -> str:
     """The name of the compare method a run's config is (``admm``, ``layerwise``, ...), also
     for runs not made by compare; a config that is none of them gets its pruning,
-    projection, structure and score joined by "-" (e.g. ``admm-global-nm-magnitude``)."""
+    projection, structure and score joined by "-" (e.g. ``admm-global-nm-magnitude``; with
+    pruning blockwise, its layer method and allocation after them)."""
     signature = _signature(config.to_dict())
     if config.final_percent() == 0 and signature == _signature(METHODS["dense-retrain"][1]):
         return "dense-retrain"
     for name, (_, keys) in METHODS.items():
         if name not in REFERENCES and _signature(keys) == signature:
             return name
-    return "-".join(signature[:4]) + ("-layer_percents" if signature[4] else "")
+    return "-".join(signature[:4] + (signature[5] or ())) + \
+        ("-layer_percents" if signature[4] else "")
 
 
 # Keys that say how or where a run executes, not what it computes: a finished run made with
@@ -157,7 +198,8 @@ REUSE_IGNORED = frozenset(RESUME_SAFE_KEYS - {"retraining_epochs"})
 DENSE_UNUSED = frozenset({
     "pruning", "all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max",
     "adaptive_rho", "p_lambda", "projection", "layer_percents", "score", "structure",
-    "group_score", "nm_n", "nm_m", "calibration_batches", "calibration_order", "include",
+    "group_score", "nm_n", "nm_m", "calibration_batches", "calibration_order",
+    "blockwise_method", "allocation", "include",
     "exclude", "z_init", "admm_lr_schedule",
     "hard_prune_support", "stage_retraining_epochs", "allow_regrowth", "live_weights",
     "distill_weight", "distill_temperature", "retraining_epochs", "retraining_learning_rate",

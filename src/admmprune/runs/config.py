@@ -19,13 +19,18 @@ import yaml
 from ..checks import NM_PERCENT_TOLERANCE, is_int, is_number, rho_schedule_problem
 from ..projection import ProjectionError, validate_nm
 
-__all__ = ["CALIBRATED_PRUNING", "ONE_SHOT_PRUNING", "Config", "ConfigError",
-           "counts_live_weights", "load_config", "apply_overrides", "STAGE_KEYS", "KEY_HELP"]
+__all__ = ["CALIBRATED_PRUNING", "ONE_SHOT_PRUNING", "BLOCKWISE_METHODS",
+           "BLOCKWISE_ALLOCATIONS", "Config", "ConfigError", "counts_live_weights",
+           "load_config", "apply_overrides", "STAGE_KEYS", "KEY_HELP"]
 
 # pruning modes scored on calibration batches of the training split
-CALIBRATED_PRUNING = ("wanda", "sparsegpt")
+CALIBRATED_PRUNING = ("wanda", "sparsegpt", "blockwise")
 # pruning modes with no W-steps: they prune the dense weights at once
 ONE_SHOT_PRUNING = ("oneshot",) + CALIBRATED_PRUNING
+# pruning blockwise: the layer methods and allocations of admmprune.posttraining (named here
+# because this module does not import torch; a test keeps the two in step)
+BLOCKWISE_METHODS = ("admm", "sparsegpt", "wanda", "magnitude")
+BLOCKWISE_ALLOCATIONS = ("global", "uniform", "owl")
 STAGE_KEYS = ("all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max")
 
 
@@ -116,14 +121,25 @@ class Config:
                         "(|W|·‖X‖ per output row, uniform ratio; structure unstructured or "
                         "nm) from calibration_batches training batches; sparsegpt: "
                         "SparseGPT (each layer reconstructed from its inputs' XᵀX, uniform "
-                        "ratio; unstructured or nm)", ("admm",) + ONE_SHOT_PRUNING)
-    calibration_batches: int = _key(8, "pruning wanda or sparsegpt: training batches whose "
-                                       "inputs score the weights")
+                        "ratio; unstructured or nm); blockwise: block by block from "
+                        "calibration_batches training batches, like `admmprune oneshot` "
+                        "(blockwise_method, allocation; unstructured or nm)",
+                        ("admm",) + ONE_SHOT_PRUNING)
+    calibration_batches: int = _key(8, "pruning wanda, sparsegpt or blockwise: training "
+                                       "batches whose inputs score the weights")
     calibration_order: str = _key("one-pass", "pruning wanda or sparsegpt: one-pass: every "
                                   "layer's inputs from the dense model; sequential: each "
                                   "layer's from the model with the layers before it pruned "
                                   "(one calibration pass per layer)",
                                   ("one-pass", "sequential"))
+    blockwise_method: str = _key("admm", "pruning blockwise: how each layer is pruned from its "
+                                 "inputs: admm (ADMM reconstruction), sparsegpt, wanda or "
+                                 "magnitude", BLOCKWISE_METHODS)
+    allocation: str = _key("global", "pruning blockwise: how the budget is split between "
+                           "layers: global (by the method's error curves, weighted by the "
+                           "loss's sensitivity to each layer), uniform (every layer the same "
+                           "share; the only one with structure nm), owl (per-block shares from "
+                           "outlier ratios)", BLOCKWISE_ALLOCATIONS)
     all_percent: float | list = _key(98.6, "share of prunable weights removed, in [0, 100); "
                                            "a list runs progressive stages")
     k_step: int | list = _key(6, "ADMM iterations (per stage)")
@@ -314,6 +330,11 @@ class Config:
             _check(is_int(self.calibration_batches) and self.calibration_batches >= 1,
                    "calibration_batches", f"must be an integer >= 1, got "
                    f"{self.calibration_batches!r}")
+        if self.pruning == "blockwise":
+            _check(self.structure != "nm" or self.allocation == "uniform", "allocation",
+                   f"{self.allocation!r} splits a budget between layers, but structure nm keeps "
+                   f"{self.nm_n} of every {self.nm_m} weights in every layer: set allocation: "
+                   "uniform")
         if self.structure != "nm":
             return
         _check(self.layer_percents is None, "layer_percents",

@@ -607,7 +607,8 @@ class Run:
             if cfg.pruning in CALIBRATED_PRUNING:
                 # calibration: the first batches of this point's training order
                 self.train_batches.set_epoch(prog.data_epoch)
-                calibrated_prune(self.model, pruner, cfg, self.train_batches, self.device)
+                calibrated_prune(self.model, pruner, cfg, self.train_batches, self.device,
+                                 self.task.loss)
             else:
                 pruner.hard_prune(cfg.hard_prune_support)
             self._metrics = None
