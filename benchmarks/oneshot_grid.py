@@ -25,7 +25,7 @@ from admmprune.tables import format_table
 
 # (method, allocation): the uniform ADMM solver is the floor the global allocation must beat
 METHODS = ("sparsegpt:uniform", "sparsegpt:owl", "wanda:uniform", "wanda:owl",
-           "magnitude:uniform", "admm:uniform", "admm:owl", "admm:global")
+           "magnitude:uniform", "magnitude:owl", "admm:uniform", "admm:owl", "admm:global")
 FLOOR = "admm:uniform"
 
 
