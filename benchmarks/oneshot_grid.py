@@ -33,8 +33,8 @@ def cell_key(model: str, target: str, method: str, seed: int) -> str:
     return f"{model}|{target}|{method}|{seed}"
 
 
-def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Namespace
-             ) -> dict:
+def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Namespace,
+             dense_bpb: float | None = None) -> dict:
     name, allocation = method.split(":")
     if target.startswith("nm") and allocation != "uniform":
         return {}
@@ -44,7 +44,8 @@ def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Nam
                "--no-progress", *(["--nm", target[2:]] if target.startswith("nm") else
                                   ["--all-percent", target]), *args.extra,
                *(["--iterations", str(args.iterations)] if name == "admm" and args.iterations
-                 else [])]
+                 else []),
+               *(["--dense-bpb", repr(dense_bpb)] if dense_bpb is not None else [])]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
                           env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     if done.returncode != 0:
@@ -188,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                         key = cell_key(model, target, method, seed)
                         if key in done:
                             continue
-                        cell = run_cell(model, target, method, seed, args)
+                        # the dense side is the same for every cell of a model: measured once
+                        dense = next((c["dense_bpb"] for c in cells if c["model"] == model),
+                                     None)
+                        cell = run_cell(model, target, method, seed, args, dense)
                         if not cell:
                             continue
                         cells.append(cell)

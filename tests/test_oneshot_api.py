@@ -169,6 +169,7 @@ def test_oneshot_command_writes_a_loadable_directory_and_its_record(hf_model, co
     (["--all-percent", "60", "--allocation", "owl", "--nm", "2:4"], "exactly one"),
     (["--all-percent", "60", "--calibration", "100000"], "windows"),
     (["--all-percent", "60", "--method", "wanda", "--iterations", "3"], "admm"),
+    (["--all-percent", "60", "--no-eval", "--dense-bpb", "2.0"], "--no-eval"),
 ])
 def test_oneshot_command_refuses_bad_requests(hf_model, code_corpus, tmp_path, capsys, args,
                                               match):
@@ -176,6 +177,18 @@ def test_oneshot_command_refuses_bad_requests(hf_model, code_corpus, tmp_path, c
                  "--out", str(tmp_path / "o"), *args]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_given_dense_bpb_replaces_only_the_dense_measurement(hf_model, code_corpus):
+    from admmprune.runs.oneshot import run_oneshot
+
+    options = dict(method="magnitude", all_percent=50.0, calibration=4, batch_size=4,
+                   data_dir=str(code_corpus), test_windows=8, progress=False)
+    measured = run_oneshot(hf_model, None, **options)
+    given = run_oneshot(hf_model, None, dense_bpb=123.0, **options)
+    assert not measured["dense_bpb_given"] and given["dense_bpb_given"]
+    assert given["dense_bpb"] == 123.0 and measured["dense_bpb"] != 123.0
+    assert given["pruned_bpb"] == pytest.approx(measured["pruned_bpb"], rel=1e-9)
 
 
 def test_oneshot_command_needs_a_model_directory_and_a_new_out(hf_model, code_corpus,

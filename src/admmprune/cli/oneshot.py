@@ -53,6 +53,9 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     if args.iterations is not None and args.method != "admm":
         raise ConfigError(f"--iterations sets the admm method's iterations per layer; "
                           f"{args.method} has none: drop it")
+    if args.dense_bpb is not None and args.no_eval:
+        raise ConfigError("--dense-bpb is the dense side of the test bpb that --no-eval "
+                          "skips: give one of them")
     options = {"iterations": args.iterations} if args.iterations is not None else {}
     try:
         record = run_oneshot(args.model, args.out, method=args.method,
@@ -63,7 +66,8 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              test_windows=None if args.no_eval else args.test_windows,
                              order=args.order, progress=not args.no_progress,
                              curve_rows=args.curve_rows or None,
-                             curve_method=args.curve_method, **options)
+                             curve_method=args.curve_method, dense_bpb=args.dense_bpb,
+                             **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None
     print(jsonfile.dumps(record) if args.json else format_oneshot(record))

@@ -407,6 +407,10 @@ def add_oneshot_parser(sub) -> None:
                          help="test bpb on the first N test windows (0: all) "
                               "[default: %(default)s]")
     oneshot.add_argument("--no-eval", action="store_true", help="skip the test bpb")
+    oneshot.add_argument("--dense-bpb", type=float, metavar="BPB",
+                         help="the dense model's test bpb on the same windows, measured "
+                              "before: taken as given instead of measured again (a grid "
+                              "over one model measures it once)")
     oneshot.add_argument("--out", help="directory to write (must not exist); without it "
                          "nothing is written")
     oneshot.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -112,8 +112,12 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                 seed: int = 0, data_dir: str | None = None, context: int | None = None,
                 test_windows: int | None = 2048, order: str = "sequential",
                 progress: bool = True, curve_rows: int | None = 32,
-                curve_method: str | None = None, **method_options: Any) -> dict[str, Any]:
+                curve_method: str | None = None, dense_bpb: float | None = None,
+                **method_options: Any) -> dict[str, Any]:
     """Prune the model of ``model_dir`` post-training and write ``out`` (None: measure only).
+
+    ``dense_bpb``, when given, is the dense model's test bpb on the same ``test_windows``
+    measured before (the record marks it ``dense_bpb_given``); otherwise it is measured.
 
     Returns:
         The record written to ``out/oneshot.json``: options, dense and pruned test bpb,
@@ -138,7 +142,9 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
         "seed": seed, "order": order, "curve_rows": curve_rows, "curve_method": curve_method,
         "method_options": method_options}
     if test is not None:
-        record["dense_bpb"] = test_bpb(model, test, batch_size)
+        record["dense_bpb"] = test_bpb(model, test, batch_size) if dense_bpb is None \
+            else dense_bpb
+        record["dense_bpb_given"] = dense_bpb is not None
     result = prune_oneshot(model, batches, method=method, all_percent=all_percent, nm=nm,
                            allocation=allocation, order=order, progress=progress,
                            curve_rows=curve_rows, curve_method=curve_method,
