@@ -48,6 +48,7 @@ WORKER = Path(__file__).resolve().with_name("llmcompressor_worker.py")
 DEFAULT_VENV = REPO / "runs" / "llmcompressor-venv"
 LLMCOMPRESSOR = "llmcompressor==0.14.0.1"  # the release this check was written against
 METHODS = ("sparsegpt", "wanda")
+TIME_TARGET = 1.5  # issue 32: our SparseGPT within 1.5x of llmcompressor's time
 
 
 def ensure_venv(venv: Path, requirement: str = LLMCOMPRESSOR) -> Path:
@@ -188,10 +189,17 @@ def table(cells: list[dict[str, Any]]) -> str:
                      f"{c['ours_sparsity']:.3f}", f"{c['theirs_sparsity']:.3f}",
                      f"{c['ours_peak_rss_mb']:.0f}/{c['theirs_peak_rss_mb']:.0f}"])
     theirs = cells[0]["backend"] + " " + cells[0]["version"] if cells else "theirs"
-    return (f"ours: admmprune oneshot --allocation uniform; theirs: {theirs}\n" + format_table(
+    text = (f"ours: admmprune oneshot --allocation uniform; theirs: {theirs}\n" + format_table(
         ["method", "target", "dense bpb", "bpb ours", "bpb theirs", "bpb ratio", "s ours",
          "s theirs", "time ratio", "% removed ours", "% removed theirs", "peak MB ours/theirs"],
         rows))
+    sparsegpt = [c for c in cells if c["method"] == "sparsegpt"]
+    if sparsegpt:  # issue 32's target for the block engine's SparseGPT
+        fast = sum(c["ours_seconds"] <= TIME_TARGET * c["theirs_seconds"] for c in sparsegpt)
+        text += (f"\nsparsegpt within {TIME_TARGET}x of their time in {fast} of "
+                 f"{len(sparsegpt)} cells; bpb no worse than theirs in "
+                 f"{sum(c['ours_bpb'] <= c['theirs_bpb'] for c in sparsegpt)}")
+    return text
 
 
 def prepare(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -59,8 +59,18 @@ class _NoProcessor:
 
 def prune_llmcompressor(model: nn.Module, batches: list[torch.Tensor], plan: dict[str, Any]
                         ) -> str:
-    """Prune ``model`` in place with llmcompressor's modifier through ``llmcompressor.oneshot``
-    on exactly ``batches``; returns llmcompressor's version."""
+    """Prune ``model`` in place with llmcompressor's modifier through ``llmcompressor.oneshot``.
+
+    Args:
+        model: the dense model.
+        batches: the calibration token batches ``[B, T]``, fed in this order, one per step.
+        plan: ``method`` (sparsegpt or wanda), ``sparsity`` (a fraction) or ``nm``,
+            ``layers`` (the module names to prune: the modifier's targets), and for
+            sparsegpt optionally ``block_size`` and ``damp`` (both sides' defaults: 128, 0.01).
+
+    Returns:
+        llmcompressor's version.
+    """
     import llmcompressor
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
