@@ -53,6 +53,9 @@ SMOKE = {
                          "--warmup-steps", "2", "--steps", "2", "--overhead-epochs", "1",
                          "--threads", "1"],
                         ["W-step / plain", "compression N/K"]),
+    "llmcompressor_check.py": (["--smoke"], [
+        "sparsegpt 50: bpb ours", "sparsegpt nm2:4: bpb ours", "time ratio",
+        "smoke: both sides agree (bpb bit for bit, every layer within one weight)"]),
     "oneshot_depth.py": (["--smoke"], ["depth 4:", "s/block at 4 blocks / at 2 blocks"]),
     "oneshot_grid.py": (["--smoke"], ["tiny-llama 50 admm:global seed 0: bpb",
                                       "admm:uniform", "x)",
@@ -70,7 +73,8 @@ SMOKE = {
     "yolov4.py": (["--model", "yolov4-tiny", "--size", "64", "--repeats", "1", "--steps", "1",
                    "--batch", "1", "--boxes", "1"], ["admm_step", "W-step / plain"]),
 }
-HELPERS = {"steptiming.py"}  # imported by the benchmarks, not run
+# imported or started by the benchmarks, not run alone
+HELPERS = {"steptiming.py", "llmcompressor_worker.py"}
 
 
 def test_every_benchmark_has_a_smoke_run():

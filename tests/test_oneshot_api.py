@@ -235,3 +235,22 @@ def test_curves_by_another_method_keep_the_budget_and_unknown_ones_are_refused()
     with pytest.raises(OneShotError, match="unknown method"):
         admmprune.oneshot(model, calibration(), all_percent=70.0, curve_method="obs",
                           progress=False)
+
+
+def test_the_recorded_peak_memory_is_the_jobs_own_not_its_parents():
+    # Linux's ru_maxrss survives fork + exec: a small job started by a benchmark holding a
+    # large model would record the benchmark's peak (llmcompressor_check.py runs such jobs)
+    import os
+    import subprocess
+    import sys
+
+    held = bytearray(1 << 30)
+    held[::4096] = b"\1" * len(held[::4096])  # touched, so resident
+    child = subprocess.run(
+        [sys.executable, "-c", "import resource\nfrom admmprune.runs.oneshot import peak_rss_mb"
+         "\nprint(peak_rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"],
+        capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    del held
+    own, inherited = (float(v) for v in child.stdout.split())
+    assert inherited > 1024  # the fault this guards against is still there to see
+    assert 0 < own < 1024

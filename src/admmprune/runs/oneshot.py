@@ -23,7 +23,8 @@ from ..posttraining import prune_oneshot
 from ..tasks.language_modeling import bits_per_byte, token_logits
 from .rundir import RunError, check_output_path
 
-__all__ = ["RECORD_FILE", "load_causal_lm", "text_calibration", "test_bpb", "run_oneshot"]
+__all__ = ["RECORD_FILE", "load_causal_lm", "text_calibration", "test_bpb", "peak_rss_mb",
+           "run_oneshot"]
 
 RECORD_FILE = "oneshot.json"
 
@@ -101,7 +102,16 @@ def test_bpb(model: nn.Module, test: tuple[torch.Tensor, torch.Tensor], batch_si
     return bits_per_byte(total / tokens)
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (VmHWM on Linux, else ``ru_maxrss``)."""
+    # Linux's VmHWM is this process's own peak; ru_maxrss carries the forking parent's peak
+    # over across exec, so a small job started by a large benchmark would report the latter
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes there, KiB here
 
@@ -155,7 +165,7 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
         pruned = test_bpb(model, test, batch_size)
         record["pruned_bpb"] = pruned if math.isfinite(pruned) else float("nan")
         record["test_windows"] = int(test[0].shape[0])
-    record["peak_rss_mb"] = _peak_rss_mb()
+    record["peak_rss_mb"] = peak_rss_mb()
     record["seconds"] = time.perf_counter() - started
     if out is not None:
         save_huggingface(model, out)
