@@ -204,7 +204,7 @@ def test_oneshot_command_needs_a_model_directory_and_a_new_out(hf_model, code_co
 def test_the_readme_post_training_commands_run_in_tiny_form(tmp_path, code_corpus, capsys):
     """Every README line with `admmprune oneshot` or `runs/gpt`: a tiny gpt run stands for
     runs/gpt, the generated corpus for the data."""
-    from conftest import tiny_gpt_config
+    from conftest import REPO, tiny_gpt_config
     from test_readme_commands import _argv, readme_commands
 
     from admmprune.runs.pipeline import run_pipeline
@@ -222,8 +222,18 @@ def test_the_readme_post_training_commands_run_in_tiny_form(tmp_path, code_corpu
                      "4", "--test-windows", "4", "--no-progress"]
             if "sparsegpt" not in argv:
                 argv += ["--iterations", "2"]
+        if argv[0] == "compare":  # the recipe's model and budget, shrunk to seconds
+            argv[1] = str(REPO / argv[1])
+            argv[argv.index("--out") + 1] = str(tmp_path / "cmp")
+            argv += ["--model-args", "{n_layer: 1, n_embd: 16, n_head: 2, context: 16}",
+                     "--data-dir", str(code_corpus), "--train-subset", "64", "--test-subset",
+                     "16", "--dense-epochs", "1", "--steps-per-epoch", "2", "--k-step", "1",
+                     "--epochs", "1", "--retraining-epochs", "1", "--calibration-batches",
+                     "2", "--no-progress"]
         assert main(argv) == 0, (line, capsys.readouterr().err)
     assert (tmp_path / "runs" / "gpt-admm70" / "oneshot.json").is_file()
+    compared = (tmp_path / "cmp" / "results.md").read_text()
+    assert "oneshot-admm-retrain" in compared and "oneshot-wanda" in compared
     assert (tmp_path / "runs" / "gpt-sparsegpt24" / "model.safetensors").is_file()
 
 
