@@ -54,7 +54,8 @@ SMOKE = {
                          "--threads", "1"],
                         ["W-step / plain", "compression N/K"]),
     "llmcompressor_check.py": (["--smoke"], [
-        "sparsegpt 50: bpb ours", "sparsegpt nm2:4: bpb ours", "time ratio",
+        "sparsegpt 50: bpb ours", "sparsegpt nm2:4: bpb ours", "time ratio", "bpb previous",
+        "no worse than the previous whole-model sequential path in",
         "smoke: both sides agree (bpb bit for bit, every layer within one weight)"]),
     "oneshot_depth.py": (["--smoke"], ["depth 4:", "s/block at 4 blocks / at 2 blocks"]),
     "oneshot_grid.py": (["--smoke"], ["tiny-llama 50 admm:global seed 0: bpb",
