@@ -92,6 +92,61 @@ def table(cells: list[dict]) -> str:
     return "\n".join(out)
 
 
+def target_checks(cells: list[dict]) -> list[str]:
+    """Issue 32's targets, one line per (model, seed) and target, each cell's gap compared
+    with the same model's and seed's: global ADMM against the uniform solver (at most 0.9x
+    at 70%, 0.8x at 80 and 90%, 1.0x at 50 and 60%), against OWL ratios (better at 70-90%),
+    against SparseGPT (at most 0.3x at 70 and 80%), against every SparseGPT / Wanda cell
+    (better everywhere; at N:M the ADMM solver, which has no allocation there), and its time
+    and peak RSS against SparseGPT's (at most 5x and 1.5x)."""
+    by = {(c["model"], c["seed"], c["target"], c["method"]): c for c in cells}
+    gap = {k: c["pruned_bpb"] - c["dense_bpb"] for k, c in by.items()}
+    lines = []
+    for model, seed in sorted({(c["model"], c["seed"]) for c in cells}):
+        def g(target: str, method: str, model: str = model, seed: int = seed) -> float | None:
+            return gap.get((model, seed, target, method))
+
+        results = []
+        for target in sorted({c["target"] for c in cells if c["model"] == model},
+                             key=lambda t: (t.startswith("nm"), t)):
+            ours = "admm:uniform" if target.startswith("nm") else "admm:global"
+            mine = g(target, ours)
+            if mine is None:
+                continue
+            if not target.startswith("nm"):
+                floor = g(target, "admm:uniform")
+                limit = {"70": 0.9, "80": 0.8, "90": 0.8}.get(target, 1.0)
+                if floor:
+                    results.append((f"{target}% vs uniform solver {mine / floor:.2f}x "
+                                    f"(<= {limit}x)", mine <= limit * floor))
+                owl = g(target, "admm:owl")
+                if owl is not None and target in ("70", "80", "90"):
+                    results.append((f"{target}% vs OWL solver", mine < owl))
+                sparsegpt = g(target, "sparsegpt:uniform")
+                if sparsegpt and target in ("70", "80"):
+                    results.append((f"{target}% vs SparseGPT {mine / sparsegpt:.2f}x (<= 0.3x)",
+                                    mine <= 0.3 * sparsegpt))
+            rivals = [m for m in METHODS if m.split(":")[0] in ("sparsegpt", "wanda")
+                      and g(target, m) is not None]
+            if rivals:
+                worst = min(rivals, key=lambda m: g(target, m))
+                results.append((f"{target} beats every SparseGPT/Wanda cell (best {worst})",
+                                mine < g(target, worst)))
+            baseline = by.get((model, seed, target, "sparsegpt:uniform"))
+            if baseline and not target.startswith("nm"):
+                cell = by[(model, seed, target, ours)]
+                times = cell["prune_seconds"] / baseline["prune_seconds"]
+                results.append((f"{target}% time {times:.1f}x SparseGPT (<= 5x)",
+                                cell["prune_seconds"] <= 5 * baseline["prune_seconds"]))
+                results.append((f"{target}% peak RSS "
+                                f"{cell['peak_rss_mb'] / baseline['peak_rss_mb']:.2f}x SparseGPT "
+                                "(<= 1.5x)", cell["peak_rss_mb"] <= 1.5 * baseline["peak_rss_mb"]))
+        met = sum(ok for _, ok in results)
+        lines.append(f"{Path(model).name} seed {seed}: {met} of {len(results)} targets met")
+        lines += [f"  {'met ' if ok else 'MISS'} {text}" for text, ok in results]
+    return lines
+
+
 def plot_allocation(cells: list[dict], target: str, path: Path,
                     methods: tuple[str, ...] = ("admm:uniform", "admm:owl", "admm:global")
                     ) -> Path | None:
@@ -204,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         text = table(cells)
         (out / "table.md").write_text(text + "\n")
         print(text, flush=True)
+        checks = target_checks(cells)
+        (out / "targets.md").write_text("\n".join(checks) + "\n")
+        print("\n".join(checks), flush=True)
         for target in args.plot:
             drawn = plot_allocation(cells, target, out / f"allocation-{target}.png")
             print(f"allocation plot at {target}: {drawn or 'no per-layer cells'}", flush=True)
