@@ -11,6 +11,7 @@ import admmprune
 from admmprune.cli import main
 from admmprune.models import create_model
 from admmprune.posttraining import OneShotError, layer_shares
+from admmprune.posttraining.api import removal_cap
 from admmprune.projection import survivor_count
 
 LLAMA = dict(n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate=48, context=16)
@@ -75,9 +76,31 @@ def test_the_global_allocation_prunes_harder_where_the_loss_cares_less():
         result = admmprune.oneshot(model, calibration(), method="sparsegpt", all_percent=60.0,
                                    allocation="global", progress=False, curve_rows=16)
         shares.append(result.percents)  # curves on 16 of the (32 or 48) rows: enough
-    assert shares[0][name] < 90.0 < shares[1][name]
-    assert shares[1][name] >= max(shares[1].values()) - 0.1  # at the grid's last point
+    cap = removal_cap(60.0)  # 80: halfway to 100
+    assert shares[0][name] < cap - 5 and shares[1][name] >= cap - 0.1  # the second at the cap
+    assert max(max(s.values()) for s in shares) <= cap + 0.1
     assert sorted(result.seconds) == ["analysis", "prune", "sensitivity", "total"]
+
+
+def test_the_removal_cap_is_halfway_to_everything_unless_set():
+    assert [removal_cap(t) for t in (50.0, 70.0, 90.0, 97.0)] == [75.0, 85.0, 95.0, 98.0]
+    assert removal_cap(90.0, 97.5) == 97.5
+    for most in (90.0, 80.0, 100.0):
+        with pytest.raises(OneShotError, match="between the target"):
+            removal_cap(90.0, most)
+
+
+@pytest.mark.parametrize("most", [None, 75.0])
+def test_no_layer_loses_more_than_the_cap_and_the_budget_holds(most):
+    model = trained_like("llama", LLAMA)
+    total = sum(w.numel() for _, w in admmprune.prunable_parameters(model))
+    result = admmprune.oneshot(model, calibration(), method="sparsegpt", all_percent=70.0,
+                               allocation="global", progress=False, max_layer_percent=most)
+    cap = removal_cap(70.0, most)
+    assert max(result.percents.values()) <= cap + 1e-6
+    assert result.kept == survivor_count(total, 70.0)
+    if most is not None:  # a tighter cap binds: some layer sits on it
+        assert max(result.percents.values()) >= cap - 0.5
 
 
 def test_curves_on_sampled_rows_estimate_the_whole_layers():
@@ -89,7 +112,8 @@ def test_curves_on_sampled_rows_estimate_the_whole_layers():
     sampled = admmprune.oneshot(model, calibration(), method="sparsegpt", all_percent=60.0,
                                 allocation="global", progress=False, curve_rows=24).percents
     assert sampled != full  # the sample changed the curves of the 32- and 48-row layers...
-    assert max(abs(sampled[k] - full[k]) for k in full) < 10.0  # ...not the picture
+    # ...not the picture: no layer moves more than one grid step (10 points, + rounding)
+    assert max(abs(sampled[k] - full[k]) for k in full) < 10.5
     assert sum(abs(sampled[k] - full[k]) for k in full) / len(full) < 3.0
 
 
@@ -116,7 +140,10 @@ def test_bad_requests_are_refused_before_any_work():
                           ({"nm": (2, 4), "allocation": "global"}, "N:M"),
                           ({"all_percent": 100.0}, "all_percent"),
                           ({"all_percent": 70.0, "allocation": "best"}, "allocation"),
-                          ({"all_percent": 70.0, "method": "obs"}, "unknown method")):
+                          ({"all_percent": 70.0, "method": "obs"}, "unknown method"),
+                          ({"all_percent": 70.0, "max_layer_percent": 60.0}, "between"),
+                          ({"all_percent": 70.0, "allocation": "owl",
+                            "max_layer_percent": 90.0}, "drop it")):
         with pytest.raises(OneShotError, match=match):
             admmprune.oneshot(model, calibration(), progress=False, **kwargs)
     with pytest.raises(OneShotError, match="empty"):

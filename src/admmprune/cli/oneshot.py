@@ -66,7 +66,9 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              test_windows=None if args.no_eval else args.test_windows,
                              order=args.order, progress=not args.no_progress,
                              curve_rows=args.curve_rows or None,
-                             curve_method=args.curve_method, dense_bpb=args.dense_bpb,
+                             curve_method=args.curve_method,
+                             max_layer_percent=args.max_layer_percent,
+                             dense_bpb=args.dense_bpb,
                              **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None

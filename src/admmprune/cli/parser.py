@@ -403,6 +403,9 @@ def add_oneshot_parser(sub) -> None:
                          help="global: measure each layer's error curve on N of its output "
                               "rows, drawn at random and scaled (0: every row) "
                               "[default: %(default)s]")
+    oneshot.add_argument("--max-layer-percent", type=float, metavar="P",
+                         help="global: no layer loses more than P%% [default: halfway from "
+                              "--all-percent to 100%%, at most 98]")
     oneshot.add_argument("--test-windows", type=int, default=2048, metavar="N",
                          help="test bpb on the first N test windows (0: all) "
                               "[default: %(default)s]")

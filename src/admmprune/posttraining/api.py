@@ -41,14 +41,35 @@ from .owl import OWLError, outlier_ratio, owl_ratios
 from .sensitivity import output_sensitivities, weighted_error
 
 __all__ = ["ALLOCATIONS", "DEFAULT_GRID", "MAX_LAYER_PERCENT", "OneShotResult",
-           "curve_percents", "prune_oneshot", "layer_shares"]
+           "curve_percents", "prune_oneshot", "layer_shares", "removal_cap"]
 
 ALLOCATIONS = ("uniform", "owl", "global")
 # offsets from the target (percent points) at which the global allocation measures each
 # layer's error curve: dense near the target, where the shares settle; past the last point
-# (MAX_LAYER_PERCENT) a layer's removals cost +inf, so no layer loses more than that
+# (the removal cap, :func:`removal_cap`) a layer's removals cost +inf
 DEFAULT_GRID = (-30.0, -20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
 MAX_LAYER_PERCENT = 98.0
+
+
+def removal_cap(target: float, most: float | None = None) -> float:
+    """The most a layer may lose under the global allocation at ``target`` percent.
+
+    By default halfway from the target to 100%, and never past :data:`MAX_LAYER_PERCENT`:
+    the error curves price removals by a local (second-order) model of the loss, which
+    understates the damage far past the uniform share; on the converged Llama reference at
+    90% the uncapped allocation emptied two layers of the first block to 2% and lost to
+    uniform ratios (docs/results.md section 14).
+
+    Raises:
+        OneShotError: ``most`` not above the target or not below 100.
+    """
+    if most is None:
+        return min(MAX_LAYER_PERCENT, target + (100.0 - target) / 2)
+    if not target < most < 100.0:
+        raise OneShotError(f"max_layer_percent must lie between the target ({target:g}) and "
+                           f"100, got {most:g}: no layer could take the removals the budget "
+                           "needs, or every weight of one could go")
+    return float(most)
 
 
 def curve_percents(target: float, grid: Sequence[float] = DEFAULT_GRID,
@@ -220,6 +241,7 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                   order: str = "sequential", max_batches: int | None = None,
                   device: torch.device | str | None = None, progress: bool = True,
                   grid: Sequence[float] = DEFAULT_GRID, curve_rows: int | None = 32,
+                  max_layer_percent: float | None = None,
                   curve_method: str | LayerMethod | None = None, owl_m: float = 5.0,
                   owl_lambda: float = 0.08,
                   loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
@@ -246,7 +268,9 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
         device: where batches go (default: the model's).
         progress: progress bars over the blocks.
         grid: (global) offsets from ``all_percent`` at which the error curves are measured
-            (:func:`curve_percents`; no layer loses more than :data:`MAX_LAYER_PERCENT`).
+            (:func:`curve_percents`).
+        max_layer_percent: (global) the most any layer loses (None: halfway from
+            ``all_percent`` to 100%, at most :data:`MAX_LAYER_PERCENT`; :func:`removal_cap`).
         curve_rows: (global) measure each curve on this many of the layer's output rows,
             drawn at random (seeded) and scaled to the layer (None: every row); the curves
             cost about ``curve_rows / rows`` of a full solve per point.
@@ -284,6 +308,11 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
             check_percent(float(all_percent))  # type: ignore[arg-type]
         except (ProjectionError, TypeError, ValueError) as err:
             raise OneShotError(f"bad all_percent: {err}") from None
+    if max_layer_percent is not None:
+        if allocation != "global":
+            raise OneShotError(f"max_layer_percent caps the global allocation's shares; the "
+                               f"{allocation!r} allocation sets its own: drop it")
+        removal_cap(float(all_percent), max_layer_percent)  # type: ignore[arg-type]
     batches = list(islice(calibration, max_batches))
     if not batches:
         raise OneShotError("no calibration batch: the calibration data is empty")
@@ -304,7 +333,7 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
                                    all_percent=float(all_percent),  # type: ignore[arg-type]
                                    include=include, exclude=exclude, pattern=pattern,
                                    device=device, progress=progress, grid=grid,
-                                   curve_rows=curve_rows, owl_m=owl_m,
+                                   most=max_layer_percent, curve_rows=curve_rows, owl_m=owl_m,
                                    curve_method=layer_method(curve_method)
                                    if curve_method is not None else layer,
                                    owl_lambda=owl_lambda, loss_fn=loss_fn, seconds=seconds)
@@ -320,7 +349,8 @@ def prune_oneshot(model: nn.Module, calibration: Iterable, *, method: str | Laye
 
 def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, sizes: list[int],
             keep: int, allocation: str, *, all_percent: float, include, exclude, pattern,
-            device, progress: bool, grid: Sequence[float], curve_rows: int | None,
+            device, progress: bool, grid: Sequence[float], most: float | None,
+            curve_rows: int | None,
             curve_method: LayerMethod, owl_m: float, owl_lambda: float,
             loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None,
             seconds: dict[str, float]) -> tuple[dict[str, float], list[float]]:
@@ -336,7 +366,8 @@ def _shares(model: nn.Module, batches: list, layer: LayerMethod, layers: list, s
                 batches, loss_fn=loss_fn, device=device)
             sensitivities = {name: g for (name, _, _, _), g in zip(layers, found, strict=True)}
             seconds["sensitivity"] = time.perf_counter() - start
-        probe = _Probe(curve_method, curve_percents(all_percent, grid) if allocation == "global"
+        probe = _Probe(curve_method, curve_percents(
+            all_percent, grid, removal_cap(all_percent, most)) if allocation == "global"
                        else None, sensitivities,
                        owl_m if allocation == "owl" else None, curve_rows)
         start = time.perf_counter()

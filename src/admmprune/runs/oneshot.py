@@ -122,7 +122,8 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                 seed: int = 0, data_dir: str | None = None, context: int | None = None,
                 test_windows: int | None = 2048, order: str = "sequential",
                 progress: bool = True, curve_rows: int | None = 32,
-                curve_method: str | None = None, dense_bpb: float | None = None,
+                curve_method: str | None = None, max_layer_percent: float | None = None,
+                dense_bpb: float | None = None,
                 **method_options: Any) -> dict[str, Any]:
     """Prune the model of ``model_dir`` post-training and write ``out`` (None: measure only).
 
@@ -150,6 +151,7 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
         "model": str(Path(model_dir).resolve()), "method": method, "all_percent": all_percent,
         "nm": list(nm) if nm else None, "calibration": calibration, "context": context,
         "seed": seed, "order": order, "curve_rows": curve_rows, "curve_method": curve_method,
+        "max_layer_percent": max_layer_percent,
         "method_options": method_options}
     if test is not None:
         record["dense_bpb"] = test_bpb(model, test, batch_size) if dense_bpb is None \
@@ -158,7 +160,7 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
     result = prune_oneshot(model, batches, method=method, all_percent=all_percent, nm=nm,
                            allocation=allocation, order=order, progress=progress,
                            curve_rows=curve_rows, curve_method=curve_method,
-                           **method_options)
+                           max_layer_percent=max_layer_percent, **method_options)
     record["result"] = result.summary()
     record["allocation"] = result.allocation
     if test is not None:
