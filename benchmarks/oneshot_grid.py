@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="TARGET", action="append", default=[],
                         help="also draw OUT/allocation-TARGET.png: per-layer kept shares of "
                         "admm uniform, owl and global at this target (repeatable)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run no cell: the table, targets and plots of OUT's cells")
     parser.add_argument("--smoke", action="store_true")
     args, extra = parser.parse_known_args(argv)
     args.extra = extra
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 for method in args.methods.split(","):
                     for seed in (int(s) for s in args.seeds.split(",")):
                         key = cell_key(model, target, method, seed)
-                        if key in done:
+                        if key in done or args.report_only:
                             continue
                         # the dense side is the same for every cell of a model: measured once
                         dense = next((c["dense_bpb"] for c in cells if c["model"] == model),
