@@ -134,7 +134,10 @@ def save(model: nn.Module, model_dir: str, out: Path) -> None:
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory: Linux's VmHWM, since ru_maxrss carries the
-    forking parent's peak over across exec (the check's parent holds a model)."""
+    forking parent's peak over across exec (the check's parent holds a model).
+
+    The same rule as ``admmprune.runs.oneshot.peak_rss_mb``, restated: this file runs under
+    llmcompressor's own environment, where admmprune is not importable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
