@@ -48,6 +48,20 @@ def test_sensitivities_are_the_squared_output_gradients_computed_directly():
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
 
 
+def test_micro_batches_change_memory_not_the_sensitivities():
+    model = _tiny_llama()
+    layers = [model.model.layers[0].self_attn.v_proj, model.model.layers[1].mlp.gate_proj]
+    pairs = [(m, m.out_features) for m in layers]
+    batches = [torch.randint(256, (5, 8)) for _ in range(2)]
+    whole = output_sensitivities(model, pairs, batches, micro_batch=None)
+    for size in (1, 2, 4):  # 5 sequences: uneven slices too
+        sliced = output_sensitivities(model, pairs, batches, micro_batch=size)
+        for a, b in zip(sliced, whole, strict=True):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(OneShotError, match="micro_batch must be at least 1"):
+        output_sensitivities(model, pairs, batches, micro_batch=0)
+
+
 def test_pairs_use_their_targets_and_a_custom_loss():
     model = _tiny_llama()
     layer = model.model.layers[0].mlp.up_proj

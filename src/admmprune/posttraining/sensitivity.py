@@ -23,7 +23,11 @@ from torch import nn
 
 from .errors import OneShotError
 
-__all__ = ["output_sensitivities", "weighted_error", "next_token_loss"]
+__all__ = ["MICRO_BATCH", "output_sensitivities", "weighted_error", "next_token_loss"]
+
+#: sequences per backward pass: autograd holds every activation of the slice, ~20 MB per
+#: sequence of 128 tokens on the 256-wide reference GPT (a batch of 16 peaked 340 MB)
+MICRO_BATCH = 4
 
 
 def next_token_loss(output: Any, tokens: torch.Tensor) -> torch.Tensor:
@@ -44,7 +48,8 @@ def output_sensitivities(model: nn.Module, layers: Sequence[tuple[nn.Module, int
                          batches: Iterable, *,
                          loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
                          max_batches: int | None = None,
-                         device: torch.device | str | None = None) -> list[torch.Tensor]:
+                         device: torch.device | str | None = None,
+                         micro_batch: int | None = MICRO_BATCH) -> list[torch.Tensor]:
     """``G``: the mean squared gradient of the loss per output feature of each layer.
 
     Args:
@@ -56,14 +61,21 @@ def output_sensitivities(model: nn.Module, layers: Sequence[tuple[nn.Module, int
             the next tokens already, as the project's text windows do).
         max_batches: use at most this many batches.
         device: where batches go (default: the model's first parameter's).
+        micro_batch: run the backward pass on at most this many sequences at a time (None:
+            whole batches). Each slice's loss is scaled by its share of the batch, so the
+            per-token gradients, and ``G``, are those of the whole batch's mean loss (for a
+            loss that is a mean over sequences); only the memory held by autograd shrinks.
 
     Returns:
         One float64 vector of length ``out`` per layer, on the CPU: the sum over batches of
         the squared per-token gradients of the batch-mean loss, divided by the batches.
 
     Raises:
-        OneShotError: no batch, a loss that is not finite, or a layer the loss never reached.
+        OneShotError: no batch, a loss that is not finite, a layer the loss never reached,
+            or a ``micro_batch`` below 1.
     """
+    if micro_batch is not None and micro_batch < 1:
+        raise OneShotError(f"micro_batch must be at least 1 sequence, got {micro_batch}")
     if device is None:
         device = next(model.parameters()).device
     sums: list[torch.Tensor | None] = [None] * len(layers)
@@ -90,15 +102,22 @@ def output_sensitivities(model: nn.Module, layers: Sequence[tuple[nn.Module, int
             p.requires_grad_(False)
         for batch in islice(batches, max_batches):
             x, y = _split(batch)
-            x = x.to(device)
-            with torch.enable_grad():
-                # the embedding output needs a gradient, so every layer output gets one
-                output = _forward_with_grad(model, x)
-                loss = _loss(output, x, None if y is None else y.to(device), loss_fn)
-                if not torch.isfinite(loss):
-                    raise OneShotError(f"the calibration loss is {loss.item()}: the model or "
-                                       "its inputs hold NaN/inf")
-                loss.backward()
+            size = x.shape[0]
+            step = size if micro_batch is None else min(micro_batch, size)
+            for start in range(0, size, step):
+                part_x = x[start:start + step].to(device)
+                part_y = None if y is None else y[start:start + step].to(device)
+                with torch.enable_grad():
+                    # the embedding output needs a gradient, so every layer output gets one
+                    output = _forward_with_grad(model, part_x)
+                    loss = _loss(output, part_x, part_y, loss_fn)
+                    if not torch.isfinite(loss):
+                        raise OneShotError(f"the calibration loss is {loss.item()}: the model "
+                                           "or its inputs hold NaN/inf")
+                    # a slice's mean loss weighted by its share of the batch: the gradients
+                    # are the whole batch's mean loss's
+                    (loss * (part_x.shape[0] / size)).backward()
+                del output, loss
             seen += 1
     finally:
         for handle in handles:
