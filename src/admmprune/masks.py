@@ -14,7 +14,18 @@ __all__ = [
     "LayerSparsity",
     "sparsity_report",
     "global_sparsity",
+    "CollapseWarning",
+    "collapsed_layers",
+    "OPEN_ROWS_FLOOR",
 ]
+
+#: a layer whose weights survive in fewer than this share of its output rows (channels,
+#: neurons) is reported as collapsing: too few paths stay open through it
+OPEN_ROWS_FLOOR = 0.5
+
+
+class CollapseWarning(UserWarning):
+    """A projection left a layer with no weight, or with weights in too few output rows."""
 
 
 @torch.no_grad()
@@ -123,6 +134,8 @@ class LayerSparsity:
     shape: tuple[int, ...]
     total: int
     kept: int
+    rows: int = 0  # output rows (channels, neurons) of the tensor
+    open_rows: int = 0  # rows that keep at least one weight
 
     @property
     def kept_fraction(self) -> float:
@@ -136,13 +149,36 @@ class LayerSparsity:
 
 
 def sparsity_report(
-    names: Sequence[str], tensors: Sequence[torch.Tensor]
+    names: Sequence[str], tensors: Sequence[torch.Tensor],
+    out_axes: Sequence[int] | None = None,
 ) -> list[LayerSparsity]:
-    """Per-tensor counts of non-zero entries (works on weights or boolean masks)."""
-    return [
-        LayerSparsity(name=n, shape=tuple(t.shape), total=t.numel(), kept=int(t.count_nonzero()))
-        for n, t in zip(names, tensors, strict=True)
-    ]
+    """Per-tensor counts of non-zero entries and of output rows that keep any (works on
+    weights or boolean masks). ``out_axes``: each tensor's output axis (default 0; 1 for a
+    weight stored [in, out])."""
+    axes = list(out_axes) if out_axes is not None else [0] * len(names)
+    report = []
+    for n, t, axis in zip(names, tensors, axes, strict=True):
+        nonzero = t.detach() != 0
+        rows = t.shape[axis] if t.dim() else 1
+        open_rows = int(nonzero.movedim(axis, 0).reshape(rows, -1).any(1).sum()) \
+            if t.dim() else int(nonzero)
+        report.append(LayerSparsity(name=n, shape=tuple(t.shape), total=t.numel(),
+                                    kept=int(nonzero.sum()), rows=rows, open_rows=open_rows))
+    return report
+
+
+def collapsed_layers(report: Sequence[LayerSparsity], floor: float = OPEN_ROWS_FLOOR
+                     ) -> list[tuple[str, str]]:
+    """``(layer, why)`` for every layer of ``report`` that keeps no weight, or keeps weights
+    in fewer than ``floor`` of its output rows (no or few paths stay open through it)."""
+    found = []
+    for r in report:
+        if r.total and r.kept == 0:
+            found.append((r.name, "keeps no weight: nothing passes through it"))
+        elif r.rows and r.open_rows < floor * r.rows:
+            found.append((r.name, f"keeps weights in {r.open_rows} of its {r.rows} output "
+                                  f"rows ({r.kept} of {r.total} weights)"))
+    return found
 
 
 def global_sparsity(report: Sequence[LayerSparsity]) -> dict:

@@ -40,6 +40,9 @@ __all__ = [
     "rms_scores",
     "lamp_scores",
     "compute_scores",
+    "floored_topk_masks",
+    "FOLDED_SCORE",
+    "SCORES",
     "SCORE_FUNCTIONS",
     "GROUP_SCORES",
     "StructureOptions",
@@ -154,6 +157,30 @@ def global_topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.T
     return masks
 
 
+def floored_topk_masks(scores: Sequence[torch.Tensor], keep: int, floors: Sequence[int]
+                       ) -> list[torch.Tensor]:
+    """Masks keeping exactly ``keep`` entries of largest score across all tensors jointly,
+    with tensor ``i`` keeping at least its own top ``floors[i]`` whatever the others score.
+
+    Raises ``ProjectionError`` when the floors add up to more than ``keep``.
+    """
+    floors = [min(int(f), s.numel()) for f, s in zip(floors, scores, strict=True)]
+    reserved_total = sum(floors)
+    if reserved_total > keep:
+        raise ProjectionError(f"the per-layer floors keep {reserved_total} weights, more than "
+                              f"the {keep} the global ratio allows: lower min_layer_percent "
+                              "or all_percent")
+    reserved = [global_topk_masks([s], f)[0] for s, f in zip(scores, floors, strict=True)]
+    if keep == reserved_total:
+        return reserved
+    # the reserved entries drop below every other score, so the rest of the budget goes to
+    # the best of the others
+    lowest = min(float(s.min()) for s in scores) - 1.0
+    rest = global_topk_masks([torch.where(r, lowest, s) for s, r in
+                              zip(scores, reserved, strict=True)], keep - reserved_total)
+    return [r | m for r, m in zip(reserved, rest, strict=True)]
+
+
 def layerwise_topk_masks(
     scores: Sequence[torch.Tensor], percents: float | Sequence[float]
 ) -> list[torch.Tensor]:
@@ -217,6 +244,14 @@ SCORE_FUNCTIONS = {
 }
 
 
+# The magnitude of each weight as the network uses it, with the scales of the normalizations
+# next to its layer folded in (admmprune.channels.norms): it needs the model, not only the
+# weights, so the pruner computes it and hands the projection raw scores.
+FOLDED_SCORE = "folded"
+#: every element score a pruner accepts
+SCORES = (*SCORE_FUNCTIONS, FOLDED_SCORE)
+
+
 def compute_scores(weights: Sequence[torch.Tensor], score: str = "magnitude") -> list[torch.Tensor]:
     """Scores of the named criterion (see ``SCORE_FUNCTIONS``)."""
     try:
@@ -257,6 +292,8 @@ class StructureOptions:
     # weights only (filter: a column whose filters are all removed is dead and zeroed too;
     # unstructured: a weight whose unit no kept weight reads is dead, see live_projection)
     readers: tuple = ()
+    # global unstructured: the fewest entries each tensor keeps (min_layer_percent), or ()
+    floors: tuple[int, ...] = ()
 
 
 def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
@@ -276,6 +313,8 @@ def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
         return layerwise_topk_masks(scores, percents)
     if options.readers:
         return live_topk_masks(scores, keep, options.readers, allowed)
+    if options.floors:
+        return floored_topk_masks(scores, keep, options.floors)
     return global_topk_masks(scores, keep)
 
 

@@ -11,6 +11,7 @@ It never wraps the optimizer or the loop; it only reads and writes the weights.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -20,19 +21,22 @@ from torch import nn
 from . import admm
 from .checks import NM_PERCENT_TOLERANCE, is_number, rho_schedule_problem
 from .masks import (
+    CollapseWarning,
     LayerSparsity,
     MaskEnforcer,
+    collapsed_layers,
     global_sparsity,
     sparsity_report,
     zero_optimizer_state,
 )
 from .projection import (
+    FOLDED_SCORE,
     GROUP_SCORES,
+    SCORES,
     STRUCTURES,
     ProjectionError,
     StructureOptions,
     check_percent,
-    compute_scores,
     nm_removed_percent,
     nm_survivors,
     survivor_count,
@@ -65,8 +69,12 @@ class ADMMPruner:
         p_lambda: L2 regularisation (p_lambda/2)·Σ‖W‖² of the prunable weights.
         projection: ``"global"`` (one budget over all layers) or ``"layerwise"``
             (every layer removes ``layer_percents``, default all_percent each).
-        score: ranking criterion of the Z-step: ``magnitude``, ``rms`` or ``lamp``
-            (unstructured only).
+        score: ranking criterion of the Z-step and the hard prune: ``magnitude``, ``rms``,
+            ``lamp`` or ``folded`` (unstructured only). ``folded`` ranks each weight by its
+            magnitude times the scale of the BatchNorm its layer feeds (γ/σ per output row)
+            and of the normalization that feeds its layer (γ per input column), so that
+            scale-free layers compare fairly; it needs ``example_inputs`` to find those
+            norms (``admmprune.channels.norms``).
         structure: what the Z-step keeps (``admmprune.projection.STRUCTURES``):
             ``unstructured`` (single weights), ``filter`` (whole output filters; their
             biases are zeroed and kept zero with them after the hard prune), ``channel``
@@ -92,6 +100,10 @@ class ADMMPruner:
         z_init: ``"projection"`` (Z = Π(W), the standard start) or ``"weights"`` (Z = W:
             the first W-step is only pulled towards the current weights).
         allow_regrowth: after a hard prune, may a later stage revive removed weights?
+        min_layer_percent: global unstructured only: every layer keeps at least this percent
+            of its weights (its best-scored), whatever the global ranking says; the rest of
+            the budget is ranked globally. None: no floor (a layer may lose everything; the
+            hard prune then warns with ``CollapseWarning``).
     """
 
     def __init__(
@@ -117,6 +129,7 @@ class ADMMPruner:
         nm_m: int = 4,
         example_inputs: torch.Tensor | None = None,
         live_weights: bool = False,
+        min_layer_percent: float | None = None,
     ) -> None:
         problem = rho_schedule_problem(rho, rho_growth, rho_max)
         if problem is not None:
@@ -127,8 +140,8 @@ class ADMMPruner:
             raise PrunerError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         if z_init not in Z_INITS:
             raise PrunerError(f"z_init must be one of {Z_INITS}, got {z_init!r}")
-        # fails early on an unknown score name
-        _checked(compute_scores, [torch.zeros(1)], score)
+        if score not in SCORES:
+            raise PrunerError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
         if structure not in STRUCTURES:
             raise PrunerError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
         if group_score not in GROUP_SCORES:
@@ -194,8 +207,14 @@ class ADMMPruner:
             from .channels.liveness import filter_readers
 
             readers = filter_readers(model, self.names, example_inputs)
+        self._norms = None
+        if score == FOLDED_SCORE:
+            self._norms = _norm_neighbours(model, self.names, example_inputs)
+        floors = _floors(self.params, min_layer_percent, structure, projection, live_weights)
+        self.min_layer_percent = min_layer_percent
         self.options = StructureOptions(score=score, group_score=group_score, nm_n=nm_n,
-                                        nm_m=nm_m, fixed=fixed, readers=readers)
+                                        nm_m=nm_m, fixed=fixed, readers=readers,
+                                        floors=floors)
         self._biases = _own_biases(model, self.names, self.params) \
             if structure == "filter" else []
         self.layer_percents = None if layer_percents is None else [float(p) for p in
@@ -225,6 +244,10 @@ class ADMMPruner:
         keep = _checked(survivor_count, self.total, all_percent)
         if self.structure == "nm":
             keep = self._nm_keep(all_percent)
+        if sum(self.options.floors) > keep:
+            raise PrunerError(f"min_layer_percent={self.min_layer_percent} keeps at least "
+                              f"{sum(self.options.floors)} weights, more than the {keep} that "
+                              f"all_percent={all_percent} leaves: lower one of them")
         if self.masks is not None and not self.allow_regrowth:
             kept_now = sum(int(m.count_nonzero()) for m in self.masks)
             if keep > kept_now:
@@ -406,7 +429,14 @@ class ADMMPruner:
             masks = self._project(weights)
         self._install(masks)
         self.pruned = True
-        return self.sparsity()
+        report = self.sparsity()
+        collapsed = collapsed_layers(report)
+        if collapsed:
+            warnings.warn("the hard prune collapses " + "; ".join(
+                f"{name}: {why}" for name, why in collapsed) + ". Other scores (folded for "
+                "BatchNorm networks, lamp) spread the budget more evenly; min_layer_percent "
+                "sets a floor", CollapseWarning, stacklevel=3)
+        return report
 
     @torch.no_grad()
     def apply_masks(self, masks: Sequence[torch.Tensor]) -> list[LayerSparsity]:
@@ -480,8 +510,15 @@ class ADMMPruner:
             self._enforcer = None
 
     # -- reports ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def preview(self) -> list[LayerSparsity]:
+        """What :meth:`hard_prune` would keep per layer now, without pruning anything."""
+        masks = self._project([p.detach() for p in self.params])
+        return sparsity_report(self.names, masks, [1 if t else 0 for t in self.transposed])
+
     def sparsity(self) -> list[LayerSparsity]:
-        return sparsity_report(self.names, [p.detach() for p in self.params])
+        return sparsity_report(self.names, [p.detach() for p in self.params],
+                               [1 if t else 0 for t in self.transposed])
 
     def summary(self) -> dict:
         return global_sparsity(self.sparsity())
@@ -578,6 +615,12 @@ class ADMMPruner:
         if self.projection == "layerwise":
             percents = self.layer_percents if self.layer_percents is not None else \
                 self.all_percent
+        if self._norms is not None:
+            # the folded score: magnitudes times the norms' current scales
+            from .channels.norms import folded_magnitudes, scale_factors
+
+            values = folded_magnitudes(values, scale_factors(self.model, self._norms))
+            raw_scores = True
         options = replace(self.options, raw_scores=raw_scores)
         if self.structure != "nm" or not any(self.transposed):
             return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
@@ -626,6 +669,35 @@ class ADMMPruner:
             all_masks.append(masks[index].reshape(masks[index].shape[0], -1).any(1)
                              .to(bias.device))
         return MaskEnforcer(params, all_masks)
+
+
+def _norm_neighbours(model: nn.Module, names: Sequence[str], example_inputs):
+    """The norms next to each pruned weight, for the folded score (traced once)."""
+    if example_inputs is None:
+        raise PrunerError("score 'folded' finds the BatchNorm/normalization next to each "
+                          "layer by tracing one forward pass: pass example_inputs (a batch "
+                          "the model accepts)")
+    from .channels.norms import NormTraceError, find_norm_neighbours
+
+    try:
+        return find_norm_neighbours(model, names, example_inputs)
+    except NormTraceError as err:
+        raise PrunerError(str(err)) from None
+
+
+def _floors(params: Sequence[torch.Tensor], min_layer_percent: float | None, structure: str,
+            projection: str, live_weights: bool) -> tuple[int, ...]:
+    """The fewest weights each tensor keeps under ``min_layer_percent`` (() for none)."""
+    if min_layer_percent is None:
+        return ()
+    if not (is_number(min_layer_percent) and 0 < min_layer_percent < 100):
+        raise PrunerError(f"min_layer_percent is the share of each layer's weights kept at "
+                          f"least, in (0, 100); got {min_layer_percent!r}")
+    if structure != "unstructured" or projection != "global" or live_weights:
+        raise PrunerError("min_layer_percent floors the global unstructured ranking "
+                          "(projection 'global', structure 'unstructured', live_weights "
+                          "off); the other projections set every layer's share themselves")
+    return tuple(max(1, math.ceil(p.numel() * min_layer_percent / 100)) for p in params)
 
 
 def _own_biases(model: nn.Module, names: Sequence[str], params: Sequence[torch.Tensor]

@@ -41,7 +41,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"{config.model} {config.model_args or ''}".rstrip())
     print(format_selection(pruned, skipped))
     prunable_parameters(model, config.include, config.exclude)  # a run would refuse: say so
+    _print_shares(model, config)
     return 0
+
+
+def _print_shares(model, config: Config) -> None:
+    """What a hard prune at the recipe's first ratio, by its score, would keep per layer of
+    the recipe's weights (pretrained, else the initial ones), beside the uniform share."""
+    from pathlib import Path
+
+    import torch
+
+    from ..data import DatasetError
+    from ..masks import LayerSparsity
+    from ..pruner import PrunerError
+    from ..runs.build import (
+        build_pruner,
+        example_inputs,
+        load_data,
+        load_weights,
+        traces_model,
+    )
+    from ..runs.report import format_layer_shares
+    from ..runs.rundir import RunError
+
+    percent = config.stage_value("all_percent", 0)
+    if not percent or config.pruning != "admm" and config.pruning != "oneshot":
+        return
+    cpu = torch.device("cpu")
+    try:
+        if config.pretrained:
+            load_weights(model, Path(config.pretrained), cpu, config.model)
+        example = example_inputs(load_data(config, cpu, ("test",)), cpu) \
+            if traces_model(config) else None
+        report: list[LayerSparsity] = build_pruner(model, config, 0, example).preview()
+    except (ConfigError, DatasetError, PrunerError, RunError, OSError) as err:
+        # the listing above stands; the preview needs the weights (and, for the folded
+        # score, a batch of the data)
+        print(f"\n(no preview of the per-layer shares: {err})")
+        return
+    origin = "pretrained" if config.pretrained else "initial"
+    print(f"\na hard prune of the {origin} weights at all_percent {percent:g} "
+          f"(projection {config.projection}, score {config.score}) would keep:")
+    print(format_layer_shares([r.as_dict() for r in report]))
 
 
 def cmd_make_detection_set(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.hf import config_differences
 from ..models.registry import ModelArgumentsError, accepts_argument
 from ..posttraining.activations import CalibrationError
-from ..projection import ProjectionError, survivor_count
+from ..projection import FOLDED_SCORE, ProjectionError, survivor_count
 from ..pruner import ADMMPruner, PrunerError
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
@@ -174,12 +174,14 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0,
         example_inputs=example_inputs if traces_model(config) else None,
         # global filter pruning counts live weights whenever it can trace the model
         live_weights=config.live_weights and config.structure == "unstructured",
+        min_layer_percent=config.min_layer_percent,
     )
 
 
 def traces_model(config: Config) -> bool:
-    """Whether the pruner traces the model on example inputs (to count live weights)."""
-    return config.structure == "filter" or config.live_weights
+    """Whether the pruner traces the model on example inputs (to count live weights, or to
+    find the norms the folded score reads)."""
+    return config.structure == "filter" or config.live_weights or config.score == FOLDED_SCORE
 
 
 def check_selection(model: nn.Module, config: Config) -> None:

@@ -75,6 +75,17 @@ METHODS: dict[str, tuple[str, dict]] = {
                                                         "score": "lamp"}),
     "rms": ("global ADMM, magnitude / layer RMS in the Z-step", {"projection": "global",
                                                                "score": "rms"}),
+    "folded": ("global ADMM, |w| with the neighbouring BatchNorm/norm scales folded in, in the "
+               "Z-step and the hard prune", {"projection": "global", "score": "folded"}),
+    # one-shot global pruning by each score: the same ranking as the ADMM variants' hard prune
+    "lamp-oneshot": ("one-shot global LAMP pruning + retraining for the same epoch budget",
+                     {"pruning": "oneshot", "projection": "global", "score": "lamp"}),
+    "rms-oneshot": ("one-shot global pruning by |w| / layer RMS + retraining for the same "
+                    "epoch budget", {"pruning": "oneshot", "projection": "global",
+                                     "score": "rms"}),
+    "folded-oneshot": ("one-shot global pruning by folded |w| + retraining for the same epoch "
+                       "budget", {"pruning": "oneshot", "projection": "global",
+                                  "score": "folded"}),
     # Zhang et al. 2018, table 1: kept conv1 20%, conv2 8%, fc1 0.9%, fc2 7% (71.2x).
     "paper": ("layer-wise ADMM with the ADMM paper's hand-tuned LeNet-5 ratios (kept conv1 "
               "20%, conv2 8%, fc1 0.9%, fc2 7%: 71.2x); runs once per seed at that ratio",
@@ -197,7 +208,8 @@ REUSE_IGNORED = frozenset(RESUME_SAFE_KEYS - {"retraining_epochs"})
 # ratio of the compare, so these may differ between the invocations that share it.
 DENSE_UNUSED = frozenset({
     "pruning", "all_percent", "k_step", "epochs", "rho", "rho_growth", "rho_max",
-    "adaptive_rho", "p_lambda", "projection", "layer_percents", "score", "structure",
+    "adaptive_rho", "p_lambda", "projection", "layer_percents", "score", "min_layer_percent",
+    "structure",
     "group_score", "nm_n", "nm_m", "calibration_batches", "calibration_order",
     "blockwise_method", "allocation", "include",
     "exclude", "z_init", "admm_lr_schedule",

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..checks import NM_PERCENT_TOLERANCE, is_int, is_number, rho_schedule_problem
-from ..projection import ProjectionError, validate_nm
+from ..projection import SCORES, ProjectionError, validate_nm
 
 __all__ = ["CALIBRATED_PRUNING", "ONE_SHOT_PRUNING", "BLOCKWISE_METHODS",
            "BLOCKWISE_ALLOCATIONS", "Config", "ConfigError", "counts_live_weights",
@@ -153,7 +153,12 @@ class Config:
     projection: str = _key("global", "one budget for all layers, or the same ratio per layer",
                            ("global", "layerwise"))
     layer_percents: list | None = _key(None, "layerwise only: one removal percent per layer")
-    score: str = _key("magnitude", "Z-step ranking", ("magnitude", "rms", "lamp"))
+    score: str = _key("magnitude", "Z-step and hard-prune ranking of single weights: |w|, "
+                      "|w|/layer RMS, LAMP, or |w| with the neighbouring BatchNorm/norm "
+                      "scales folded in (folded: fair across BatchNorm layers)", SCORES)
+    min_layer_percent: float | None = _key(None, "global unstructured: every layer keeps at "
+                                           "least this percent of its weights (default: no "
+                                           "floor; a collapsing layer is reported)")
     structure: str = _key("unstructured", "what the Z-step keeps: weights, output filters (+ "
                           "biases), input channels, N of every M weights",
                           ("unstructured", "filter", "channel", "nm"))

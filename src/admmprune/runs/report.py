@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..jsonfile import loads
+from ..masks import LayerSparsity, collapsed_layers
 from ..tables import format_table
 from ..tasks import format_metric
 from .direction import direction_note, format_value, higher_is_better, percent_keys
 from .rundir import RunError
 
-__all__ = ["format_table", "format_summary", "format_metrics", "summary_metric",
-           "read_metrics", "read_summary", "plot_run", "plot_residuals", "save_figure",
-           "check_picture_path"]
+__all__ = ["format_table", "format_summary", "format_layer_shares", "format_metrics",
+           "summary_metric", "read_metrics", "read_summary", "plot_run", "plot_residuals",
+           "save_figure", "check_picture_path"]
 
 
 def format_metrics(metrics: dict, labels: dict | None, percent: Sequence[str]) -> str:
@@ -63,14 +64,33 @@ def format_summary(summary: dict) -> str:
     text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in overview)
     layers = summary.get("layers") or []
     if layers:
-        rows = [(r["name"], "x".join(map(str, r["shape"])), r["total"], r["kept"],
-                 f"{100 * r['kept_fraction']:.2f}%") for r in layers]
-        text += "\n\n" + format_table(["layer", "shape", "weights", "kept", "kept %"], rows)
+        text += "\n\n" + format_layer_shares(layers)
     skipped = summary.get("not_pruned") or []
     if skipped:
         text += (f"\nnot pruned: {len(skipped)} weight tensors ("
                  + ", ".join(f"{t['name']}: {t['reason']}" for t in skipped[:4])
                  + (", ..." if len(skipped) > 4 else "") + "; `admmprune inspect` lists them)")
+    return text
+
+
+def format_layer_shares(layers: list[dict]) -> str:
+    """The per-layer table: kept share beside the uniform share (what every layer would keep
+    at the same ratio) and the output rows that keep any weight; layers that collapse
+    (:func:`~admmprune.masks.collapsed_layers`) are marked and listed under the table."""
+    total = sum(r["total"] for r in layers)
+    uniform = 100 * sum(r["kept"] for r in layers) / total if total else 0.0
+    report = [LayerSparsity(r["name"], tuple(r["shape"]), r["total"], r["kept"],
+                            r.get("rows", 0), r.get("open_rows", 0)) for r in layers]
+    collapsed = dict(collapsed_layers(report))
+    rows = [(("! " if r["name"] in collapsed else "") + r["name"],
+             "x".join(map(str, r["shape"])), r["total"], r["kept"],
+             f"{100 * r['kept_fraction']:.2f}%", f"{uniform:.2f}%",
+             f"{r['open_rows']}/{r['rows']}" if r.get("rows") else "-") for r in layers]
+    text = format_table(["layer", "shape", "weights", "kept", "kept %", "uniform %",
+                         "open rows"], rows)
+    if collapsed:
+        text += "\n! collapsing: " + "; ".join(f"{name} {why}"
+                                               for name, why in collapsed.items())
     return text
 
 
