@@ -12,6 +12,13 @@ or weights in fewer than half of the output rows) and the targets of the default
         --seeds 0,1 --out runs
     python benchmarks/score_comparison.py --report-only --out runs    # the table of finished runs
     python benchmarks/score_comparison.py --smoke                       # synthetic data, seconds
+
+With ``--lm MODEL_DIR ...`` it asks the same question of transformers instead, where the
+norms precede the layers (LayerNorm, RMSNorm): one-shot global pruning of Hugging Face causal
+LMs by each score, test bits per byte on the pystdlib test windows, no retraining.
+
+    python benchmarks/score_comparison.py --lm models/gpt-pystdlib models/llama-pystdlib \
+        --percents 50,70 --test-windows 1024
 """
 
 from __future__ import annotations
@@ -184,6 +191,41 @@ def dense_lines(out: Path, nets: list[str], seeds: list[int]) -> list[str]:
     return lines
 
 
+def lm_scores(model_dirs: list[str], percents: list[str], scores: list[str],
+              data_dir: str | None, test_windows: int) -> list[dict]:
+    """One-shot global hard prune of each causal LM by each score; test bpb, no retraining."""
+    import copy
+    import warnings
+
+    from admmprune import ADMMPruner
+    from admmprune.masks import CollapseWarning
+    from admmprune.runs.oneshot import load_causal_lm, test_bpb, text_calibration
+
+    records = []
+    for model_dir in model_dirs:
+        dense = load_causal_lm(model_dir)
+        context = dense.config.max_position_embeddings if hasattr(
+            dense.config, "max_position_embeddings") else dense.config.n_positions
+        batches, test = text_calibration(data_dir, context, 2, 2, 0, test_windows)
+        example = batches[0][0] if isinstance(batches[0], (tuple, list)) else batches[0]
+        print(f"{model_dir}: dense bpb {test_bpb(dense, test):.4f}", flush=True)
+        for percent in percents:
+            for score in scores:
+                model = copy.deepcopy(dense)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", CollapseWarning)  # counted below
+                    report = ADMMPruner(model, float(percent), score=score,
+                                        example_inputs=example[:1]).hard_prune()
+                bpb = test_bpb(model, test)
+                record = {"model": model_dir, "percent": float(percent), "score": score,
+                          "bpb": bpb, "collapsed": len(collapsed_layers(report)),
+                          "kept": {r.name: r.kept_fraction for r in report}}
+                records.append(record)
+                print(f"{model_dir} {percent}% {score}: bpb {bpb:.4f}, "
+                      f"{record['collapsed']} layers collapsing", flush=True)
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nets", default="resnet_bn,mobilenet_bn")
@@ -194,12 +236,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs"))
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--lm", nargs="*", metavar="MODEL_DIR",
+                        help="one-shot global pruning of these causal LMs by each score "
+                        "(with --smoke and no directory: a tiny Llama)")
+    parser.add_argument("--data-dir", help="--lm: the text corpus [default: "
+                        "$ADMMPRUNE_DATA_DIR/pystdlib]")
+    parser.add_argument("--test-windows", type=int, default=1024)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     args.train_extra, args.compare_extra = [], []
     nets, seeds = args.nets.split(","), [int(s) for s in args.seeds.split(",")]
     percents, args.scores = args.percents.split(","), args.scores.split(",")
     repo = Path(__file__).resolve().parent.parent
+    if args.lm is not None:
+        if args.smoke:  # the post-training grid's tiny Llama and corpus
+            sys.path.insert(0, str(repo / "benchmarks"))
+            from oneshot_grid import smoke_model
+
+            model, corpus = smoke_model(Path(tempfile.mkdtemp(prefix="score-lm-")))
+            args.lm, args.data_dir, args.test_windows, percents = [model], corpus, 4, ["50"]
+        if not args.lm:
+            parser.error("--lm needs model directories (or --smoke)")
+        records = lm_scores(args.lm, percents, args.scores, args.data_dir, args.test_windows)
+        if args.out and not args.smoke:
+            args.out.mkdir(parents=True, exist_ok=True)
+            with open(args.out / "lm_scores.jsonl", "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
+        return 0
     os.chdir(repo)  # the recipes' paths
     if args.smoke:
         nets, seeds, percents = ["resnet_bn"], [0], ["90"]

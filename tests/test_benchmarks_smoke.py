@@ -78,6 +78,9 @@ SMOKE = {
     "yolov4.py": (["--model", "yolov4-tiny", "--size", "64", "--repeats", "1", "--steps", "1",
                    "--batch", "1", "--boxes", "1"], ["admm_step", "W-step / plain"]),
 }
+# second smoke runs of scripts with two modes: (script, arguments, expected)
+SECOND_MODES = [("score_comparison.py", ["--smoke", "--lm"],
+                 ["dense bpb", "50% folded: bpb", "layers collapsing"])]
 # imported or started by the benchmarks, not run alone
 HELPERS = {"steptiming.py", "llmcompressor_worker.py"}
 
@@ -87,9 +90,13 @@ def test_every_benchmark_has_a_smoke_run():
     assert scripts - HELPERS == set(SMOKE)
 
 
-@pytest.mark.parametrize("script", sorted(SMOKE))
-def test_benchmark_runs_tiny_and_flushes_what_it_measured(script, tmp_path, request):
-    arguments, expected = SMOKE[script]
+RUNS = [(script, *SMOKE[script]) for script in sorted(SMOKE)] + SECOND_MODES
+
+
+@pytest.mark.parametrize(("script", "arguments", "expected"), RUNS,
+                         ids=[" ".join([run[0], *run[1]]) for run in RUNS])
+def test_benchmark_runs_tiny_and_flushes_what_it_measured(script, arguments, expected, tmp_path,
+                                                          request):
     if script in ("distributed.py", "lenet5_mnist.py"):  # real MNIST, a slice of it
         arguments = [*arguments, "--data-dir", str(request.getfixturevalue("mnist_dir"))]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
