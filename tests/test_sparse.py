@@ -78,3 +78,23 @@ def test_sparsified_lenet5_matches_the_dense_model():
 def test_a_bad_batch_is_refused():
     with pytest.raises(ValueError, match="batch"):
         sparsify(nn.Linear(3, 3), batch=1)
+
+
+def test_gpt2_conv1d_layers_are_sparsified_and_match_dense():
+    from admmprune import ADMMPruner
+    from admmprune.models import create_model
+
+    torch.manual_seed(0)
+    gpt = create_model("gpt", n_layer=2, n_embd=32, n_head=2, context=16).eval()
+    ADMMPruner(gpt, 90.0).hard_prune()
+    tokens = torch.randint(256, (3, 16))
+    with torch.no_grad():
+        want, want1 = gpt(tokens), gpt(tokens[:1, :1])
+        sparsify(gpt, calibrate=False)
+        replaced = sparse_layers(gpt)
+        # every Conv1D of the blocks (c_attn, c_proj, c_fc, mlp c_proj), stored [in, out]
+        assert len(replaced) == 8
+        c_fc = next(m for n, m in replaced if n.endswith("mlp.c_fc"))
+        assert (c_fc.in_features, c_fc.out_features) == (32, 128)
+        torch.testing.assert_close(gpt(tokens), want, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(gpt(tokens[:1, :1]), want1, atol=1e-4, rtol=1e-4)

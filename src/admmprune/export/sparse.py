@@ -1,6 +1,7 @@
 """Sparse inference: pruned Linear layers run torch's sparse CSR kernels where that is faster.
 
-``sparsify(model)`` replaces each sufficiently sparse ``nn.Linear`` by a
+``sparsify(model)`` replaces each sufficiently sparse ``nn.Linear`` (or Hugging Face
+``Conv1D``, GPT-2's Linear stored [in, out]) by a
 :class:`SparseLinear` that holds the weight in CSR form, after a quick calibration on random
 inputs of the layer's size has measured, for each batch regime, whether the sparse kernel
 beats the dense one on this machine:
@@ -24,9 +25,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..selection import is_transposed_linear
+
 __all__ = ["SparseLinear", "sparsify", "sparse_layers"]
 
 REGIMES = ("single", "batched")
+
+
+def _linear_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as ``F.linear`` takes it, [out, in] (a Conv1D stores it [in, out])."""
+    weight = module.weight.detach()
+    return weight.t().contiguous() if is_transposed_linear(module) else weight
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return (type(module) is nn.Linear or is_transposed_linear(module)) \
+        and module.weight.layout == torch.strided
 
 
 def _to_csr(weight: torch.Tensor) -> torch.Tensor:
@@ -39,11 +53,11 @@ class SparseLinear(nn.Module):
     """A Linear layer whose pruned weight is kept in CSR form; per regime (batch 1, batch >
     1) it runs either the sparse kernel or the dense one, as chosen by calibration."""
 
-    def __init__(self, linear: nn.Linear, sparse_single: bool = True,
+    def __init__(self, linear: nn.Module, sparse_single: bool = True,
                  sparse_batched: bool = True) -> None:
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        weight = linear.weight.detach()
+        weight = _linear_weight(linear)  # nn.Linear or Conv1D
+        self.out_features, self.in_features = weight.shape
         self.sparse_single, self.sparse_batched = sparse_single, sparse_batched
         self.register_buffer("weight_csr", _to_csr(weight) if sparse_single or sparse_batched
                              else None)
@@ -87,13 +101,13 @@ def _time(fn: Callable[[], object], budget: float, repeats: int) -> float:
 
 
 @torch.no_grad()
-def _calibrate(linear: nn.Linear, batch: int, min_gain: float, budget: float,
+def _calibrate(linear: nn.Module, batch: int, min_gain: float, budget: float,
                repeats: int) -> dict[str, bool | float]:
-    weight = linear.weight.detach()
+    weight = _linear_weight(linear)
     csr = _to_csr(weight)
     result: dict[str, bool | float] = {}
     for regime, rows in (("single", 1), ("batched", batch)):
-        x = torch.randn(rows, linear.in_features, dtype=weight.dtype, device=weight.device)
+        x = torch.randn(rows, weight.shape[1], dtype=weight.dtype, device=weight.device)
         dense = _time(lambda x=x: F.linear(x, weight), budget, repeats)
         if rows == 1:
             sparse = _time(lambda x=x: F.linear(x, csr), budget, repeats)
@@ -108,8 +122,8 @@ def _calibrate(linear: nn.Linear, batch: int, min_gain: float, budget: float,
 def sparsify(model: nn.Module, *, calibrate: bool = True, batch: int = 64,
              min_density_gain: float = 0.5, min_gain: float = 1.1, budget: float = 0.05,
              repeats: int = 7) -> nn.Module:
-    """Replace pruned ``nn.Linear`` modules of ``model`` (in place; returned) by
-    :class:`SparseLinear` where it pays.
+    """Replace pruned ``nn.Linear`` and Hugging Face ``Conv1D`` modules of ``model`` (in
+    place; returned) by :class:`SparseLinear` where it pays.
 
     A layer is considered when at least ``min_density_gain`` of its weights are zero. With
     ``calibrate`` each regime (batch 1, batch ``batch``) is timed dense against sparse, and
@@ -122,7 +136,7 @@ def sparsify(model: nn.Module, *, calibrate: bool = True, batch: int = 64,
                          f"{batch}")
     replacements = []
     for name, module in model.named_modules():
-        if type(module) is not nn.Linear or module.weight.layout != torch.strided:
+        if not _is_linear(module):
             continue
         zero = float((module.weight == 0).sum()) / max(1, module.weight.numel())
         if zero < min_density_gain:
