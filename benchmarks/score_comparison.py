@@ -78,32 +78,28 @@ def run_compare(net: str, seed: int, percent: str, dense: Path, out: Path,
          "--out", str(out / f"bn-{net}-s{seed}"), *args.compare_extra], args.threads)
 
 
-def collapse_of(row: dict, base: Path) -> tuple[int, float]:
+def collapse_of(summary: dict) -> tuple[int, float]:
     """(layers collapsing, smallest share of output rows that keep a weight) of a run."""
-    run_dir = Path(row["run_dir"])
-    if not run_dir.is_absolute():
-        run_dir = base / run_dir
-    layers = json.loads((run_dir / "summary.json").read_text())["layers"]
     report = [LayerSparsity(r["name"], tuple(r["shape"]), r["total"], r["kept"],
-                            r.get("rows", 0), r.get("open_rows", 0)) for r in layers]
+                            r.get("rows", 0), r.get("open_rows", 0)) for r in summary["layers"]]
     shares = [r.open_rows / r.rows for r in report if r.rows]
     return len(collapsed_layers(report)), min(shares) if shares else float("nan")
 
 
-def gather(out: Path, nets: list[str], seeds: list[int], base: Path) -> dict:
-    """{(net, percent, method): [(accuracy %, collapsed, min open share) per seed]}."""
+def gather(out: Path, nets: list[str], seeds: list[int]) -> dict:
+    """{(net, percent, method): [(accuracy %, collapsed, min open share) per seed]} from the
+    finished runs of each compare (METHOD-seedS-pP/summary.json), finished or not."""
     cells: dict[tuple, list[tuple[float, int, float]]] = {}
     for net in nets:
         for seed in seeds:
-            results = out / f"bn-{net}-s{seed}" / "results.json"
-            if not results.is_file():
-                continue
-            for row in json.loads(results.read_text()):
-                if row["method"] == "dense" or row.get("pruned_accuracy") is None:
+            for path in sorted((out / f"bn-{net}-s{seed}").glob("*-seed*-p*/summary.json")):
+                method, _, rest = path.parent.name.rpartition("-seed")
+                summary = json.loads(path.read_text())
+                if summary.get("pruned_accuracy") is None:
                     continue
-                collapsed, share = collapse_of(row, base)
-                key = (net, f"{row['all_percent']:g}", row["method"])
-                cells.setdefault(key, []).append((100 * row["pruned_accuracy"], collapsed,
+                collapsed, share = collapse_of(summary)
+                key = (net, f"{float(rest.rpartition('-p')[2]):g}", method)
+                cells.setdefault(key, []).append((100 * summary["pruned_accuracy"], collapsed,
                                                   share))
     return cells
 
@@ -281,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                     run_compare(net, seed, percent, dense, args.out, args)
                     print(f"{net} seed {seed} {percent}%: done", flush=True)
     dense_lines(args.out, nets, seeds)
-    report(gather(args.out, nets, seeds, repo), nets, percents, args.scores, args.default,
-           len(seeds))
+    report(gather(args.out, nets, seeds), nets, percents, args.scores, args.default, len(seeds))
     return 0
 
 
