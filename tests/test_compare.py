@@ -342,3 +342,41 @@ def test_runs_made_with_other_code_are_not_reused(tmp_path):
         {str(path.resolve()): file_sha256(path)}))
     with pytest.raises(ConfigError, match=rf"admm-seed0-p90.*other code.*{changed}"):
         run_compare(config, ["admm"], [90.0], out, seeds=[0])
+
+
+def test_the_dense_model_starts_from_the_recipes_pretrained_weights(tmp_path):
+    """`compare --pretrained W`: the shared dense model is W (trained on for dense_epochs),
+    and every method prunes it, not a freshly initialised network."""
+    import torch
+
+    from admmprune.runs.build import build_model
+
+    config = tiny_config(dense_epochs=0)
+    model = build_model(config, num_classes=10)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p))  # unlike any initialisation
+    weights = tmp_path / "trained.pt"
+    torch.save(model.state_dict(), weights)
+    run_compare(replace(config, pretrained=str(weights)), ["magnitude"], [90.0],
+                tmp_path / "out", seeds=[0])
+    dense = torch.load(tmp_path / "out" / "dense-seed0" / "dense.pt", weights_only=True)
+    for name, value in model.state_dict().items():
+        assert torch.equal(dense[name], value), name
+    # the method's hard prune kept the largest of those weights
+    pruned = torch.load(tmp_path / "out" / "magnitude-seed0-p90" / "admm.pt",
+                        weights_only=True)["model"]
+    first = next(n for n in _weight_names(model) if n.endswith("weight"))
+    kept = pruned[first] != 0
+    assert torch.equal(pruned[first][kept], dense[first][kept])
+    # another pretrained file under the same --out is another dense model: refused
+    other = tmp_path / "other.pt"
+    torch.save({k: v + 1 for k, v in model.state_dict().items()}, other)
+    with pytest.raises(ConfigError, match="pretrained"):
+        run_compare(replace(config, pretrained=str(other)), ["magnitude"], [90.0],
+                    tmp_path / "out", seeds=[0])
+
+
+def _weight_names(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.dim() > 1]

@@ -460,7 +460,7 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
     its path, its test results (``dense_<metric>``, plus ``metric``) and the seconds spent."""
     summary_path = run_dir / "dense.json"
     if summary_path.is_file():
-        check_reusable(run_dir, replace(config, pretrained=None), REUSE_IGNORED | DENSE_UNUSED)
+        check_reusable(run_dir, config, REUSE_IGNORED | DENSE_UNUSED)
         saved = loads(summary_path.read_text())
         results = saved.get("results") or {"dense_accuracy": saved["dense_accuracy"]}
         info = {k: saved[k] for k in ("task", "higher_is_better", "percent_metrics")
@@ -468,7 +468,9 @@ def _dense(config: Config, run_dir: Path) -> tuple[Path, dict, float]:
         return run_dir / "dense.pt", {"metric": saved.get("metric", "accuracy"), **info,
                                       **results}, saved["seconds"]
     start = time.perf_counter()
-    run = Run(replace(config, pretrained=None), run_dir,
+    # the dense model starts from the recipe's pretrained weights (a trained model, or
+    # bvlc_alexnet.npy) and trains on for dense_epochs, as `prune` would
+    run = Run(config, run_dir,
               resume=RunDirectory(run_dir).has_checkpoint())
     try:
         run.dense()
