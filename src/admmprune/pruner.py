@@ -433,9 +433,9 @@ class ADMMPruner:
         collapsed = collapsed_layers(report)
         if collapsed:
             warnings.warn("the hard prune collapses " + "; ".join(
-                f"{name}: {why}" for name, why in collapsed) + ". Other scores (folded for "
-                "BatchNorm networks, lamp) spread the budget more evenly; min_layer_percent "
-                "sets a floor", CollapseWarning, stacklevel=3)
+                f"{name}: {why}" for name, why in collapsed) + ". LAMP scores (score "
+                "'lamp') spread the budget more evenly; min_layer_percent sets a floor",
+                CollapseWarning, stacklevel=3)
         return report
 
     @torch.no_grad()

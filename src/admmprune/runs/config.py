@@ -155,7 +155,7 @@ class Config:
     layer_percents: list | None = _key(None, "layerwise only: one removal percent per layer")
     score: str = _key("magnitude", "Z-step and hard-prune ranking of single weights: |w|, "
                       "|w|/layer RMS, LAMP, or |w| with the neighbouring BatchNorm/norm "
-                      "scales folded in (folded: fair across BatchNorm layers)", SCORES)
+                      "scales folded in", SCORES)
     min_layer_percent: float | None = _key(None, "global unstructured: every layer keeps at "
                                            "least this percent of its weights (default: no "
                                            "floor; a collapsing layer is reported)")
