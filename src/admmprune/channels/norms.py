@@ -125,14 +125,14 @@ def find_norm_neighbours(model: nn.Module, names: Sequence[str], example_inputs:
     return found
 
 
-def _after_scale(norm: nn.Module) -> torch.Tensor:
+def _after_scale(norm: _BatchNorm) -> torch.Tensor:
     """``|γ| / √(running_var + ε)`` of a BatchNorm (``|γ|`` without running statistics)."""
-    gamma = norm.weight.detach().abs() if getattr(norm, "weight", None) is not None \
-        else None
-    var = getattr(norm, "running_var", None)
+    weight, var = norm.weight, norm.running_var
     scale = torch.ones(norm.num_features) if var is None \
         else (var.detach().float() + norm.eps).rsqrt()
-    return scale.to(gamma.device) * gamma if gamma is not None else scale
+    if weight is None:  # affine=False
+        return scale
+    return scale.to(weight.device) * weight.detach().abs()
 
 
 def _before_scale(norm: nn.Module) -> torch.Tensor | None:
@@ -157,7 +157,7 @@ def scale_factors(model: nn.Module, neighbours: Sequence[NormNeighbours]
         weight = model.get_parameter(entry.name)
         out_axis, in_axis = _axes(layer, weight)
         factor: torch.Tensor | None = None
-        if entry.after is not None:
+        if isinstance(entry.after, _BatchNorm):
             row = _after_scale(entry.after)
             if row.numel() == weight.shape[out_axis]:
                 shape = [1] * weight.dim()

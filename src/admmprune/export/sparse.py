@@ -34,7 +34,9 @@ REGIMES = ("single", "batched")
 
 def _linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight as ``F.linear`` takes it, [out, in] (a Conv1D stores it [in, out])."""
-    weight = module.weight.detach()
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    weight = weight.detach()
     return weight.t().contiguous() if is_transposed_linear(module) else weight
 
 
@@ -64,8 +66,9 @@ class SparseLinear(nn.Module):
         # the dense copy only where a regime runs dense
         self.register_buffer("weight", None if sparse_single and sparse_batched
                              else weight.clone())
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach()
-                             .clone())
+        bias = linear.bias
+        self.register_buffer("bias", bias.detach().clone()
+                             if isinstance(bias, torch.Tensor) else None)
         self.density = float((weight != 0).sum()) / max(1, weight.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
