@@ -114,6 +114,8 @@ SMALLEST: dict[str, tuple[dict, tuple[int, ...]]] = {
                "context": 8}, (2, 8)),
     "lenet5": ({"num_classes": 3}, (2, 1, 28, 28)),
     "mlp": ({"depth": 1, "width": 8, "input_size": 12, "num_classes": 3}, (2, 12)),
+    "mobilenet_bn": ({"num_classes": 3, "width": 4}, (2, 1, 28, 28)),
+    "resnet_bn": ({"num_classes": 3, "width": 4}, (2, 1, 28, 28)),
     "yolov4": ({"num_classes": 1, "image_size": 32}, (2, 3, 32, 32)),
     "yolov4-tiny": ({"num_classes": 1, "image_size": 32}, (2, 3, 32, 32)),
 }
