@@ -214,3 +214,12 @@ def test_inspect_previews_the_shares_a_hard_prune_would_give(capsys, monkeypatch
     # the recipe's missing pretrained file leaves the listing and skips the preview
     assert main(["inspect", "recipes/alexnet_imagenet.yaml"]) == 0
     assert "no preview of the per-layer shares" in capsys.readouterr().out
+
+
+def test_whole_filters_removed_are_not_a_collapse():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        report = ADMMPruner(model, 70.0, structure="filter").hard_prune()
+    assert report[0].open_rows < report[0].rows / 2  # rows emptied by design, no warning
