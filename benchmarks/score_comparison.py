@@ -80,8 +80,7 @@ def run_compare(net: str, seed: int, percent: str, dense: Path, out: Path,
 
 def collapse_of(summary: dict) -> tuple[int, float]:
     """(layers collapsing, smallest share of output rows that keep a weight) of a run."""
-    report = [LayerSparsity(r["name"], tuple(r["shape"]), r["total"], r["kept"],
-                            r.get("rows", 0), r.get("open_rows", 0)) for r in summary["layers"]]
+    report = [LayerSparsity.from_dict(r) for r in summary["layers"]]
     shares = [r.open_rows / r.rows for r in report if r.rows]
     return len(collapsed_layers(report)), min(shares) if shares else float("nan")
 

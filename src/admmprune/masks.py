@@ -141,6 +141,13 @@ class LayerSparsity:
     def kept_fraction(self) -> float:
         return self.kept / self.total if self.total else 0.0
 
+    @classmethod
+    def from_dict(cls, record: dict) -> LayerSparsity:
+        """The inverse of :meth:`as_dict` (records written before rows were counted read
+        with 0 rows)."""
+        return cls(record["name"], tuple(record["shape"]), record["total"], record["kept"],
+                   record.get("rows", 0), record.get("open_rows", 0))
+
     def as_dict(self) -> dict:
         out = asdict(self)
         out["shape"] = list(self.shape)

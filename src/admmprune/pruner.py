@@ -73,9 +73,9 @@ class ADMMPruner:
         score: ranking criterion of the Z-step and the hard prune: ``magnitude``, ``rms``,
             ``lamp`` or ``folded`` (unstructured only). ``folded`` ranks each weight by its
             magnitude times the scale of the BatchNorm its layer feeds (γ/σ per output row)
-            and of the normalization that feeds its layer (γ per input column), so that
-            scale-free layers compare fairly; it needs ``example_inputs`` to find those
-            norms (``admmprune.channels.norms``).
+            and of the normalization that feeds its layer (γ per input column); it needs
+            ``example_inputs`` to find those norms (``admmprune.channels.norms``). Measured
+            on a BatchNorm ResNet it lost to magnitude and LAMP (docs/results.md section 15).
         structure: what the Z-step keeps (``admmprune.projection.STRUCTURES``):
             ``unstructured`` (single weights), ``filter`` (whole output filters; their
             biases are zeroed and kept zero with them after the hard prune), ``channel``
@@ -518,11 +518,14 @@ class ADMMPruner:
     def preview(self) -> list[LayerSparsity]:
         """What :meth:`hard_prune` would keep per layer now, without pruning anything."""
         masks = self._project([p.detach() for p in self.params])
-        return sparsity_report(self.names, masks, [1 if t else 0 for t in self.transposed])
+        return sparsity_report(self.names, masks, self._out_axes())
 
     def sparsity(self) -> list[LayerSparsity]:
-        return sparsity_report(self.names, [p.detach() for p in self.params],
-                               [1 if t else 0 for t in self.transposed])
+        return sparsity_report(self.names, [p.detach() for p in self.params], self._out_axes())
+
+    def _out_axes(self) -> list[int]:
+        """Each pruned tensor's output axis (1 for a weight stored [in, out])."""
+        return [1 if t else 0 for t in self.transposed]
 
     def summary(self) -> dict:
         return global_sparsity(self.sparsity())

@@ -140,7 +140,7 @@ def _before_scale(norm: nn.Module) -> torch.Tensor | None:
     return weight.detach().abs() if isinstance(weight, torch.Tensor) else None
 
 
-def _axes(layer: nn.Module, weight: torch.Tensor) -> tuple[int, int]:
+def _axes(layer: nn.Module) -> tuple[int, int]:
     """(output axis, input axis) of a layer's weight."""
     if is_transposed_linear(layer):  # Hugging Face Conv1D: [in, out]
         return 1, 0
@@ -155,7 +155,7 @@ def scale_factors(model: nn.Module, neighbours: Sequence[NormNeighbours]
     for entry in neighbours:
         layer = _module_of(model, entry.name)
         weight = model.get_parameter(entry.name)
-        out_axis, in_axis = _axes(layer, weight)
+        out_axis, in_axis = _axes(layer)
         factor: torch.Tensor | None = None
         if isinstance(entry.after, _BatchNorm):
             row = _after_scale(entry.after)

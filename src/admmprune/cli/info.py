@@ -66,7 +66,7 @@ def _print_shares(model, config: Config) -> None:
     from ..runs.rundir import RunError
 
     percent = config.stage_value("all_percent", 0)
-    if not percent or config.pruning != "admm" and config.pruning != "oneshot":
+    if not percent or config.pruning not in ("admm", "oneshot"):
         return
     cpu = torch.device("cpu")
     try:

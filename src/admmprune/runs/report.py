@@ -79,8 +79,7 @@ def format_layer_shares(layers: list[dict]) -> str:
     (:func:`~admmprune.masks.collapsed_layers`) are marked and listed under the table."""
     total = sum(r["total"] for r in layers)
     uniform = 100 * sum(r["kept"] for r in layers) / total if total else 0.0
-    report = [LayerSparsity(r["name"], tuple(r["shape"]), r["total"], r["kept"],
-                            r.get("rows", 0), r.get("open_rows", 0)) for r in layers]
+    report = [LayerSparsity.from_dict(r) for r in layers]
     collapsed = dict(collapsed_layers(report))
     rows = [(("! " if r["name"] in collapsed else "") + r["name"],
              "x".join(map(str, r["shape"])), r["total"], r["kept"],
