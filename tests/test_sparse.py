@@ -1,4 +1,5 @@
-"""Sparse inference: sparsify() swaps pruned Linear layers for CSR modules that match dense."""
+"""Sparse inference: sparsify() swaps pruned Linear layers for sparse-kernel modules that match
+dense; the compact formats and their compiled kernels."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import torch
 from torch import nn
 
 import admmprune
-from admmprune.export.sparse import SparseLinear, sparse_layers, sparsify
+from admmprune.export import cpu_kernels
+from admmprune.export.cpu_kernels import FORMATS, kernel_available, pack, packed_linear
+from admmprune.export.sparse import (
+    KERNELS,
+    SparseLinear,
+    sparse_layers,
+    sparsify,
+    sparsify_with_report,
+)
 
 
 def pruned_linear(inp: int, out: int, keep: float, seed: int = 0) -> nn.Linear:
@@ -18,7 +27,8 @@ def pruned_linear(inp: int, out: int, keep: float, seed: int = 0) -> nn.Linear:
     return layer
 
 
-@pytest.mark.parametrize("single,batched", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("single", KERNELS)
+@pytest.mark.parametrize("batched", KERNELS)
 def test_sparse_linear_matches_dense_in_both_regimes(single, batched):
     layer = pruned_linear(300, 200, keep=0.05)
     sparse = SparseLinear(layer, single, batched)
@@ -39,6 +49,7 @@ def test_sparsify_without_calibration_replaces_only_sparse_linear_layers():
         want1 = model(x[:1])
         sparsify(model, calibrate=False)
         assert [n for n, _ in sparse_layers(model)] == ["0", "4"]
+        assert {(m.single, m.batched) for _, m in sparse_layers(model)} == {("bitmask", "csr")}
         assert type(model[2]) is nn.Linear
         torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(model(x[:1]), want1, atol=1e-5, rtol=1e-5)
@@ -54,7 +65,8 @@ def test_calibration_keeps_sparse_where_it_measures_a_gain():
         want = model(x)
         sparsify(model, batch=8)
         layers = dict(sparse_layers(model))
-        assert "0" in layers and layers["0"].sparse_single and layers["0"].sparse_batched
+        assert "0" in layers and layers["0"].single != "dense" \
+            and layers["0"].batched != "dense"
         assert type(model[4]) is nn.Linear  # too small to gain
         torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-5)
 
@@ -98,3 +110,113 @@ def test_gpt2_conv1d_layers_are_sparsified_and_match_dense():
         assert (c_fc.in_features, c_fc.out_features) == (32, 128)
         torch.testing.assert_close(gpt(tokens), want, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(gpt(tokens[:1, :1]), want1, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("shape", [(7, 37), (33, 1030), (5, 2100), (1, 16)])
+def test_the_compiled_kernels_match_dense(shape, format):
+    # bitmask: 1030 and 2100 columns cross the 1,024-column block; 37 ends in a partial word.
+    # index16: rows of 0, < 16, 16-31 and > 32 kept weights take each of its loops
+    assert kernel_available(), cpu_kernels.kernel_problem()
+    torch.manual_seed(0)
+    weight = torch.randn(*shape)
+    weight[torch.rand(shape) < 0.7] = 0
+    weight[0] = 0  # an empty row
+    weight[-1, :] = torch.randn(shape[1])  # a full one
+    bias = torch.randn(shape[0])
+    packed = pack(weight, format)
+    kept = int((weight != 0).sum())
+    if format == "bitmask":
+        assert packed.values.numel() == kept + 16  # the padding the vector loads may touch
+        assert packed.nbytes() == 2 * shape[0] * -(-shape[1] // 16) + 4 * kept
+    else:
+        assert packed.nbytes() == 6 * kept + 8 * (shape[0] + 1)
+    for rows in (1, 3):
+        x = torch.randn(rows, shape[1])
+        torch.testing.assert_close(packed_linear(x, packed, bias), x @ weight.t() + bias,
+                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(packed_linear(x, packed), x @ weight.t(), atol=1e-4,
+                                   rtol=1e-4)
+    wide = torch.randn(2, 2 * shape[1])[:, ::2]  # not contiguous
+    torch.testing.assert_close(packed_linear(wide, packed), wide @ weight.t(), atol=1e-4,
+                               rtol=1e-4)
+
+
+def test_index16_reads_columns_beyond_32767():
+    # the column indices are stored in int16 and read as unsigned
+    weight = torch.zeros(3, 40000)
+    weight[0, 39999], weight[1, 32768], weight[2, 5] = 2.0, -1.0, 3.0
+    x = torch.randn(1, 40000)
+    torch.testing.assert_close(packed_linear(x, pack(weight, "index16")), x @ weight.t())
+    with pytest.raises(ValueError, match="65,536"):
+        pack(torch.zeros(1, 70000), "index16")
+
+
+def test_the_compiled_kernels_refuse_what_they_cannot_run():
+    packed = pack(torch.eye(4), "bitmask")
+    with pytest.raises(ValueError, match="float32 CPU inputs"):
+        packed_linear(torch.ones(1, 5), packed)
+    with pytest.raises(ValueError, match="float32 CPU inputs"):
+        packed_linear(torch.ones(1, 4, dtype=torch.float64), packed)
+    with pytest.raises(ValueError, match="2-D float32"):
+        pack(torch.eye(4, dtype=torch.bfloat16), "index16")
+    with pytest.raises(ValueError, match="unknown format"):
+        pack(torch.eye(4), "csc")
+
+
+@pytest.fixture
+def no_compiler(monkeypatch, tmp_path):
+    """The kernel as on a machine where compiling fails."""
+    monkeypatch.setenv("ADMMPRUNE_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: "/bin/false")
+    cpu_kernels._library.cache_clear()
+    yield
+    cpu_kernels._library.cache_clear()
+
+
+def test_without_a_working_compiler_sparsify_falls_back_to_csr(no_compiler):
+    assert not kernel_available()
+    assert "did not compile" in cpu_kernels.kernel_problem()
+    layer = pruned_linear(64, 32, keep=0.1)
+    with pytest.raises(ValueError, match="'index16' is unavailable"):
+        SparseLinear(layer, "index16", "csr")
+    model = sparsify(nn.Sequential(layer), calibrate=False)
+    assert (model[0].single, model[0].batched) == ("csr", "csr")
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(model(x), layer(x), atol=1e-5, rtol=1e-5)
+
+
+def test_the_example_decides_per_layer_and_end_to_end():
+    big = pruned_linear(2048, 2048, keep=0.05)
+    unused = pruned_linear(2048, 2048, keep=0.05, seed=3)
+    model = nn.ModuleDict({"big": big, "unused": unused})
+    x = torch.randn(1, 2048)
+    want = big(x).detach()
+    model, report = sparsify_with_report(model, example=lambda: model["big"](x))
+    assert report.end_to_end is not None and not report.reverted
+    assert set(report.speedups) == {"big"}  # never called by the example: not timed
+    assert set(report.speedups["big"]) == {"single"}  # the regime the example used
+    assert type(model["unused"]) is nn.Linear
+    assert isinstance(model["big"], SparseLinear) and model["big"].single != "dense"
+    assert model["big"].batched == "dense"  # never seen: kept dense
+    torch.testing.assert_close(model["big"](x), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(model["big"](torch.ones(2, 2048)), big(torch.ones(2, 2048)),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_a_model_slower_sparse_end_to_end_is_left_dense(monkeypatch):
+    import time
+
+    layer = pruned_linear(2048, 2048, keep=0.05)
+    model = nn.Sequential(layer)
+    x = torch.randn(1, 2048)
+    original = SparseLinear.forward
+
+    def slow(self, inp):  # as if the layers were fast alone but not in the model
+        time.sleep(0.01)
+        return original(self, inp)
+
+    monkeypatch.setattr(SparseLinear, "forward", slow)
+    model, report = sparsify_with_report(model, example=lambda: model(x))
+    assert report.reverted and report.end_to_end < 1 and not report.kernels
+    assert model[0] is layer
