@@ -120,11 +120,12 @@ class SparseLinear(nn.Module):
 
     def packed(self, format: str) -> PackedWeight:
         """The weight in compiled format ``format`` (which this layer must keep)."""
-        parts = [getattr(self, f"{format}_{part}") for part in ("structure", "values",
-                                                                  "row_start")]
-        if parts[0] is None:
+        structure, values, row_start = (getattr(self, f"{format}_{part}")
+                                        for part in ("structure", "values", "row_start"))
+        if structure is None:
             raise ValueError(f"this layer keeps no {format!r} weight")
-        return PackedWeight(format, *parts, self.out_features, self.in_features)
+        return PackedWeight(format, structure, values, row_start, self.out_features,
+                            self.in_features)
 
     def nbytes(self, kernel: str) -> int:
         """Bytes of weight one product with ``kernel`` reads (the speed limit at batch 1)."""
