@@ -142,6 +142,23 @@ def test_the_compiled_kernels_match_dense(shape, format):
                                rtol=1e-4)
 
 
+@pytest.mark.parametrize("format", FORMATS)
+def test_the_compiled_kernels_share_rows_among_threads(format):
+    # large enough for the parallel path; 601 rows do not split evenly
+    torch.manual_seed(0)
+    weight = torch.randn(601, 2100)
+    weight[torch.rand(weight.shape) < 0.7] = 0
+    packed, x = pack(weight, format), torch.randn(2, 2100)
+    before = torch.get_num_threads()
+    try:
+        for threads in (2, 3):
+            torch.set_num_threads(threads)
+            torch.testing.assert_close(packed_linear(x, packed), x @ weight.t(), atol=1e-4,
+                                       rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_index16_reads_columns_beyond_32767():
     # the column indices are stored in int16 and read as unsigned
     weight = torch.zeros(3, 40000)

@@ -37,6 +37,8 @@ __all__ = ["FORMATS", "PackedWeight", "kernel_available", "kernel_problem", "ker
 SOURCE = Path(__file__).with_name("kernels") / "sparse_linear.c"
 FORMATS = ("bitmask", "index16")
 WORD = 16  # columns per mask word (one AVX-512 lane mask)
+# tried in order: some compilers refuse -march=native or lack OpenMP (then one thread runs)
+FLAGS: tuple[list[str], ...] = (["-march=native", "-fopenmp"], ["-march=native"], ["-fopenmp"], [])
 BLOCK_WORDS = 64  # 1,024 columns of x (4 KB) per block: they stay in L1 while weights stream
 
 
@@ -71,7 +73,7 @@ def _build(compiler: str, target: Path) -> str | None:
     """Compiles the kernel into ``target`` (atomically); returns the error, or None."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
-    for arch in (["-march=native"], []):  # some compilers refuse -march=native
+    for arch in FLAGS:
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
             partial = Path(tmp.name)
         command = [compiler, "-O3", *arch, "-shared", "-fPIC", str(SOURCE), "-o", str(partial)]
@@ -91,7 +93,7 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found (set CC, or install gcc or clang)"
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), repr(FLAGS).encode(),
                                      platform.machine().encode(),
                                      _cpu_signature().encode()])).hexdigest()[:16]
     target = _cache_dir() / f"sparse_linear-{key}.so"
@@ -104,11 +106,12 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
             return None, f"the sparse kernels did not compile: {problem}"
     library = ctypes.CDLL(str(target))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.admmprune_bitmask_linear.argtypes = [pointer, size, size, pointer, pointer, size,
-                                                 size, pointer, pointer, size]
+    threads = ctypes.c_int
+    library.admmprune_bitmask_linear.argtypes = [pointer, size, size, pointer, pointer, pointer,
+                                                 size, size, pointer, pointer, size, threads]
     library.admmprune_bitmask_linear.restype = None
     library.admmprune_index16_linear.argtypes = [pointer, size, size, pointer, pointer, pointer,
-                                                 pointer, pointer, size]
+                                                 pointer, pointer, size, threads]
     library.admmprune_index16_linear.restype = None
     library.admmprune_sparse_simd.restype = ctypes.c_int
     return library, None
@@ -137,7 +140,8 @@ class PackedWeight:
     ``structure``: the bitmask's 16-bit words, block-major (bitmask), or each kept weight's
     column (index16), int16 holding the unsigned bits; ``values``: the kept weights in the
     same order (bitmask: then 16 zeros of padding, which its vector loads may touch);
-    ``row_start``: int64 [out + 1] offsets of each row (index16; empty for bitmask)."""
+    ``row_start``: int64 offsets of each row's values, [out + 1] (index16), or per block and
+    row, [blocks * out] (bitmask: where a thread starts)."""
 
     format: str
     structure: torch.Tensor
@@ -152,8 +156,10 @@ class PackedWeight:
 
     def nbytes(self) -> int:
         """Bytes a one-row product reads from the weight (padding aside)."""
-        kept = self.values.numel() - (WORD if self.format == "bitmask" else 0)
-        return 2 * self.structure.numel() + 4 * kept + 8 * self.row_start.numel()
+        if self.format == "bitmask":  # its offsets are read once per thread
+            return 2 * self.structure.numel() + 4 * (self.values.numel() - WORD)
+        return 2 * self.structure.numel() + 4 * self.values.numel() \
+            + 8 * self.row_start.numel()
 
 
 def _pack_bitmask(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -162,15 +168,18 @@ def _pack_bitmask(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     padded = torch.zeros(out_features, words * WORD, dtype=torch.float32)
     padded[:, :in_features] = weight
     bit_values = torch.ones(WORD, dtype=torch.int32) << torch.arange(WORD, dtype=torch.int32)
-    masks, values = [], []
+    masks, values, counts = [], [], []
     for start in range(0, words, BLOCK_WORDS):
         block = padded[:, start * WORD:min(words, start + BLOCK_WORDS) * WORD]
         kept = block != 0
         bits = (kept.view(out_features, -1, WORD).to(torch.int32) * bit_values).sum(-1)
         masks.append(bits.to(torch.int16).reshape(-1))  # the low 16 bits, as the C reads them
         values.append(block[kept])  # row-major: each row's values in column order
+        counts.append(kept.sum(1))
     values.append(torch.zeros(WORD))
-    return torch.cat(masks), torch.cat(values), torch.zeros(0, dtype=torch.int64)
+    kept_per_row = torch.cat(counts)
+    row_offsets = kept_per_row.cumsum(0) - kept_per_row  # where each (block, row) starts
+    return torch.cat(masks), torch.cat(values), row_offsets
 
 
 def _pack_index16(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -224,14 +233,15 @@ def packed_linear(x: torch.Tensor, packed: PackedWeight,
     if bias is not None:  # kept referenced until the call returns
         bias = bias.detach().contiguous()
     bias_pointer = None if bias is None else bias.data_ptr()
+    threads = torch.get_num_threads()
     if packed.format == "bitmask":
         library.admmprune_bitmask_linear(
             x.data_ptr(), x.shape[0], x.shape[1], packed.structure.data_ptr(),
-            packed.values.data_ptr(), packed.words, BLOCK_WORDS, bias_pointer, out.data_ptr(),
-            packed.out_features)
+            packed.values.data_ptr(), packed.row_start.data_ptr(), packed.words, BLOCK_WORDS,
+            bias_pointer, out.data_ptr(), packed.out_features, threads)
     else:
         library.admmprune_index16_linear(
             x.data_ptr(), x.shape[0], x.shape[1], packed.structure.data_ptr(),
             packed.values.data_ptr(), packed.row_start.data_ptr(), bias_pointer,
-            out.data_ptr(), packed.out_features)
+            out.data_ptr(), packed.out_features, threads)
     return out

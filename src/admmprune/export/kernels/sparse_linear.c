@@ -12,9 +12,14 @@
    `block_words` 16-bit words (16 columns per word) so that the slice of x a block reads stays
    in L1 while the weights stream past it. For each block, for each output row: the row's
    words of that block, and (in a second array) its kept values in column order. One pointer
-   walks each array from start to end. `values` carries 16 floats of padding at its end
+   walks each array from start to end (one per thread, each from its first row; with OpenMP the
+   rows are shared among torch's threads: the library links the libgomp torch loaded).
+   `values` carries 16 floats of padding at its end
    because the vector path reads 16 floats at a time. */
 #include <stdint.h>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -74,23 +79,48 @@ static inline const float* block_dot(const uint16_t* m, int64_t words, const flo
     return v;
 }
 
+/* Rows [r0, r1) of thread `part` of `parts` (contiguous, balanced). */
+static inline void share(int64_t rows, int part, int parts, int64_t* r0, int64_t* r1) {
+    *r0 = rows * part / parts;
+    *r1 = rows * (part + 1) / parts;
+}
+
+/* Layers smaller than this many weights run on one thread: waking the others costs more. */
+#define PARALLEL_WEIGHTS (1 << 18)
+
 /* x: [batch, x_stride] row-major (only the first in_features columns are read);
-   y: [batch, out_features]; bias may be NULL. Each row of x streams the whole weight, so
-   batches beyond a few rows are better served by a dense or CSR product. */
+   y: [batch, out_features]; bias may be NULL; row_offsets[block * out_features + r]: where
+   row r's values of that block start (so that threads can start mid-stream). Each row of x
+   streams the whole weight, so batches beyond a few rows are better served by a dense or
+   CSR product. */
 void admmprune_bitmask_linear(const float* x, int64_t batch, int64_t x_stride,
-                              const uint16_t* mask, const float* values, int64_t words,
-                              int64_t block_words, const float* bias, float* y,
-                              int64_t out_features) {
-    for (int64_t b = 0; b < batch; ++b) {
-        const float* xb = x + b * x_stride;
-        float* yb = y + b * out_features;
-        for (int64_t r = 0; r < out_features; ++r) yb[r] = bias ? bias[r] : 0.0f;
-        const uint16_t* m = mask;
-        const float* v = values;
-        for (int64_t c0 = 0; c0 < words; c0 += block_words) {
-            int64_t n = words - c0 < block_words ? words - c0 : block_words;
-            for (int64_t r = 0; r < out_features; ++r, m += n)
-                v = block_dot(m, n, v, xb + 16 * c0, yb + r);
+                              const uint16_t* mask, const float* values,
+                              const int64_t* row_offsets, int64_t words, int64_t block_words,
+                              const float* bias, float* y, int64_t out_features, int threads) {
+    (void)threads;  /* without OpenMP */
+    if (out_features * words * 16 < PARALLEL_WEIGHTS) threads = 1;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1)
+#endif
+    {
+#if defined(_OPENMP)
+        int part = omp_get_thread_num(), parts = omp_get_num_threads();
+#else
+        int part = 0, parts = 1;
+#endif
+        int64_t r0, r1;
+        share(out_features, part, parts, &r0, &r1);
+        for (int64_t b = 0; b < batch; ++b) {
+            const float* xb = x + b * x_stride;
+            float* yb = y + b * out_features;
+            for (int64_t r = r0; r < r1; ++r) yb[r] = bias ? bias[r] : 0.0f;
+            for (int64_t c0 = 0, block = 0; c0 < words; c0 += block_words, ++block) {
+                int64_t n = words - c0 < block_words ? words - c0 : block_words;
+                const uint16_t* m = mask + out_features * c0 + r0 * n;
+                const float* v = values + row_offsets[block * out_features + r0];
+                for (int64_t r = r0; r < r1; ++r, m += n)
+                    v = block_dot(m, n, v, xb + 16 * c0, yb + r);
+            }
         }
     }
 }
@@ -100,10 +130,15 @@ void admmprune_bitmask_linear(const float* x, int64_t batch, int64_t x_stride,
 void admmprune_index16_linear(const float* x, int64_t batch, int64_t x_stride,
                               const uint16_t* columns, const float* values,
                               const int64_t* row_start, const float* bias, float* y,
-                              int64_t out_features) {
+                              int64_t out_features, int threads) {
+    (void)threads;  /* without OpenMP */
+    if (row_start[out_features] * 8 < PARALLEL_WEIGHTS) threads = 1;  /* ~ weights at 87.5% */
     for (int64_t b = 0; b < batch; ++b) {
         const float* xb = x + b * x_stride;
         float* yb = y + b * out_features;
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+#endif
         for (int64_t r = 0; r < out_features; ++r) {
             int64_t i = row_start[r], end = row_start[r + 1];
             float s = 0.0f;
