@@ -106,11 +106,19 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", bias.detach().clone()
                              if isinstance(bias, torch.Tensor) else None)
         self.density = float((weight != 0).sum()) / max(1, weight.numel())
+        self._packed: dict[str, PackedWeight] = {}  # views of the buffers, built on first use
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # torch's signature
+        self._packed = {}  # .to(), .float(), ...: the buffers are new tensors
+        return super()._apply(fn, recurse)
 
     def run(self, kernel: str, flat: torch.Tensor) -> torch.Tensor:
         """``flat`` [rows, in_features] through ``kernel`` (whose format this layer keeps)."""
         if kernel in FORMATS:
-            return packed_linear(flat, self.packed(kernel), self.bias)
+            packed = self._packed.get(kernel)
+            if packed is None:
+                packed = self._packed[kernel] = self.packed(kernel)
+            return packed_linear(flat, packed, self.bias)
         if kernel == "csr":
             if flat.shape[0] == 1:
                 return F.linear(flat, self.weight_csr, self.bias)
@@ -136,6 +144,8 @@ class SparseLinear(nn.Module):
             else 4 * self.in_features * self.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # the common case, without the reshapes' cost
+            return self.run(self.single if x.shape[0] == 1 else self.batched, x)
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         out = self.run(self.single if flat.shape[0] == 1 else self.batched, flat)
