@@ -56,7 +56,7 @@ def test_sparsify_without_calibration_replaces_only_sparse_linear_layers():
 
 
 def test_calibration_keeps_sparse_where_it_measures_a_gain():
-    # 99% sparse 2048x2048: CSR beats dense by ~10x here; a 16x16 layer never gains
+    # 99% sparse 2048x2048: every sparse kernel beats dense many times over here
     big = pruned_linear(2048, 2048, keep=0.01)
     model = nn.Sequential(big, nn.ReLU(), pruned_linear(2048, 16, keep=0.3),
                           nn.ReLU(), pruned_linear(16, 16, keep=0.4, seed=2))
@@ -67,8 +67,32 @@ def test_calibration_keeps_sparse_where_it_measures_a_gain():
         layers = dict(sparse_layers(model))
         assert "0" in layers and layers["0"].single != "dense" \
             and layers["0"].batched != "dense"
-        assert type(model[4]) is nn.Linear  # too small to gain
         torch.testing.assert_close(model(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("sparse_seconds", "chosen"), [(0.95, "dense"), (0.5, "index16")])
+def test_a_sparse_kernel_must_beat_dense_by_min_gain(monkeypatch, sparse_seconds, chosen):
+    from admmprune.export import sparse
+
+    ran: list[str] = []
+    original = SparseLinear.run
+
+    def recording_run(self, kernel, flat):
+        ran.append(kernel)
+        return original(self, kernel, flat)
+
+    def fake_time(fn, budget, repeats):  # dense 1 s; csr and bitmask 2 s; index16 as given
+        ran.clear()
+        fn()
+        return {"dense": 1.0, "index16": sparse_seconds}.get(ran[-1], 2.0)
+
+    monkeypatch.setattr(SparseLinear, "run", recording_run)
+    monkeypatch.setattr(sparse, "_time", fake_time)
+    model = sparsify(nn.Sequential(pruned_linear(64, 64, keep=0.2)), batch=4, min_gain=1.1)
+    if chosen == "dense":
+        assert type(model[0]) is nn.Linear  # 1.05x is below min_gain
+    else:
+        assert (model[0].single, model[0].batched) == ("index16", "index16")
 
 
 def test_sparsified_lenet5_matches_the_dense_model():
