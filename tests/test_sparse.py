@@ -261,3 +261,25 @@ def test_a_model_slower_sparse_end_to_end_is_left_dense(monkeypatch):
     model, report = sparsify_with_report(model, example=lambda: model(x))
     assert report.reverted and report.end_to_end < 1 and not report.kernels
     assert model[0] is layer
+
+
+def test_a_generate_call_is_an_example_with_both_regimes():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and "lm_head" not in name:
+                module.weight.masked_fill_(torch.rand_like(module.weight) < 0.9, 0)
+    prompt = torch.randint(64, (1, 6))
+    want = model.generate(prompt, max_new_tokens=4, do_sample=False)
+    model, report = sparsify_with_report(
+        model, example=lambda: model.generate(prompt, max_new_tokens=4, do_sample=False),
+        example_repeats=1)
+    # the prompt's rows (prefill) and one row per decoded token, for every block layer
+    assert len(report.speedups) == 7
+    assert all(set(regimes) == {"single", "batched"} for regimes in report.speedups.values())
+    assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), want)
