@@ -1,5 +1,5 @@
 """Benchmark of what pruning buys at inference: file sizes per format and CPU latency of the
-dense model against ``admmprune.sparsify`` (CSR Linear layers where calibration measured a
+dense model against ``admmprune.sparsify`` (sparse Linear kernels where calibration measured a
 gain), at batch 1 and batch 64, ratios measured in the same run.
 
     .venv/bin/python benchmarks/inference.py                       # LeNet-5 250x + AlexNet
@@ -116,7 +116,7 @@ def bench(label: str, model: nn.Module, name: str, args: dict, shape: tuple[int,
         size_rows.append((label, fmt, size, f"{reference / size:.1f}x"))
     print(format_table(SIZE_HEADERS, size_rows[first_size:]), end="\n\n", flush=True)
     sparse = sparsify(copy.deepcopy(model))
-    chosen = {n: (m.sparse_single, m.sparse_batched) for n, m in sparse_layers(sparse)}
+    chosen = {n: (m.single, m.batched) for n, m in sparse_layers(sparse)}
     for batch in batch_sizes:
         x = torch.randn(batch, *shape)
         with torch.no_grad():
@@ -129,8 +129,10 @@ def bench(label: str, model: nn.Module, name: str, args: dict, shape: tuple[int,
             xl = torch.randn(batch, dense_layer.in_features)
             forced = sparsify(copy.deepcopy(dense_layer), calibrate=False)
             d, s = latency(dense_layer, forced, xl, repeats)
-            used = chosen.get(layer, (False, False))[0 if batch == 1 else 1]
-            time_rows.append((label, f"{layer} (sparse {'used' if used else 'not used'})",
+            used = chosen.get(layer, ("dense", "dense"))[0 if batch == 1 else 1]
+            time_rows.append((label, f"{layer} (kernel chosen: {used}; timed: the "
+                              f"{getattr(forced, 'single' if batch == 1 else 'batched', 'dense')}"
+                              " one)",
                               batch, f"{1e3 * d:.3f}", f"{1e3 * s:.3f}", f"{d / s:.2f}x", ""))
     print(format_table(TIME_HEADERS, time_rows[first_time:]), end="\n\n", flush=True)
 
