@@ -8,10 +8,12 @@ apply_cpu_defaults()
 
 from .channels.shrink import load_shrunk, save_shrunk, shrink  # noqa: E402
 from .export import load  # noqa: E402
+from .export.huggingface import load_huggingface  # noqa: E402
 from .export.sparse import sparsify  # noqa: E402
 from .masks import LayerSparsity, MaskEnforcer, global_sparsity, sparsity_report  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
 from .posttraining import prune_oneshot as oneshot  # noqa: E402
+from .posttraining.structured import prune_units  # noqa: E402
 from .pruner import ADMMPruner, PrunerError  # noqa: E402
 from .selection import prunable_parameters  # noqa: E402
 
@@ -34,4 +36,6 @@ __all__ = [
     "save_shrunk",
     "load_shrunk",
     "oneshot",
+    "prune_units",
+    "load_huggingface",
 ]

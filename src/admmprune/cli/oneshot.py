@@ -33,6 +33,10 @@ def format_oneshot(record: dict) -> str:
         lines.append(f"test bits per byte: dense {record['dense_bpb']:.4f} -> pruned "
                      f"{record['pruned_bpb']:.4f} ({record['test_windows']} windows of "
                      f"{record['context']} tokens)")
+    if record.get("structured"):
+        lines.append("kept neurons / attention groups per block: " + ", ".join(
+            f"{b['name']} {b['neurons_after']}/{b['neurons_before']}, "
+            f"{b['groups_after']}/{b['groups_before']}" for b in result["blocks"]))
     lines.append("kept per block: " + ", ".join(
         f"{b['name']} {100 * b['kept'] / b['total']:.1f}%" for b in result["blocks"]))
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in result["seconds"].items())
@@ -41,6 +45,12 @@ def format_oneshot(record: dict) -> str:
     if "out" in record:
         lines.append(f"-> {record['out']} (Hugging Face directory; oneshot.json holds the "
                      "per-layer record)")
+        if record.get("structured"):
+            lines.append("   its blocks differ in width: load it with admmprune."
+                         "load_huggingface (transformers' from_pretrained cannot build it)"
+                         + ("; model.onnx runs anywhere (onnxruntime matched PyTorch within "
+                            f"{record['onnx_max_abs_diff']:.1e})" if "onnx_max_abs_diff"
+                            in record else ""))
     return "\n".join(lines)
 
 
@@ -50,6 +60,16 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
 
     if (args.all_percent is None) == (args.nm is None):
         raise ConfigError("give exactly one of --all-percent P and --nm N:M")
+    if args.structured:
+        if args.method is not None or args.iterations is not None or args.nm is not None:
+            raise ConfigError("--structured removes whole neurons and attention groups by "
+                              "their calibration scores: --method, --iterations and --nm "
+                              "apply to weight pruning; drop them")
+        if args.allocation == "owl":
+            raise ConfigError("--structured allocates by --allocation global or uniform")
+    elif args.no_reconstruct:
+        raise ConfigError("--no-reconstruct applies to --structured")
+    args.method = args.method or "admm"
     if args.iterations is not None and args.method != "admm":
         raise ConfigError(f"--iterations sets the admm method's iterations per layer; "
                           f"{args.method} has none: drop it")
@@ -68,7 +88,8 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              curve_rows=args.curve_rows or None,
                              curve_method=args.curve_method,
                              max_layer_percent=args.max_layer_percent,
-                             dense_bpb=args.dense_bpb,
+                             dense_bpb=args.dense_bpb, structured=args.structured,
+                             reconstruct=not args.no_reconstruct, onnx=args.onnx,
                              **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None

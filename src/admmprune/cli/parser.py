@@ -367,11 +367,23 @@ def add_oneshot_parser(sub) -> None:
         epilog="examples:\n  admmprune oneshot runs/gpt/model-hf --method admm "
                "--all-percent 70 --out runs/gpt-admm70\n"
                "  admmprune oneshot runs/gpt/model-hf --method sparsegpt --nm 2:4 "
-               "--out runs/gpt-sparsegpt24")
+               "--out runs/gpt-sparsegpt24\n"
+               "  admmprune oneshot models/llama-pystdlib --structured --all-percent 25 "
+               "--onnx --out runs/llama-units25")
     oneshot.add_argument("model", help="Hugging Face model directory (config.json + "
                          "model.safetensors)")
-    oneshot.add_argument("--method", choices=tuple(METHODS), default="admm",
-                         help="layer method [default: %(default)s]")
+    oneshot.add_argument("--method", choices=tuple(METHODS),
+                         help="layer method [default: admm]")
+    oneshot.add_argument("--structured", action="store_true",
+                         help="remove whole MLP neurons and attention groups (a key-value head "
+                              "with its query heads) instead of single weights, and write the "
+                              "shrunk, smaller dense model; --allocation global (default) or "
+                              "uniform")
+    oneshot.add_argument("--no-reconstruct", action="store_true",
+                         help="structured: do not refit the down and output projections to "
+                              "the dense outputs by least squares")
+    oneshot.add_argument("--onnx", action="store_true",
+                         help="also write OUT/model.onnx (logits), checked with onnxruntime")
     oneshot.add_argument("--all-percent", type=float, help="share of the blocks' weights "
                          "removed, one budget for the model")
     oneshot.add_argument("--nm", metavar="N:M", help="keep N of every M weights instead")

@@ -10,6 +10,9 @@ every block gathers its layers' input statistics, prunes them with a :class:`Lay
 ratio, per-layer ratios or N:M, and feeds the pruned block's outputs to the next block.
 :func:`prune_checkpoint` does the same on a Hugging Face model directory whose weights stay on
 disk, one block in memory at a time.
+
+:func:`prune_units` (``admmprune.prune_units``) removes whole MLP neurons and attention groups
+under one global ratio and shrinks the model (:mod:`.structured`, :mod:`.units`).
 """
 
 from .api import ALLOCATIONS, DEFAULT_GRID, OneShotResult, layer_shares, prune_oneshot
@@ -21,6 +24,7 @@ from .errors import BlockError, OneShotError
 from .inputs import BlockInput, block_output, capture_block_inputs, run_block
 from .methods import ADMM, METHODS, LayerMethod, Magnitude, SparseGPT, Wanda, layer_method
 from .statistics import STATISTICS, forward_groups, gather_statistics, gram, square_sums
+from .structured import STRUCTURED_ALLOCATIONS, StructuredResult, prune_units
 
 __all__ = [
     "prune_oneshot", "OneShotResult", "ALLOCATIONS", "DEFAULT_GRID", "layer_shares", "ADMM",
@@ -29,5 +33,6 @@ __all__ = [
     "BlockCallback", "BlockStore", "LayerRecord", "block_layers", "prune_blocks", "BlockError",
     "OneShotError", "BlockInput", "block_output", "capture_block_inputs", "run_block",
     "METHODS", "LayerMethod", "Magnitude", "SparseGPT", "Wanda", "layer_method", "STATISTICS",
-    "forward_groups", "gather_statistics", "gram", "square_sums",
+    "forward_groups", "gather_statistics", "gram", "square_sums", "prune_units",
+    "StructuredResult", "STRUCTURED_ALLOCATIONS",
 ]

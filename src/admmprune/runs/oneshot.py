@@ -18,8 +18,9 @@ from torch import nn
 
 from .. import jsonfile
 from ..data.text import byte_tokens, find_text, load_text, token_windows
-from ..export.huggingface import save_huggingface
+from ..export.huggingface import load_huggingface, save_causal_lm_onnx, save_huggingface
 from ..posttraining import prune_oneshot
+from ..posttraining.structured import prune_units
 from ..tasks.language_modeling import bits_per_byte, token_logits
 from .rundir import RunError, check_output_path
 
@@ -42,13 +43,9 @@ def load_causal_lm(model_dir: str | Path) -> nn.Module:
                        "model.safetensors); `admmprune export RUN --format huggingface` "
                        "writes one from a run of gpt or llama")
     try:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                     local_files_only=True)
+        return load_huggingface(path)
     except Exception as err:  # noqa: BLE001 - transformers raises many kinds
         raise RunError(f"cannot load {path} as a causal language model: {err}") from None
-    return model.eval()
 
 
 def _context(model: nn.Module, context: int | None) -> int:
@@ -123,9 +120,15 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                 test_windows: int | None = 2048, order: str = "sequential",
                 progress: bool = True, curve_rows: int | None = 32,
                 curve_method: str | None = None, max_layer_percent: float | None = None,
-                dense_bpb: float | None = None,
+                dense_bpb: float | None = None, structured: bool = False,
+                reconstruct: bool = True, onnx: bool = False,
                 **method_options: Any) -> dict[str, Any]:
     """Prune the model of ``model_dir`` post-training and write ``out`` (None: measure only).
+
+    ``structured`` removes whole MLP neurons and attention groups instead of weights
+    (:func:`~admmprune.posttraining.structured.prune_units`, ``allocation`` global or uniform,
+    ``reconstruct``) and writes the shrunk model; ``onnx`` also writes ``out/model.onnx``,
+    checked against PyTorch with onnxruntime.
 
     ``dense_bpb``, when given, is the dense model's test bpb on the same ``test_windows``
     measured before (the record marks it ``dense_bpb_given``); otherwise it is measured.
@@ -139,6 +142,11 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
         OneShotError: options the method refuses (before any work).
     """
     started = time.perf_counter()
+    if structured and (all_percent is None or nm is not None):
+        raise RunError("structured pruning removes a share of the blocks' weights as whole "
+                       "neurons and attention groups: give --all-percent (N:M is for weights)")
+    if onnx and out is None:
+        raise RunError("--onnx writes OUT/model.onnx: give --out")
     if out is not None:
         out = check_output_path(Path(out), "--out")
         if out.exists():
@@ -157,12 +165,19 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
         record["dense_bpb"] = test_bpb(model, test, batch_size) if dense_bpb is None \
             else dense_bpb
         record["dense_bpb_given"] = dense_bpb is not None
-    result = prune_oneshot(model, batches, method=method, all_percent=all_percent, nm=nm,
-                           allocation=allocation, order=order, progress=progress,
-                           curve_rows=curve_rows, curve_method=curve_method,
-                           max_layer_percent=max_layer_percent, **method_options)
-    record["result"] = result.summary()
-    record["allocation"] = result.allocation
+    if structured:
+        assert all_percent is not None  # checked on entry
+        done = prune_units(model, batches, percent=all_percent,
+                           allocation=allocation or "global", reconstruct=reconstruct)
+        record["result"], record["allocation"] = done.summary(), done.allocation
+        record["structured"], record["reconstruct"] = True, reconstruct
+    else:
+        result = prune_oneshot(model, batches, method=method, all_percent=all_percent, nm=nm,
+                               allocation=allocation, order=order, progress=progress,
+                               curve_rows=curve_rows, curve_method=curve_method,
+                               max_layer_percent=max_layer_percent, **method_options)
+        record["result"] = result.summary()
+        record["allocation"] = result.allocation
     if test is not None:
         pruned = test_bpb(model, test, batch_size)
         record["pruned_bpb"] = pruned if math.isfinite(pruned) else float("nan")
@@ -171,6 +186,9 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
     record["seconds"] = time.perf_counter() - started
     if out is not None:
         save_huggingface(model, out)
+        if onnx:
+            checked = save_causal_lm_onnx(model, out / "model.onnx", batches[0][:2])
+            record["onnx_max_abs_diff"] = checked["max_abs_diff"]
         (out / RECORD_FILE).write_text(jsonfile.dumps(record, indent=2) + "\n")
         record["out"] = str(out)
     return record
