@@ -190,7 +190,32 @@ def test_oneshot_command_writes_a_loadable_directory_and_its_record(hf_model, co
     assert sum(layer["kept"] for layer in result["layers"]) == result["kept"]
 
 
+def test_oneshot_structured_writes_a_smaller_model_that_loads_and_runs_in_onnx(
+        hf_model, code_corpus, tmp_path, capsys):
+    from admmprune.export.huggingface import load_huggingface
+
+    out = tmp_path / "units"
+    assert main(["oneshot", str(hf_model), "--structured", "--all-percent", "40",
+                 "--data-dir", str(code_corpus), "--calibration", "8", "--batch-size", "4",
+                 "--test-windows", "8", "--onnx", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "units (global allocation), 40% removed" in printed
+    assert "kept neurons / attention groups per block" in printed
+    record = json.loads((out / "oneshot.json").read_text())
+    assert record["structured"] and record["onnx_max_abs_diff"] < 1e-4
+    assert record["result"]["sparsity_percent"] >= 38
+    model = load_huggingface(out)
+    blocks = sum(p.numel() for n, p in model.named_parameters() if ".layers." in n
+                 and "norm" not in n)
+    assert blocks == record["result"]["kept"]  # the model is smaller, not masked
+    assert (out / "model.onnx").is_file()
+
+
 @pytest.mark.parametrize("args, match", [
+    (["--all-percent", "60", "--structured", "--method", "wanda"], "--structured"),
+    (["--all-percent", "60", "--structured", "--allocation", "owl"], "global or uniform"),
+    (["--nm", "2:4", "--structured"], "--structured"),
+    (["--all-percent", "60", "--no-reconstruct"], "--structured"),
     (["--all-percent", "60", "--nm", "2:4"], "exactly one"),
     (["--nm", "2-4"], "N:M"),
     (["--all-percent", "60", "--allocation", "owl", "--nm", "2:4"], "exactly one"),
@@ -247,7 +272,7 @@ def test_the_readme_post_training_commands_run_in_tiny_form(tmp_path, code_corpu
         if argv[0] == "oneshot":
             argv += ["--data-dir", str(code_corpus), "--calibration", "4", "--batch-size",
                      "4", "--test-windows", "4", "--no-progress"]
-            if "sparsegpt" not in argv:
+            if "sparsegpt" not in argv and "--structured" not in argv:
                 argv += ["--iterations", "2"]
         if argv[0] == "compare":  # the recipe's model and budget, shrunk to seconds
             argv[1] = str(REPO / argv[1])
