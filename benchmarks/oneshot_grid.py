@@ -27,6 +27,9 @@ from admmprune.tables import format_table
 METHODS = ("sparsegpt:uniform", "sparsegpt:owl", "wanda:uniform", "wanda:owl",
            "magnitude:uniform", "magnitude:owl", "admm:uniform", "admm:owl", "admm:global")
 FLOOR = "admm:uniform"
+# structured (`oneshot --structured`): whole MLP neurons and attention groups; "units" with
+# the least-squares refit, "units-plain" without; not run unless named in --methods
+UNITS = ("units:global", "units:uniform", "units-plain:global", "units-plain:uniform")
 
 
 def cell_key(model: str, target: str, method: str, seed: int) -> str:
@@ -38,7 +41,9 @@ def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Nam
     name, allocation = method.split(":")
     if target.startswith("nm") and allocation != "uniform":
         return {}
-    command = [sys.executable, "-m", "admmprune", "oneshot", model, "--method", name,
+    how = (["--structured"] + (["--no-reconstruct"] if name == "units-plain" else [])
+           if name.startswith("units") else ["--method", name])
+    command = [sys.executable, "-m", "admmprune", "oneshot", model, *how,
                "--allocation", allocation, "--seed", str(seed), "--calibration",
                str(args.calibration), "--test-windows", str(args.test_windows), "--json",
                "--no-progress", *(["--nm", target[2:]] if target.startswith("nm") else
@@ -56,7 +61,8 @@ def run_cell(model: str, target: str, method: str, seed: int, args: argparse.Nam
             "seconds": record["seconds"], "prune_seconds": record["result"]["seconds"]["total"],
             "peak_rss_mb": record["peak_rss_mb"],
             "blocks": [b["kept"] / b["total"] for b in record["result"]["blocks"]],
-            "layers": {r["name"]: r["kept"] / r["total"] for r in record["result"]["layers"]}}
+            "layers": {r["name"]: r["kept"] / r["total"]
+                       for r in record["result"].get("layers", [])}}  # none: structured
 
 
 def table(cells: list[dict]) -> str:
@@ -75,7 +81,8 @@ def table(cells: list[dict]) -> str:
     out = []
     for model in models:
         rows = []
-        for method in METHODS:
+        for method in [m for m in (*METHODS, *UNITS) if (model, m) in
+                       {(k[0], k[2]) for k in groups}]:
             row = [method]
             for target in targets:
                 key = (model, target, method)

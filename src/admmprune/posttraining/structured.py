@@ -235,6 +235,7 @@ def prune_units(model: nn.Module, calibration: Iterable, *, percent: float,
                               "groups_after": u.groups, "weights_before": before[2],
                               "weights_after": u.total_weights()})
     result.seconds["prune"] = time.perf_counter() - start
+    result.seconds["total"] = result.seconds["statistics"] + result.seconds["prune"]
     config = getattr(model, "config", None)
     if config is not None:  # so that a saved model records its widths (config.json)
         setattr(config, WIDTHS_KEY, result.widths())
