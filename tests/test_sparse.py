@@ -283,3 +283,24 @@ def test_a_generate_call_is_an_example_with_both_regimes():
     assert len(report.speedups) == 7
     assert all(set(regimes) == {"single", "batched"} for regimes in report.speedups.values())
     assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False), want)
+
+
+def test_a_corrupt_cached_library_is_reported_and_removed(monkeypatch, tmp_path):
+    # never overwrite a library this process has loaded: its mapped pages would change
+    first, second = tmp_path / "first", tmp_path / "second"
+    monkeypatch.setenv("ADMMPRUNE_KERNEL_DIR", str(first))
+    cpu_kernels._library.cache_clear()
+    try:
+        assert kernel_available()  # builds into first/, to learn the file's name
+        (built,) = first.glob("sparse_linear-*.so")
+        second.mkdir()
+        corrupt = second / built.name
+        corrupt.write_bytes(b"not a shared library")
+        monkeypatch.setenv("ADMMPRUNE_KERNEL_DIR", str(second))
+        cpu_kernels._library.cache_clear()
+        assert not kernel_available()
+        assert "did not load" in cpu_kernels.kernel_problem() and not corrupt.exists()
+        cpu_kernels._library.cache_clear()
+        assert kernel_available() and corrupt.exists()  # built again
+    finally:
+        cpu_kernels._library.cache_clear()

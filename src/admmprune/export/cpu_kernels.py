@@ -104,7 +104,11 @@ def _library() -> tuple[ctypes.CDLL | None, str | None]:
             problem = f"cannot write {target.parent}: {error}"
         if problem:
             return None, f"the sparse kernels did not compile: {problem}"
-    library = ctypes.CDLL(str(target))
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:  # a truncated or foreign file in the cache: built again next time
+        target.unlink(missing_ok=True)
+        return None, f"the compiled kernels did not load ({error}); removed {target}"
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     threads = ctypes.c_int
     library.admmprune_bitmask_linear.argtypes = [pointer, size, size, pointer, pointer, pointer,
