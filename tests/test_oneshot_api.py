@@ -211,7 +211,27 @@ def test_oneshot_structured_writes_a_smaller_model_that_loads_and_runs_in_onnx(
     assert (out / "model.onnx").is_file()
 
 
+def test_a_recovery_fine_tune_keeps_the_pruned_weights_zero(hf_model, code_corpus, tmp_path,
+                                                            capsys):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "recovered"
+    assert main(["oneshot", str(hf_model), "--method", "magnitude", "--all-percent", "60",
+                 "--data-dir", str(code_corpus), "--calibration", "8", "--batch-size", "4",
+                 "--test-windows", "8", "--recover-steps", "3", "--recover-lr", "1e-3",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "after 3 recovery steps" in capsys.readouterr().out
+    record = json.loads((out / "oneshot.json").read_text())
+    assert record["recovery"]["steps"] == 3
+    assert record["pruned_bpb"] != record["pruned_bpb_before_recovery"]
+    model = AutoModelForCausalLM.from_pretrained(out)
+    kept = sum(int((model.get_parameter(layer["name"]) != 0).sum())
+               for layer in record["result"]["layers"])
+    assert kept <= record["result"]["kept"]  # the fine-tune grew nothing back
+
+
 @pytest.mark.parametrize("args, match", [
+    (["--all-percent", "60", "--recover-steps", "-1"], "steps >= 0"),
     (["--all-percent", "60", "--structured", "--method", "wanda"], "--structured"),
     (["--all-percent", "60", "--structured", "--allocation", "owl"], "global or uniform"),
     (["--nm", "2:4", "--structured"], "--structured"),

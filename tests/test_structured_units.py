@@ -154,3 +154,33 @@ def test_bad_requests_are_refused_with_the_reason():
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Conv2d(2, 2, 3))
     with pytest.raises(OneShotError, match="Llama-style blocks"):
         prune_units(conv, calibration(), percent=50, blocks=[("0", conv[0])])
+
+
+def test_recovery_keeps_pruned_weights_zero_and_lowers_the_loss():
+    from admmprune.posttraining.recovery import recover
+
+    model = tiny_llama()
+    layer = model.model.layers[0].mlp.down_proj
+    with torch.no_grad():
+        layer.weight[:, ::2] = 0
+    zeros = layer.weight == 0
+    batches = calibration(8)
+    losses = recover(model, batches * 3, learning_rate=3e-3, progress=False,
+                     masked=["model.layers.0.mlp.down_proj.weight"])
+    assert len(losses) == 24 and losses[-1] < losses[0]
+    assert (layer.weight[zeros] == 0).all()
+    assert (layer.weight[~zeros] != 0).all()
+    assert not model.training
+
+
+def test_a_diverging_recovery_is_refused_and_undone():
+    from admmprune.posttraining.recovery import recover
+
+    model = tiny_llama()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(OneShotError, match="lower the learning rate"):
+        recover(model, calibration(4), learning_rate=1e30, progress=False)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name]), name
+    with pytest.raises(OneShotError, match="unknown parameters"):
+        recover(model, calibration(1), masked=["nope"], progress=False)

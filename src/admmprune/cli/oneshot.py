@@ -30,8 +30,11 @@ def format_oneshot(record: dict) -> str:
              f"{result['kept']:,} of {result['total']:,} weights "
              f"({result['sparsity_percent']:.2f}% removed)"]
     if "dense_bpb" in record:
+        recovered = (f" -> {record['pruned_bpb']:.4f} after {record['recovery']['steps']} "
+                     "recovery steps" if "pruned_bpb_before_recovery" in record else "")
+        pruned = record.get("pruned_bpb_before_recovery", record["pruned_bpb"])
         lines.append(f"test bits per byte: dense {record['dense_bpb']:.4f} -> pruned "
-                     f"{record['pruned_bpb']:.4f} ({record['test_windows']} windows of "
+                     f"{pruned:.4f}{recovered} ({record['test_windows']} windows of "
                      f"{record['context']} tokens)")
     if record.get("structured"):
         lines.append("kept neurons / attention groups per block: " + ", ".join(
@@ -90,6 +93,8 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
                              max_layer_percent=args.max_layer_percent,
                              dense_bpb=args.dense_bpb, structured=args.structured,
                              reconstruct=not args.no_reconstruct, onnx=args.onnx,
+                             recover_steps=args.recover_steps,
+                             recover_learning_rate=args.recover_lr,
                              **options)
     except CalibrationError as err:  # OneShotError and the methods' own errors
         raise ConfigError(str(err)) from None

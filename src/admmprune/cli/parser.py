@@ -382,6 +382,12 @@ def add_oneshot_parser(sub) -> None:
     oneshot.add_argument("--no-reconstruct", action="store_true",
                          help="structured: do not refit the down and output projections to "
                               "the dense outputs by least squares")
+    oneshot.add_argument("--recover-steps", type=int, default=0, metavar="N",
+                         help="then fine-tune the pruned model for N steps of --batch-size "
+                              "training windows (pruned weights stay zero); the test bpb is "
+                              "measured before and after [default: %(default)s]")
+    oneshot.add_argument("--recover-lr", type=float, default=1e-4, metavar="LR",
+                         help="the recovery's AdamW learning rate [default: %(default)s]")
     oneshot.add_argument("--onnx", action="store_true",
                          help="also write OUT/model.onnx (logits), checked with onnxruntime")
     oneshot.add_argument("--all-percent", type=float, help="share of the blocks' weights "

@@ -20,6 +20,7 @@ from .. import jsonfile
 from ..data.text import byte_tokens, find_text, load_text, token_windows
 from ..export.huggingface import load_huggingface, save_causal_lm_onnx, save_huggingface
 from ..posttraining import prune_oneshot
+from ..posttraining.recovery import recover
 from ..posttraining.structured import prune_units
 from ..tasks.language_modeling import bits_per_byte, token_logits
 from .rundir import RunError, check_output_path
@@ -28,6 +29,7 @@ __all__ = ["RECORD_FILE", "load_causal_lm", "text_calibration", "test_bpb", "pea
            "run_oneshot"]
 
 RECORD_FILE = "oneshot.json"
+RECOVERY_SEED_OFFSET = 1_000_003  # the recovery's windows are not the calibration's
 
 
 def load_causal_lm(model_dir: str | Path) -> nn.Module:
@@ -121,14 +123,18 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                 progress: bool = True, curve_rows: int | None = 32,
                 curve_method: str | None = None, max_layer_percent: float | None = None,
                 dense_bpb: float | None = None, structured: bool = False,
-                reconstruct: bool = True, onnx: bool = False,
+                reconstruct: bool = True, onnx: bool = False, recover_steps: int = 0,
+                recover_learning_rate: float = 1e-4,
                 **method_options: Any) -> dict[str, Any]:
     """Prune the model of ``model_dir`` post-training and write ``out`` (None: measure only).
 
     ``structured`` removes whole MLP neurons and attention groups instead of weights
     (:func:`~admmprune.posttraining.structured.prune_units`, ``allocation`` global or uniform,
     ``reconstruct``) and writes the shrunk model; ``onnx`` also writes ``out/model.onnx``,
-    checked against PyTorch with onnxruntime.
+    checked against PyTorch with onnxruntime. ``recover_steps`` > 0 then fine-tunes the
+    pruned model for that many steps of ``batch_size`` training windows (drawn apart from
+    the calibration windows; pruned weights stay zero), and ``pruned_bpb`` is measured after
+    it (``pruned_bpb_before_recovery`` before).
 
     ``dense_bpb``, when given, is the dense model's test bpb on the same ``test_windows``
     measured before (the record marks it ``dense_bpb_given``); otherwise it is measured.
@@ -147,6 +153,9 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                        "neurons and attention groups: give --all-percent (N:M is for weights)")
     if onnx and out is None:
         raise RunError("--onnx writes OUT/model.onnx: give --out")
+    if recover_steps < 0 or not recover_learning_rate > 0:
+        raise RunError(f"the recovery takes steps >= 0 and a learning rate > 0, got "
+                       f"{recover_steps} and {recover_learning_rate}")
     if out is not None:
         out = check_output_path(Path(out), "--out")
         if out.exists():
@@ -171,6 +180,7 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                            allocation=allocation or "global", reconstruct=reconstruct)
         record["result"], record["allocation"] = done.summary(), done.allocation
         record["structured"], record["reconstruct"] = True, reconstruct
+        masked: list[str] = []  # the cut model is dense
     else:
         result = prune_oneshot(model, batches, method=method, all_percent=all_percent, nm=nm,
                                allocation=allocation, order=order, progress=progress,
@@ -178,6 +188,23 @@ def run_oneshot(model_dir: str | Path, out: str | Path | None, *, method: str = 
                                max_layer_percent=max_layer_percent, **method_options)
         record["result"] = result.summary()
         record["allocation"] = result.allocation
+        masked = [r.name for r in result.records]
+    if recover_steps:
+        if test is not None:
+            before = test_bpb(model, test, batch_size)
+            record["pruned_bpb_before_recovery"] = before if math.isfinite(before) \
+                else float("nan")
+        # windows drawn with another seed than the calibration's
+        training, _ = text_calibration(data_dir, context, recover_steps * batch_size,
+                                       batch_size, seed + RECOVERY_SEED_OFFSET, None)
+        start = time.perf_counter()
+        losses = recover(model, training, learning_rate=recover_learning_rate, masked=masked,
+                         progress=progress)
+        model.eval()
+        record["recovery"] = {"steps": recover_steps, "learning_rate": recover_learning_rate,
+                              "batch_size": batch_size, "first_loss": losses[0],
+                              "last_loss": losses[-1],
+                              "seconds": time.perf_counter() - start}
     if test is not None:
         pruned = test_bpb(model, test, batch_size)
         record["pruned_bpb"] = pruned if math.isfinite(pruned) else float("nan")
