@@ -31,7 +31,8 @@ def test_the_documented_commands_run_on_tiny_models(tmp_path, capsys):
 
     lines = doc_lines()
     assert [line.split()[1] for line in lines] == [
-        "train", "export", "train", "export", "benchmarks/oneshot_grid.py", "oneshot"]
+        "train", "export", "train", "export", "benchmarks/oneshot_grid.py", "oneshot",
+        "benchmarks/oneshot_grid.py", "oneshot"]
     corpus = tmp_path / "corpus.txt"
     rng = random.Random(0)
     corpus.write_text(" ".join(rng.choice(["def", "x", "=", "(", ")", ":", "\n", "return"])
@@ -53,6 +54,18 @@ def test_the_documented_commands_run_on_tiny_models(tmp_path, capsys):
             assert main(argv[1:]) == 0, capsys.readouterr().err
             out = Path(argv[argv.index("--out") + 1])
             assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+        elif argv[0] == "python" and "units" in line:  # the structured grid
+            cmd = [sys.executable, str(REPO / argv[1]), *argv[2:], "--percents", "50",
+                   "--seeds", "0", "--calibration", "4", "--test-windows", "4",
+                   "--batch-size", "4", *data]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1",
+                                       "PYTHONPATH": str(REPO / "src")})
+            assert done.returncode == 0, done.stderr[-3000:]
+            cells = [json.loads(x) for x in
+                     (tmp_path / "runs/grid-units/cells.jsonl").read_text().splitlines()]
+            assert len(cells) == 2 * 4  # 2 models x 4 structured methods at 50%
+            assert "units-plain:uniform" in (tmp_path / "runs/grid-units/table.md").read_text()
         elif argv[0] == "python":
             cmd = [sys.executable, str(REPO / argv[1]), *argv[2:], "--percents", "50",
                    "--seeds", "0", "--methods", "sparsegpt:uniform,admm:uniform,admm:global",
@@ -67,6 +80,12 @@ def test_the_documented_commands_run_on_tiny_models(tmp_path, capsys):
             # 2 models x 2 targets (50%, 2:4): 3 cells at 50%, the uniform ones at 2:4
             assert len(cells) == 2 * (3 + 2)
             assert "gpt-pystdlib" in (tmp_path / "runs/oneshot-grid/table.md").read_text()
+        elif "--structured" in argv:
+            assert main([*argv[1:], *data, "--calibration", "4", "--batch-size", "4",
+                         "--test-windows", "4", "--no-progress"]) == 0
+            out = tmp_path / "runs/llama-units25"
+            record = json.loads((out / "oneshot.json").read_text())
+            assert record["structured"] and (out / "model.onnx").is_file()
         else:
             assert main([*argv[1:], *data, "--calibration", "4", "--batch-size", "4",
                          "--test-windows", "4", "--iterations", "2", "--no-progress"]) == 0
