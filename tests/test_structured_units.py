@@ -184,3 +184,6 @@ def test_a_diverging_recovery_is_refused_and_undone():
         assert torch.equal(tensor, state[name]), name
     with pytest.raises(OneShotError, match="unknown parameters"):
         recover(model, calibration(1), masked=["nope"], progress=False)
+    model.requires_grad_(False)
+    with pytest.raises(OneShotError, match="nothing to train"):
+        recover(model, calibration(1), progress=False)

@@ -39,19 +39,23 @@ def recover(model: nn.Module, batches: Sequence[torch.Tensor], *, learning_rate:
         The loss of every step.
 
     Raises:
-        OneShotError: a loss that is not finite; the model is then handed back as it was
-            before the fine-tune.
+        OneShotError: a loss that is not finite (the model is then handed back as it was
+            before the fine-tune), a frozen model, or a masked name it lacks.
     """
     if not batches:
         return []
     parameters = dict(model.named_parameters())
+    if not any(p.requires_grad for p in parameters.values()):
+        raise OneShotError("the recovery fine-tune has nothing to train: no parameter of the "
+                           "model requires grad (set requires_grad_(True) on what may change)")
     unknown = [name for name in masked if name not in parameters]
     if unknown:
         raise OneShotError(f"masked names unknown parameters: {unknown[:3]}")
     before = copy.deepcopy(model.state_dict())
     enforcer = MaskEnforcer([parameters[n] for n in masked],
                             [parameters[n].detach() != 0 for n in masked]) if masked else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=learning_rate, weight_decay=0.0)
     was_training = model.training
     model.train()
     losses: list[float] = []
