@@ -32,7 +32,7 @@ def test_the_documented_commands_run_on_tiny_models(tmp_path, capsys):
     lines = doc_lines()
     assert [line.split()[1] for line in lines] == [
         "train", "export", "train", "export", "benchmarks/oneshot_grid.py", "oneshot",
-        "benchmarks/oneshot_grid.py", "oneshot"]
+        "benchmarks/oneshot_grid.py", "oneshot", "benchmarks/oneshot_grid.py"]
     corpus = tmp_path / "corpus.txt"
     rng = random.Random(0)
     corpus.write_text(" ".join(rng.choice(["def", "x", "=", "(", ")", ":", "\n", "return"])
@@ -54,18 +54,20 @@ def test_the_documented_commands_run_on_tiny_models(tmp_path, capsys):
             assert main(argv[1:]) == 0, capsys.readouterr().err
             out = Path(argv[argv.index("--out") + 1])
             assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
-        elif argv[0] == "python" and "units" in line:  # the structured grid
+        elif argv[0] == "python" and "units" in line:  # the structured grids
+            recovered = "--recover-steps" in argv
             cmd = [sys.executable, str(REPO / argv[1]), *argv[2:], "--percents", "50",
                    "--seeds", "0", "--calibration", "4", "--test-windows", "4",
-                   "--batch-size", "4", *data]
+                   "--batch-size", "4", *data, *(["--recover-steps", "2"] if recovered else [])]
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                                   env={**os.environ, "OMP_NUM_THREADS": "1",
                                        "PYTHONPATH": str(REPO / "src")})
             assert done.returncode == 0, done.stderr[-3000:]
-            cells = [json.loads(x) for x in
-                     (tmp_path / "runs/grid-units/cells.jsonl").read_text().splitlines()]
-            assert len(cells) == 2 * 4  # 2 models x 4 structured methods at 50%
-            assert "units-plain:uniform" in (tmp_path / "runs/grid-units/table.md").read_text()
+            grid = tmp_path / ("runs/grid-units-rec" if recovered else "runs/grid-units")
+            cells = [json.loads(x) for x in (grid / "cells.jsonl").read_text().splitlines()]
+            # 2 models x the structured methods at 50%
+            assert len(cells) == 2 * (2 if recovered else 4)
+            assert "units:uniform" in (grid / "table.md").read_text()
         elif argv[0] == "python":
             cmd = [sys.executable, str(REPO / argv[1]), *argv[2:], "--percents", "50",
                    "--seeds", "0", "--methods", "sparsegpt:uniform,admm:uniform,admm:global",
