@@ -78,6 +78,10 @@ SMOKE = {
                       ["LeNet-5 50%", "AlexNet"]),
     "threads.py": (["--seconds", "0.1", "--repeats", "1", "--warmup", "1", "--competitors", "0",
                     "--configs", "1 thread"], ["quiet steps/s"]),
+    "torch_pruning_units.py": (["--smoke"], [
+        "llama-smoke magnitude   50% seed 0: dense", "llama-smoke taylor      50% seed 0: dense",
+        "gpt-smoke magnitude   50% seed 0: dense", "gpt-smoke taylor      50% seed 0: dense",
+        "maskdiff"]),
     "yolov4.py": (["--model", "yolov4-tiny", "--size", "64", "--repeats", "1", "--steps", "1",
                    "--batch", "1", "--boxes", "1"], ["admm_step", "W-step / plain"]),
 }
