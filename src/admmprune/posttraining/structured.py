@@ -49,6 +49,8 @@ class _Gram:
 
     def add(self, x: torch.Tensor) -> None:
         flat = x.detach().reshape(-1, x.shape[-1]).double()
+        if self.matrix.device != flat.device:  # a model on an accelerator: sum there
+            self.matrix = self.matrix.to(flat.device)
         self.matrix += flat.t() @ flat
         self.tokens += flat.shape[0]
 
@@ -148,7 +150,7 @@ def _refit(weight: torch.Tensor, gram: torch.Tensor, kept: torch.Tensor) -> torc
     ``weight``'s on all inputs: W G[:, S] (G[S, S] + λI)⁻¹."""
     sub = gram[kept][:, kept]
     damp = DAMPING * torch.diagonal(sub).mean().clamp_min(1e-12)
-    sub = sub + damp * torch.eye(len(kept), dtype=sub.dtype)
+    sub = sub + damp * torch.eye(len(kept), dtype=sub.dtype, device=sub.device)
     cross = weight @ gram[:, kept]  # [out, kept]
     return torch.linalg.solve(sub, cross.t()).t()  # sub is symmetric
 
