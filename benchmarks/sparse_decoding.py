@@ -46,7 +46,7 @@ from torch import nn
 
 from admmprune.export.cpu_kernels import FORMATS, kernel_available, kernel_problem, pack
 from admmprune.export.sparse import SparseLinear, sparsify_with_report
-from admmprune.selection import is_transposed_linear
+from admmprune.selection import is_transposed_linear, linear_weight
 from admmprune.tables import format_table
 
 REFERENCES = ["models/gpt-pystdlib", "models/llama-pystdlib"]
@@ -115,14 +115,9 @@ def compact_limit(model: nn.Module) -> float:
     """Dense bytes per token / bytes with every block layer in its smaller compact format."""
     dense = weight_bytes(model)
     saved = sum(4 * layer.weight.numel()
-                - min(pack(_as_linear(layer), f).nbytes() for f in FORMATS)
+                - min(pack(linear_weight(layer).contiguous(), f).nbytes() for f in FORMATS)
                 for _, layer in block_linears(model))
     return dense / (dense - saved)
-
-
-def _as_linear(layer: nn.Module) -> torch.Tensor:
-    weight = layer.weight.detach()
-    return weight.t().contiguous() if is_transposed_linear(layer) else weight
 
 
 def decode_run(model: nn.Module, prompt: torch.Tensor, new_tokens: int

@@ -44,12 +44,14 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import NamedTuple
 
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 __all__ = [
     "format_selection",
     "is_transposed_linear",
+    "linear_weight",
     "PRUNABLE_TYPES",
     "SelectionError",
     "SelectedTensor",
@@ -75,6 +77,14 @@ def is_transposed_linear(module: nn.Module) -> bool:
     Decided from the class names, so transformers is never imported here."""
     return any((cls.__module__, cls.__name__) in _TRANSPOSED_LINEARS
                for cls in type(module).__mro__)
+
+
+def linear_weight(module: nn.Module) -> torch.Tensor:
+    """A Linear layer's weight as ``F.linear`` takes it, [out, in], detached (a view: a
+    Conv1D's stored [in, out] weight is transposed, not copied)."""
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.detach().t() if is_transposed_linear(module) else weight.detach()
 
 
 def _is_prunable_module(module: nn.Module) -> bool:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..selection import is_transposed_linear
+from ..selection import is_transposed_linear, linear_weight
 from .cpu_kernels import (
     FORMATS,
     PackedWeight,
@@ -47,14 +47,12 @@ __all__ = ["KERNELS", "SparseLinear", "SparsifyReport", "sparse_layers", "sparsi
 
 REGIMES = ("single", "batched")
 KERNELS = ("dense", "csr", *FORMATS)
+PACKED_PARTS = ("structure", "values", "row_start")  # a PackedWeight's tensors, as buffers
 
 
 def _linear_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as ``F.linear`` takes it, [out, in] (a Conv1D stores it [in, out])."""
-    weight = module.weight
-    assert isinstance(weight, torch.Tensor)
-    weight = weight.detach()
-    return weight.t().contiguous() if is_transposed_linear(module) else weight
+    """The weight [out, in], contiguous (the formats below are built from its rows)."""
+    return linear_weight(module).contiguous()
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -98,15 +96,22 @@ class SparseLinear(nn.Module):
         self.register_buffer("weight", weight.clone() if "dense" in used else None)
         self.register_buffer("weight_csr", _to_csr(weight) if "csr" in used else None)
         for format in FORMATS:  # buffers, so that state_dict and copies carry them
-            packed = pack(weight, format) if format in used else None
-            for part in ("structure", "values", "row_start"):
-                self.register_buffer(f"{format}_{part}",
-                                     None if packed is None else getattr(packed, part))
+            for part in PACKED_PARTS:
+                self.register_buffer(f"{format}_{part}", None)
+            if format in used:
+                self.keep_format(format, weight)
         bias = linear.bias
         self.register_buffer("bias", bias.detach().clone()
                              if isinstance(bias, torch.Tensor) else None)
         self.density = float((weight != 0).sum()) / max(1, weight.numel())
         self._packed: dict[str, PackedWeight] = {}  # views of the buffers, built on first use
+
+    def keep_format(self, format: str, weight: torch.Tensor) -> None:
+        """Stores ``weight`` [out, in] (this layer's) in compiled format ``format``."""
+        packed = pack(weight, format)
+        for part in PACKED_PARTS:
+            setattr(self, f"{format}_{part}", getattr(packed, part))
+        self._packed = {}
 
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]  # torch's signature
         self._packed = {}  # .to(), .float(), ...: the buffers are new tensors
@@ -129,7 +134,7 @@ class SparseLinear(nn.Module):
     def packed(self, format: str) -> PackedWeight:
         """The weight in compiled format ``format`` (which this layer must keep)."""
         structure, values, row_start = (getattr(self, f"{format}_{part}")
-                                        for part in ("structure", "values", "row_start"))
+                                        for part in PACKED_PARTS)
         if structure is None:
             raise ValueError(f"this layer keeps no {format!r} weight")
         return PackedWeight(format, structure, values, row_start, self.out_features,
@@ -178,9 +183,7 @@ def _fastest(linear: nn.Module, inputs: dict[str, torch.Tensor], min_gain: float
     sparse = _sparse_kernels(weight)
     trial = SparseLinear(linear, "dense", "csr")
     for format in sparse[1:]:  # every format, for timing only
-        packed = pack(weight, format)
-        for part in ("structure", "values", "row_start"):
-            setattr(trial, f"{format}_{part}", getattr(packed, part))
+        trial.keep_format(format, weight)
     choice, speedups = {}, {}
     for regime, x in inputs.items():
         dense = _time(lambda x=x: trial.run("dense", x), budget, repeats)

@@ -21,7 +21,8 @@ from torch import nn
 
 from .errors import BlockError
 
-__all__ = ["BlockInput", "capture_block_inputs", "run_block", "block_output"]
+__all__ = ["BlockInput", "capture_block_inputs", "run_block", "block_output", "call_model",
+           "model_input", "no_cache"]
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _detached(value: Any, device: torch.device | str | None) -> Any:
     return value
 
 
-def _model_input(batch: Any) -> Any:
+def model_input(batch: Any) -> Any:
     """Token tensor ``[B, T]``, the ``x`` of an ``(x, y)`` pair, or a dict of model inputs."""
     if isinstance(batch, (tuple, list)):
         if not batch:
@@ -79,7 +80,7 @@ def _model_input(batch: Any) -> Any:
     return batch
 
 
-def _call(model: nn.Module, x: Any, device: torch.device | str) -> None:
+def call_model(model: nn.Module, x: Any, device: torch.device | str) -> None:
     if isinstance(x, Mapping):
         model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in x.items()})
     elif isinstance(x, torch.Tensor):
@@ -90,7 +91,7 @@ def _call(model: nn.Module, x: Any, device: torch.device | str) -> None:
 
 
 @contextmanager
-def _no_cache(model: nn.Module):
+def no_cache(model: nn.Module):
     """Hugging Face models: ``config.use_cache`` False for the duration (no cache is built)."""
     config = getattr(model, "config", None)
     previous = getattr(config, "use_cache", None)
@@ -137,10 +138,10 @@ def capture_block_inputs(model: nn.Module, block: nn.Module, batches: Iterable, 
 
     handle = block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        with _no_cache(model):
+        with no_cache(model):
             for step, batch in enumerate(islice(batches, max_batches)):
                 try:
-                    _call(model, _model_input(batch), device)
+                    call_model(model, model_input(batch), device)
                 except _Captured:
                     pass
                 if len(captured) != step + 1:

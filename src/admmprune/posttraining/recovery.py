@@ -14,14 +14,9 @@ from tqdm import tqdm
 
 from ..masks import MaskEnforcer
 from .errors import OneShotError
+from .sensitivity import next_token_loss
 
 __all__ = ["recover"]
-
-
-def _loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    logits = model(x).logits if hasattr(model, "config") else model(x)
-    return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                       x[:, 1:].reshape(-1))
 
 
 def recover(model: nn.Module, batches: Sequence[torch.Tensor], *, learning_rate: float = 1e-4,
@@ -62,7 +57,7 @@ def recover(model: nn.Module, batches: Sequence[torch.Tensor], *, learning_rate:
     try:
         for step, x in enumerate(tqdm(batches, desc="recovery", unit="step",
                                       disable=not progress)):
-            loss = _loss(model, x)
+            loss = next_token_loss(model(x), x)
             value = float(loss.detach())
             if not math.isfinite(value):
                 model.load_state_dict(before)

@@ -30,9 +30,11 @@ import torch
 from torch import nn
 
 from ..projection import check_percent
+from ..selection import linear_weight
 from .blocks import find_blocks
 from .errors import OneShotError
-from .units import WIDTHS_KEY, BlockUnits, block_units, cut_block, out_in_weight
+from .inputs import call_model, model_input, no_cache
+from .units import WIDTHS_KEY, BlockUnits, block_units, cut_block
 
 __all__ = ["STRUCTURED_ALLOCATIONS", "StructuredResult", "prune_units", "unit_scores"]
 
@@ -55,10 +57,6 @@ class _Gram:
         self.tokens += flat.shape[0]
 
 
-def _model_input(batch: Any) -> Any:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 @torch.no_grad()
 def _grams(model: nn.Module, units: list[BlockUnits], batches: Iterable
            ) -> list[tuple[_Gram, _Gram]]:
@@ -72,10 +70,11 @@ def _grams(model: nn.Module, units: list[BlockUnits], batches: Iterable
             lambda _m, args, gram=mlp: gram.add(args[0])))
         hooks.append(u.o_proj.register_forward_pre_hook(
             lambda _m, args, gram=attention: gram.add(args[0])))
+    device = next(model.parameters()).device
     try:
-        options = {"use_cache": False} if _takes_cache(model) else {}
-        for batch in batches:
-            model(_model_input(batch), **options)
+        with no_cache(model):
+            for batch in batches:
+                call_model(model, model_input(batch), device)
     finally:
         for hook in hooks:
             hook.remove()
@@ -84,12 +83,8 @@ def _grams(model: nn.Module, units: list[BlockUnits], batches: Iterable
     return grams
 
 
-def _takes_cache(model: nn.Module) -> bool:
-    return hasattr(model, "config") and hasattr(model.config, "use_cache")
-
-
 def _out_in(module: nn.Module) -> torch.Tensor:
-    return out_in_weight(module).double()
+    return linear_weight(module).double()
 
 
 def unit_scores(units: BlockUnits, mlp: _Gram, attention: _Gram

@@ -19,18 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..selection import is_transposed_linear
+from ..selection import is_transposed_linear, linear_weight
 from .errors import OneShotError
 
-__all__ = ["WIDTHS_KEY", "BlockUnits", "block_units", "cut_block", "out_in_weight",
-           "shrink_to_widths"]
+__all__ = ["WIDTHS_KEY", "BlockUnits", "block_units", "cut_block", "shrink_to_widths"]
 
 
-def out_in_weight(module: Any) -> torch.Tensor:
-    """The weight as [out, in] (a Conv1D stores it [in, out]). Modules are typed ``Any`` here:
-    this file reads and sets the attributes of Hugging Face layers (``nf``, ``split_size``)."""
-    weight = module.weight.detach()
-    return weight.t() if is_transposed_linear(module) else weight
+# Modules are typed ``Any`` below: this file reads and sets the attributes of Hugging Face
+# layers (``nf``, ``split_size``).
 
 
 def _set(module: Any, weight_out_in: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -49,14 +45,14 @@ def _set(module: Any, weight_out_in: torch.Tensor, bias: torch.Tensor | None) ->
 
 def _keep_rows(module: Any, rows: torch.Tensor) -> None:
     bias = module.bias.detach()[rows] if module.bias is not None else None
-    _set(module, out_in_weight(module)[rows], bias)
+    _set(module, linear_weight(module)[rows], bias)
 
 
 def _keep_columns(module: Any, columns: torch.Tensor,
                   weight: torch.Tensor | None = None) -> None:
     """Keeps ``columns`` of the input; ``weight`` [out, kept] replaces them when given (a
     reconstruction)."""
-    new = out_in_weight(module)[:, columns] if weight is None else weight
+    new = linear_weight(module)[:, columns] if weight is None else weight
     _set(module, new.to(module.weight.dtype), None)
 
 
@@ -97,20 +93,20 @@ class BlockUnits:
 def _llama(name: str, block: Any) -> BlockUnits:
     attention, mlp = block.self_attn, block.mlp
     head_dim = int(attention.head_dim)
-    queries = out_in_weight(attention.q_proj).shape[0] // head_dim
-    keys = out_in_weight(attention.k_proj).shape[0] // head_dim
+    queries = linear_weight(attention.q_proj).shape[0] // head_dim
+    keys = linear_weight(attention.k_proj).shape[0] // head_dim
     return BlockUnits(name, block, "llama", [mlp.gate_proj, mlp.up_proj], mlp.down_proj,
-                      attention, attention.o_proj, out_in_weight(mlp.down_proj).shape[1], keys,
-                      queries // keys, head_dim, out_in_weight(mlp.down_proj).shape[0])
+                      attention, attention.o_proj, linear_weight(mlp.down_proj).shape[1], keys,
+                      queries // keys, head_dim, linear_weight(mlp.down_proj).shape[0])
 
 
 def _gpt2(name: str, block: Any) -> BlockUnits:
     attention, mlp = block.attn, block.mlp
     head_dim = int(attention.head_dim)
-    heads = out_in_weight(attention.c_attn).shape[0] // (3 * head_dim)
+    heads = linear_weight(attention.c_attn).shape[0] // (3 * head_dim)
     return BlockUnits(name, block, "gpt2", [mlp.c_fc], mlp.c_proj, attention,
-                      attention.c_proj, out_in_weight(mlp.c_proj).shape[1], heads, 1, head_dim,
-                      out_in_weight(mlp.c_proj).shape[0])
+                      attention.c_proj, linear_weight(mlp.c_proj).shape[1], heads, 1, head_dim,
+                      linear_weight(mlp.c_proj).shape[0])
 
 
 def block_units(blocks: list[tuple[str, nn.Module]]) -> list[BlockUnits]:
