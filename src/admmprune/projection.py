@@ -12,7 +12,8 @@ one, even when all scores are equal.
 Structured sets (``STRUCTURES``, selected by the pruner's ``structure``) keep whole groups
 instead of single weights: ``filter`` (output filters: dim 0 of a Conv weight, rows of a
 Linear weight), ``channel`` (input channels: dim 1 of a Conv weight, columns of a Linear
-weight) and ``nm`` (N of every M consecutive weights along the input dimension). Their
+weight), ``nm`` (N of every M consecutive weights along the input dimension) and ``units``
+(groups coupled across tensors, e.g. a transformer's MLP neurons: ``unit_projection``). Their
 group tie rule is the same: equal group scores keep the group that comes first (tensor
 order, then group index).
 """
@@ -53,6 +54,8 @@ __all__ = [
     "nm_masks",
     "group_masks",
     "group_scores",
+    "select_groups",
+    "NOT_FINITE",
     "nm_survivors",
     "nm_removed_percent",
 ]
@@ -91,7 +94,7 @@ def kth_largest(scores: Sequence[torch.Tensor], k: int) -> float:
     return _select(scores, k)[0]
 
 
-_NOT_FINITE = ("scores hold NaN or infinite values; the model has diverged "
+NOT_FINITE = ("scores hold NaN or infinite values; the model has diverged "
                "(lower learning_rate or rho)")
 
 
@@ -114,13 +117,13 @@ def _select(scores: Sequence[torch.Tensor], k: int) -> tuple[float, int]:
         flat = np.concatenate([s.detach().reshape(-1).to(dtype).numpy() for s in scores])
         # min and max propagate NaN and show ±inf, without np.isfinite's N-byte temporary
         if not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
-            raise ProjectionError(_NOT_FINITE)
+            raise ProjectionError(NOT_FINITE)
         flat.partition(position)
         threshold = flat[position]
         return float(threshold), int(np.count_nonzero(flat[position:] > threshold))
     flat_t = torch.cat([s.detach().reshape(-1).to(dtype) for s in scores])
     if not bool(torch.isfinite(flat_t).all()):
-        raise ProjectionError(_NOT_FINITE)
+        raise ProjectionError(NOT_FINITE)
     threshold_t = torch.kthvalue(flat_t, position + 1).values
     return float(threshold_t), int((flat_t > threshold_t).sum())
 
@@ -139,7 +142,7 @@ def global_topk_masks(scores: Sequence[torch.Tensor], keep: int) -> list[torch.T
         raise ProjectionError(f"cannot keep {keep} of {total} entries")
     if keep == total or keep == 0:
         if not all(bool(torch.isfinite(s).all()) for s in scores):
-            raise ProjectionError(_NOT_FINITE)
+            raise ProjectionError(NOT_FINITE)
         return [torch.full_like(s, keep > 0, dtype=torch.bool) for s in scores]
     threshold, _ = _select(scores, keep)
     # Keep everything >= threshold, then, only if more entries tie at the threshold than
@@ -294,6 +297,9 @@ class StructureOptions:
     readers: tuple = ()
     # global unstructured: the fewest entries each tensor keeps (min_layer_percent), or ()
     floors: tuple[int, ...] = ()
+    # units: the families of coupled groups (admmprune.unit_projection.UnitFamily), e.g. a
+    # transformer block's MLP neurons, each a row of up/gate and a column of down
+    units: tuple = ()
 
 
 def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,
@@ -376,13 +382,13 @@ def group_scores(weights: Sequence[torch.Tensor], axis: int = 0, score: str = "l
     for w in weights:
         scores = GROUP_SCORES[score](_rows(w.detach(), axis))
         if not bool(torch.isfinite(scores).all()):
-            raise ProjectionError(_NOT_FINITE)
+            raise ProjectionError(NOT_FINITE)
         out.append(scores)
     return out
 
 
-def _select_groups(scores: Sequence[torch.Tensor], sizes: Sequence[int], keep: int
-                   ) -> list[torch.Tensor]:
+def select_groups(scores: Sequence[torch.Tensor], sizes: Sequence[int], keep: int
+                  ) -> list[torch.Tensor]:
     """Groups kept under the budget rule (see ``group_masks``); one bool vector per layer."""
     kept = [torch.zeros(s.numel(), dtype=torch.bool) for s in scores]
     for k, s in zip(kept, scores, strict=True):
@@ -445,7 +451,7 @@ def group_masks(values: Sequence[torch.Tensor], keep: int | None,
             raise ProjectionError(f"cannot keep {keep} of {total} entries")
         if axis == 0 and options.readers:
             return _live_filter_masks(values, scores, sizes, keep, allowed, options.readers)
-        chosen = _select_groups(scores, sizes, keep)
+        chosen = select_groups(scores, sizes, keep)
     else:
         if isinstance(percents, (int, float)):
             percents = [float(percents)] * len(values)
@@ -456,7 +462,7 @@ def group_masks(values: Sequence[torch.Tensor], keep: int | None,
             check_percent(p)
         # a layer whose ratio leaves no weight still keeps its best group
         chosen = [torch.ones(s.numel(), dtype=torch.bool) if f else
-                  _select_groups([s], [sz], v.numel() - round(p * v.numel() / 100.0))[0]
+                  select_groups([s], [sz], v.numel() - round(p * v.numel() / 100.0))[0]
                   for s, sz, v, p, f in zip(scores, sizes, values, percents, fixed,
                                             strict=True)]
     masks = [_expand(c.to(v.device), v, axis) for c, v in zip(chosen, values, strict=True)]
@@ -503,7 +509,7 @@ def _live_filter_masks(values, scores, sizes, keep: int, allowed, readers
         raise ProjectionError(f"got readers for {len(readers)} tensors, not {len(values)}")
 
     def live_at(budget: int):
-        chosen = _select_groups(scores, sizes, budget)
+        chosen = select_groups(scores, sizes, budget)
         live = _live_columns(chosen, readers, values)
         return chosen, live, _live_count(chosen, live, values)
 
@@ -599,7 +605,7 @@ def nm_masks(values: Sequence[torch.Tensor], keep: int | None,
     for i, v in enumerate(values):
         rows = nm_rows(v.detach()).abs()
         if not bool(torch.isfinite(rows).all()):
-            raise ProjectionError(_NOT_FINITE)
+            raise ProjectionError(NOT_FINITE)
         if allowed is not None:
             rows = torch.where(nm_rows(allowed[i].to(rows.device, torch.bool)), rows, -1.0)
         width = rows.shape[1]
@@ -626,6 +632,12 @@ STRUCTURES: dict[str, Callable[..., list[torch.Tensor]]] = {
     "channel": channel_masks,
     "nm": nm_masks,
 }
+
+# Whole units spanning several tensors (a transformer's MLP neurons and attention groups). It
+# builds on the group rule above, so it is imported once that rule exists.
+from .unit_projection import unit_masks  # noqa: E402
+
+STRUCTURES["units"] = unit_masks
 
 
 # -- live weights ----------------------------------------------------------------------------

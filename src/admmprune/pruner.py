@@ -81,9 +81,13 @@ class ADMMPruner:
             biases are zeroed and kept zero with them after the hard prune), ``channel``
             (whole input channels) or ``nm`` (N of every M weights along the input
             dimension, dim 0 of a weight stored [in, out] such as transformers' Conv1D;
-            all_percent must then match the ratio N:M implies, within 0.5). ``filter`` and
-            ``channel`` refuse Conv1D weights.
-        group_score: filter/channel ranking, comparable across layers: ``l2``
+            all_percent must then match the ratio N:M implies, within 0.5) or ``units``
+            (a transformer's whole MLP neurons and attention groups, each across all the
+            tensors it spans: Llama-style and GPT-2 blocks, found by
+            ``admmprune.posttraining.blocks.find_blocks``; every pruned tensor must belong
+            to a block's units; ``admmprune.posttraining.units.shrink_units`` then cuts the
+            model smaller). ``filter`` and ``channel`` refuse Conv1D weights.
+        group_score: filter/channel/units ranking, comparable across layers: ``l2``
             (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups).
         nm_n, nm_m: N and M of ``structure="nm"``.
         example_inputs: a batch the model accepts. With global ``filter`` structure it
@@ -211,11 +215,12 @@ class ADMMPruner:
         self._norms = None
         if score == FOLDED_SCORE:
             self._norms = _norm_neighbours(model, self.names, example_inputs)
+        units = _unit_families(model, self.names) if structure == "units" else ()
         floors = _floors(self.params, min_layer_percent, structure, projection, live_weights)
         self.min_layer_percent = min_layer_percent
         self.options = StructureOptions(score=score, group_score=group_score, nm_n=nm_n,
                                         nm_m=nm_m, fixed=fixed, readers=readers,
-                                        floors=floors)
+                                        floors=floors, units=units)
         self._biases = _own_biases(model, self.names, self.params) \
             if structure == "filter" else []
         self.layer_percents = None if layer_percents is None else [float(p) for p in
@@ -676,6 +681,26 @@ class ADMMPruner:
             all_masks.append(masks[index].reshape(masks[index].shape[0], -1).any(1)
                              .to(bias.device))
         return MaskEnforcer(params, all_masks)
+
+
+def _unit_families(model: nn.Module, names: list[str]) -> tuple:
+    """The MLP-neuron and attention-group families of a transformer's blocks (structure
+    ``units``); every pruned tensor must belong to one."""
+    from .posttraining.errors import BlockError, OneShotError
+    from .posttraining.units import unit_families
+
+    try:
+        families = unit_families(model, names)
+    except (BlockError, OneShotError) as err:
+        raise PrunerError(f"structure 'units': {err}") from None
+    covered = {names[t] for f in families for t, _, _ in f.members}
+    outside = [n for n in names if n not in covered]
+    if outside:
+        raise PrunerError(f"structure 'units' prunes whole MLP neurons and attention groups of "
+                          f"the transformer blocks; {', '.join(outside[:3])}"
+                          f"{' ...' if len(outside) > 3 else ''} belong to none: exclude them "
+                          f"(e.g. exclude: [{outside[0].rpartition('.')[0]!r}])")
+    return families
 
 
 def _norm_neighbours(model: nn.Module, names: Sequence[str], example_inputs):

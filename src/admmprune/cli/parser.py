@@ -336,12 +336,16 @@ def add_shrink_parser(sub) -> None:
                     "coupled to them (BatchNorm, consumers, residual partners), print "
                     "shapes, parameters and MACs before/after, check the outputs on a test "
                     "batch and write a smaller dense model (safetensors; "
-                    "admmprune.load_shrunk reads it).",
+                    "admmprune.load_shrunk reads it). A transformer pruned with `structure: "
+                    "units` loses its zero MLP neurons and attention groups block by block "
+                    "and is written as a Hugging Face directory (admmprune.load_huggingface "
+                    "reads it).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  admmprune shrink runs/a --out lenet5-small.safetensors")
     shrink.add_argument("run_dir", type=Path, help="run directory")
     shrink.add_argument("--out", type=Path, help="file to write [default: "
-                        "RUN_DIR/model-shrunk.safetensors]")
+                        "RUN_DIR/model-shrunk.safetensors; structure units: the directory "
+                        "RUN_DIR/model-shrunk]")
     shrink.add_argument("--weights", type=Path, help="state dict to shrink instead of "
                         "RUN_DIR/model.pt")
     shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")

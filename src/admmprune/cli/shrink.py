@@ -20,14 +20,18 @@ from ..channels.shrink import (
 
 __all__ = ["default_path", "shrink_run", "format_shrink_summary", "SHRINKABLE"]
 
-# the structures whose zeros are whole filters / input channels, what shrinking removes
-SHRINKABLE = ("filter", "channel")
+# the structures whose zeros are whole filters / input channels / transformer units, what
+# shrinking removes
+SHRINKABLE = ("filter", "channel", "units")
 
 
-def default_path(run_dir: Path, weights: str | Path | None = None) -> Path:
-    """RUN_DIR/model-shrunk.safetensors, named after the weights file when given."""
+def default_path(run_dir: Path, weights: str | Path | None = None,
+                 structure: str = "filter") -> Path:
+    """RUN_DIR/model-shrunk.safetensors, named after the weights file when given; for
+    structure ``units`` a Hugging Face directory RUN_DIR/model-shrunk."""
     stem = Path(weights).stem if weights else "model"
-    return Path(run_dir) / f"{stem}-shrunk.safetensors"
+    suffix = "" if structure == "units" else ".safetensors"
+    return Path(run_dir) / f"{stem}-shrunk{suffix}"
 
 
 def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
@@ -45,8 +49,8 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     from ..runs.build import load_run, model_args
     from ..runs.rundir import check_output_path
 
-    path = check_output_path(Path(out) if out else default_path(run_dir, weights),
-                             "--out" if out else "the default output file")
+    if out:
+        check_output_path(Path(out), "--out")
     try:
         run = load_run(run_dir, overrides={"data_dir": data_dir} if data_dir else {},
                        device=torch.device("cpu"), weights=weights,
@@ -60,7 +64,13 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
     if config.structure not in SHRINKABLE:
         raise ShrinkError(f"{run_dir} was pruned with structure {config.structure!r}: its "
                           "zeros are single weights (or N:M groups), not whole filters or "
-                          f"channels, so shrinking it is refused; {STRUCTURE_HINT}")
+                          f"channels, so shrinking it is refused; {STRUCTURE_HINT}, or "
+                          "`structure: units` for a transformer")
+    path = check_output_path(Path(out) if out else
+                             default_path(run_dir, weights, config.structure),
+                             "--out" if out else "the default output file")
+    if config.structure == "units":
+        return _shrink_units(model, next(iter(data.test))[0].to(device), path, tolerance)
     batch, _ = next(iter(data.test))
     batch = batch.to(device).float()
     report = shrink(model, None, batch[:1])
@@ -77,7 +87,55 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
             "batch_max_abs_diff": diff}
 
 
+def _shrink_units(model: torch.nn.Module, batch: torch.Tensor, path: Path,
+                  tolerance: float) -> dict:
+    """Cut a units-pruned transformer to its live neurons and attention groups, check it
+    against the masked model on ``batch`` and write it as a Hugging Face directory."""
+    from ..export.huggingface import HuggingFaceExportError, save_huggingface
+    from ..posttraining.errors import OneShotError
+    from ..posttraining.units import shrink_units
+
+    before = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        want = model(batch)
+    try:
+        widths = shrink_units(model)
+    except OneShotError as err:
+        raise ShrinkError(str(err)) from None
+    with torch.no_grad():
+        got = model(batch)
+    diff = max_abs_difference(output_tensors(got), output_tensors(want))
+    scale = max([1.0] + [float(t.abs().max()) for t in output_tensors(want)])
+    if diff > tolerance * scale:
+        raise ShrinkError(f"the shrunk model differs from the masked one by {diff:.3g} on a "
+                          f"test batch (allowed {tolerance * scale:.3g}); please report it")
+    try:
+        save_huggingface(model, path)
+    except HuggingFaceExportError as err:
+        raise ShrinkError(f"cannot write {path}: {err}") from None
+    return {"widths": widths, "params_before": before,
+            "params_after": sum(p.numel() for p in model.parameters()), "path": path,
+            "batch": int(batch.shape[0]), "batch_max_abs_diff": diff}
+
+
+def _format_units_summary(summary: dict) -> str:
+    from ..tables import format_table
+
+    rows = [[name, str(w["neurons"]), str(w["groups"])]
+            for name, w in summary["widths"].items()]
+    before, after = summary["params_before"], summary["params_after"]
+    return "\n".join([
+        format_table(["block", "MLP neurons kept", "attention groups kept"], rows),
+        f"parameters {before:,} -> {after:,} ({before / max(after, 1):.2f}x fewer)",
+        f"on a test batch of {summary['batch']} the shrunk model matches the masked one: max "
+        f"|difference| {summary['batch_max_abs_diff']:.3g}",
+        f"wrote {summary['path']} (a Hugging Face directory: admmprune.load_huggingface reads "
+        "it; its blocks differ in width, recorded in config.json)"])
+
+
 def format_shrink_summary(summary: dict) -> str:
+    if "widths" in summary:
+        return _format_units_summary(summary)
     report = summary["report"]
     lines = [format_shrink_report(report),
              f"MACs per example; on a test batch of {summary['batch']} the shrunk model "

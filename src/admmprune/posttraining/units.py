@@ -20,9 +20,11 @@ import torch
 from torch import nn
 
 from ..selection import is_transposed_linear, linear_weight
+from ..unit_projection import UnitFamily, unit_rows
 from .errors import OneShotError
 
-__all__ = ["WIDTHS_KEY", "BlockUnits", "block_units", "cut_block", "shrink_to_widths"]
+__all__ = ["WIDTHS_KEY", "BlockUnits", "block_units", "cut_block", "shrink_to_widths",
+           "unit_families", "shrink_units"]
 
 
 # Modules are typed ``Any`` below: this file reads and sets the attributes of Hugging Face
@@ -178,3 +180,89 @@ def shrink_to_widths(model: nn.Module, widths: dict[str, dict[str, int]]) -> Non
     for units in block_units([(name, modules[name]) for name in widths]):
         width = widths[units.name]
         cut_block(units, torch.arange(int(width["neurons"])), torch.arange(int(width["groups"])))
+
+
+def unit_families(model: nn.Module, names: list[str], pattern: str | None = None
+                  ) -> tuple[UnitFamily, ...]:
+    """The MLP neurons and attention groups of ``model``'s blocks as families of the ``units``
+    projection, over the prunable tensors ``names`` (full parameter names, in the pruner's
+    order): two families per block.
+
+    Args:
+        model: a model with Llama-style or GPT-2 blocks (``find_blocks``).
+        names: the pruned weights; every unit tensor of every block must be among them.
+        pattern: names the blocks (``find_blocks``), None to find them.
+
+    Raises:
+        BlockError: no blocks found.
+        OneShotError: a block of another layout, or a unit tensor that is not pruned.
+    """
+    from .blocks import find_blocks
+
+    position = {name: i for i, name in enumerate(names)}
+    module_names = {id(m): n for n, m in model.named_modules()}
+
+    def member(module: nn.Module, rows: bool, index: torch.Tensor
+               ) -> tuple[int, int, torch.Tensor]:
+        name = f"{module_names[id(module)]}.weight"
+        if name not in position:
+            raise OneShotError(f"structure 'units' removes whole neurons and attention "
+                               f"groups, which span {name}, but that weight is not pruned: "
+                               "include every q/k/v/o and MLP projection of the blocks")
+        # rows of the [out, in] view are dim 1 of a weight stored [in, out] (Conv1D)
+        axis = int(rows == is_transposed_linear(module))
+        return position[name], axis, index
+
+    families = []
+    for u in block_units(find_blocks(model, pattern)):
+        neurons = torch.arange(u.neurons)[:, None]
+        families.append(UnitFamily(f"{u.name} MLP neurons", u.neurons, tuple(
+            [member(m, True, neurons) for m in u.mlp_in] + [member(u.mlp_out, False, neurons)])))
+        groups = torch.arange(u.groups)
+        queries = u.group_columns(groups).reshape(u.groups, -1)
+        heads = (groups[:, None] * u.head_dim + torch.arange(u.head_dim)).reshape(u.groups, -1)
+        attention: Any = u.attention
+        if u.layout == "llama":
+            attention_members = [member(attention.q_proj, True, queries),
+                                 member(attention.k_proj, True, heads),
+                                 member(attention.v_proj, True, heads)]
+        else:  # c_attn's outputs are [q | k | v], each hidden wide
+            width = u.groups * u.head_dim
+            qkv = torch.cat([queries + part * width for part in range(3)], dim=1)
+            attention_members = [member(attention.c_attn, True, qkv)]
+        attention_members.append(member(u.o_proj, False, queries))
+        families.append(UnitFamily(f"{u.name} attention groups", u.groups,
+                                   tuple(attention_members)))
+    return tuple(families)
+
+
+def shrink_units(model: nn.Module, pattern: str | None = None) -> dict[str, dict[str, int]]:
+    """Cuts every block of a units-pruned ``model`` to the neurons and attention groups that
+    hold any nonzero weight, in place, and records the widths in ``model.config`` (when it
+    has one) so that a saved model rebuilds (``WIDTHS_KEY``). A removed unit is all zeros,
+    so it added nothing: the cut model computes what the masked one did. A block whose units
+    are all zero keeps its first neuron and group (zeros too).
+
+    Returns:
+        Per block name, the neurons and groups it keeps.
+
+    Raises:
+        BlockError, OneShotError: no blocks of a known layout.
+    """
+    from .blocks import find_blocks
+
+    named = list(model.named_parameters())
+    values = [p.detach() for _, p in named]
+    families = unit_families(model, [n for n, _ in named], pattern)
+    widths = {}
+    for i, u in enumerate(block_units(find_blocks(model, pattern))):
+        kept = []
+        for family in families[2 * i: 2 * i + 2]:
+            alive = torch.nonzero(unit_rows(values, family).ne(0).any(1).cpu()).reshape(-1)
+            kept.append(alive if alive.numel() else torch.zeros(1, dtype=torch.long))
+        cut_block(u, kept[0], kept[1])
+        widths[u.name] = {"neurons": u.neurons, "groups": u.groups}
+    config = getattr(model, "config", None)
+    if config is not None:
+        setattr(config, WIDTHS_KEY, widths)
+    return widths

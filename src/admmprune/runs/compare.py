@@ -102,6 +102,17 @@ METHODS: dict[str, tuple[str, dict]] = {
                         "score": "magnitude"}),
     "channel": ("global channel ADMM: whole input channels ranked across all layers",
                 {"structure": "channel", "projection": "global", "score": "magnitude"}),
+    # transformers: whole MLP neurons and attention groups (every pruned tensor in a block)
+    "units": ("global units ADMM: a transformer's MLP neurons and attention groups ranked "
+              "across all blocks", {"structure": "units", "projection": "global",
+                                    "score": "magnitude"}),
+    "units-layerwise": ("units ADMM, every block removes the same ratio of its neurons and "
+                        "of its attention groups", {"structure": "units",
+                                                    "projection": "layerwise",
+                                                    "score": "magnitude"}),
+    "units-oneshot": ("one-shot global units pruning + retraining for the same epoch budget",
+                      {"structure": "units", "pruning": "oneshot", "projection": "global",
+                       "score": "magnitude"}),
     "uniform-magnitude": ("one-shot magnitude pruning, every layer at the same ratio, + "
                           "retraining for the same epoch budget",
                           {"pruning": "oneshot", "projection": "layerwise",

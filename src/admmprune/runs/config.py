@@ -160,9 +160,11 @@ class Config:
                                            "least this percent of its weights (default: no "
                                            "floor; a collapsing layer is reported)")
     structure: str = _key("unstructured", "what the Z-step keeps: weights, output filters (+ "
-                          "biases), input channels, N of every M weights",
-                          ("unstructured", "filter", "channel", "nm"))
-    group_score: str = _key("l2", "filter/channel ranking across layers: l2 (norm/sqrt(size)), "
+                          "biases), input channels, N of every M weights, a transformer's "
+                          "whole MLP neurons and attention groups (units)",
+                          ("unstructured", "filter", "channel", "nm", "units"))
+    group_score: str = _key("l2", "filter/channel/units ranking across layers: l2 "
+                            "(norm/sqrt(size)), "
                             "l1 (mean abs), lamp", ("l2", "l1", "lamp"))
     nm_n: int = _key(2, "structure nm: weights kept in every group of nm_m")
     nm_m: int = _key(4, "structure nm: group size along the input dimension")
