@@ -170,7 +170,7 @@ def test_families_follow_the_pruners_tensor_order():
 
 
 def test_a_tiny_gpt_run_prunes_units_and_shrink_writes_a_smaller_huggingface_model(
-        code_corpus, tmp_path):
+        code_corpus, tmp_path, capsys):
     config = load_config(None, dict(
         model="gpt", model_args={"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 16},
         dataset="text", task="language-modeling", data_dir=str(code_corpus), train_subset=96,
@@ -180,7 +180,12 @@ def test_a_tiny_gpt_run_prunes_units_and_shrink_writes_a_smaller_huggingface_mod
     summary = run_pipeline(config, run_dir=run_dir)
     assert summary["kept"] >= summary["total"] // 2
     state = torch.load(run_dir / "model.pt")
-    assert main(["shrink", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0
+    assert "collapsing" not in capsys.readouterr().out  # empty rows are the point here
+    assert main(["shrink", str(run_dir), "--onnx"]) == 0
+    assert "onnxruntime's logits match" in capsys.readouterr().out
+    assert (run_dir / "model-shrunk" / "model.onnx").is_file()
     small = load_huggingface(run_dir / "model-shrunk")
     assert sum(p.numel() for n, p in small.named_parameters() if ".h." in n and "ln_" not in n
                and n.endswith("weight")) == summary["kept"]
@@ -204,3 +209,34 @@ def test_shrink_refuses_a_run_of_single_weights_with_the_units_hint(code_corpus,
     run_pipeline(config, run_dir=tmp_path / "run")
     assert main(["shrink", str(tmp_path / "run")]) == 2
     assert "structure: units" in capsys.readouterr().err
+
+
+def test_the_hugging_face_callback_prunes_whole_units(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from admmprune.integrations.transformers import ADMMCallback
+
+    class Tokens(torch.utils.data.Dataset):
+        ids = torch.randint(0, 64, (16, 8), generator=torch.Generator().manual_seed(0))
+
+        def __len__(self) -> int:
+            return 16
+
+        def __getitem__(self, i):
+            return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+    model = tiny_gpt2()
+    callback = ADMMCallback(all_percent=50.0, rho=1e-2, structure="units", dense_epochs=1,
+                            k_step=2, epochs=1, retraining_epochs=1)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4,
+                             num_train_epochs=4, learning_rate=3e-3, report_to="none",
+                             use_cpu=True, logging_strategy="no", disable_tqdm=True,
+                             save_strategy="no")
+    Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback]).train()
+    pruner = callback.pruner
+    assert pruner.pruned and pruner.structure == "units"
+    weights = [p.detach() for p in pruner.params]
+    for family in pruner.options.units:
+        alive = unit_rows(weights, family).ne(0)
+        assert bool((alive.all(1) | ~alive.any(1)).all())  # whole units, in every tensor
+    assert pruner.keep <= sum(int(w.count_nonzero()) for w in weights) < pruner.total

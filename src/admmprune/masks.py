@@ -17,11 +17,19 @@ __all__ = [
     "CollapseWarning",
     "collapsed_layers",
     "OPEN_ROWS_FLOOR",
+    "open_rows_floor",
 ]
 
 #: a layer whose weights survive in fewer than this share of its output rows (channels,
 #: neurons) is reported as collapsing: too few paths stay open through it
 OPEN_ROWS_FLOOR = 0.5
+
+
+def open_rows_floor(structure: str) -> float:
+    """The open-row share below which a layer of ``structure`` counts as collapsing: whole
+    filters, channels or units removed leave rows empty by design, so there only a layer
+    with no weight is a collapse."""
+    return OPEN_ROWS_FLOOR if structure in ("unstructured", "nm") else 0.0
 
 
 class CollapseWarning(UserWarning):

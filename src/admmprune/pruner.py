@@ -21,12 +21,12 @@ from torch import nn
 from . import admm
 from .checks import NM_PERCENT_TOLERANCE, is_number, rho_schedule_problem
 from .masks import (
-    OPEN_ROWS_FLOOR,
     CollapseWarning,
     LayerSparsity,
     MaskEnforcer,
     collapsed_layers,
     global_sparsity,
+    open_rows_floor,
     sparsity_report,
     zero_optimizer_state,
 )
@@ -436,10 +436,7 @@ class ADMMPruner:
         self._install(masks)
         self.pruned = True
         report = self.sparsity()
-        # whole filters or channels removed leave rows empty by design: only an empty layer
-        # is a collapse there
-        collapsed = collapsed_layers(report, OPEN_ROWS_FLOOR if self.structure in (
-            "unstructured", "nm") else 0.0)
+        collapsed = collapsed_layers(report, open_rows_floor(self.structure))
         if collapsed:
             warnings.warn("the hard prune collapses " + "; ".join(
                 f"{name}: {why}" for name, why in collapsed) + ". LAMP scores (score "

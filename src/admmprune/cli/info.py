@@ -83,7 +83,7 @@ def _print_shares(model, config: Config) -> None:
     origin = "pretrained" if config.pretrained else "initial"
     print(f"\na hard prune of the {origin} weights at all_percent {percent:g} "
           f"(projection {config.projection}, score {config.score}) would keep:")
-    print(format_layer_shares([r.as_dict() for r in report]))
+    print(format_layer_shares([r.as_dict() for r in report], config.structure))
 
 
 def cmd_make_detection_set(args: argparse.Namespace) -> int:

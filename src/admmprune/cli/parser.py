@@ -349,6 +349,8 @@ def add_shrink_parser(sub) -> None:
     shrink.add_argument("--weights", type=Path, help="state dict to shrink instead of "
                         "RUN_DIR/model.pt")
     shrink.add_argument("--data-dir", help="dataset directory (the example and check batch)")
+    shrink.add_argument("--onnx", action="store_true", help="structure units: also write "
+                        "OUT/model.onnx (logits; checked with onnxruntime)")
     add_trust_pickle(shrink)
     add_allow_changed_sources(shrink)
 

@@ -37,7 +37,7 @@ def default_path(run_dir: Path, weights: str | Path | None = None,
 def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                weights: str | Path | None = None, data_dir: str | None = None,
                tolerance: float = 1e-5, trust_pickle: bool = False,
-               allow_changed_sources: bool = False) -> dict:
+               allow_changed_sources: bool = False, onnx: bool = False) -> dict:
     """Shrink RUN_DIR/model.pt (or ``weights``; zeros read from the weights), write it with
     :func:`save_shrunk` and check it against the masked model on the first test batch
     (``allow_changed_sources``: see :func:`~admmprune.runs.build.load_run`).
@@ -70,7 +70,12 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
                              default_path(run_dir, weights, config.structure),
                              "--out" if out else "the default output file")
     if config.structure == "units":
-        return _shrink_units(model, next(iter(data.test))[0].to(device), path, tolerance)
+        return _shrink_units(model, next(iter(data.test))[0].to(device), path, tolerance,
+                             onnx)
+    if onnx:
+        raise ShrinkError("--onnx writes a shrunk transformer (structure units) next to its "
+                          "Hugging Face directory; a filter or channel run's shrunk file is "
+                          "read with admmprune.load_shrunk")
     batch, _ = next(iter(data.test))
     batch = batch.to(device).float()
     report = shrink(model, None, batch[:1])
@@ -88,10 +93,17 @@ def shrink_run(run_dir: str | Path, *, out: str | Path | None = None,
 
 
 def _shrink_units(model: torch.nn.Module, batch: torch.Tensor, path: Path,
-                  tolerance: float) -> dict:
+                  tolerance: float, onnx: bool) -> dict:
     """Cut a units-pruned transformer to its live neurons and attention groups, check it
-    against the masked model on ``batch`` and write it as a Hugging Face directory."""
-    from ..export.huggingface import HuggingFaceExportError, save_huggingface
+    against the masked model on ``batch`` and write it as a Hugging Face directory (with
+    ``onnx``, also PATH/model.onnx, checked with onnxruntime)."""
+    from ..export import ExportError
+    from ..export.huggingface import (
+        HuggingFaceExportError,
+        load_huggingface,
+        save_causal_lm_onnx,
+        save_huggingface,
+    )
     from ..posttraining.errors import OneShotError
     from ..posttraining.units import shrink_units
 
@@ -111,9 +123,13 @@ def _shrink_units(model: torch.nn.Module, batch: torch.Tensor, path: Path,
                           f"test batch (allowed {tolerance * scale:.3g}); please report it")
     try:
         save_huggingface(model, path)
-    except HuggingFaceExportError as err:
+        if onnx:
+            onnx_record = save_causal_lm_onnx(load_huggingface(path), path / "model.onnx",
+                                              batch[:1])
+    except (HuggingFaceExportError, ExportError) as err:
         raise ShrinkError(f"cannot write {path}: {err}") from None
     return {"widths": widths, "params_before": before,
+            "onnx": onnx_record if onnx else None,
             "params_after": sum(p.numel() for p in model.parameters()), "path": path,
             "batch": int(batch.shape[0]), "batch_max_abs_diff": diff}
 
@@ -130,7 +146,15 @@ def _format_units_summary(summary: dict) -> str:
         f"on a test batch of {summary['batch']} the shrunk model matches the masked one: max "
         f"|difference| {summary['batch_max_abs_diff']:.3g}",
         f"wrote {summary['path']} (a Hugging Face directory: admmprune.load_huggingface reads "
-        "it; its blocks differ in width, recorded in config.json)"])
+        "it; its blocks differ in width, recorded in config.json)"]
+        + ([_onnx_line(summary)] if summary["onnx"] else []))
+
+
+def _onnx_line(summary: dict) -> str:
+    diff = summary["onnx"]["max_abs_diff"]
+    check = "onnxruntime is not installed: not checked" if diff is None else \
+        f"onnxruntime's logits match: max |difference| {diff:.3g}"
+    return f"wrote {summary['path']}/model.onnx ({check})"
 
 
 def format_shrink_summary(summary: dict) -> str:
@@ -149,7 +173,8 @@ def cmd_shrink(args: argparse.Namespace) -> int:
     try:
         summary = shrink_run(args.run_dir, out=args.out, weights=args.weights,
                              data_dir=args.data_dir, trust_pickle=args.trust_pickle,
-                             allow_changed_sources=args.allow_changed_sources)
+                             allow_changed_sources=args.allow_changed_sources,
+                             onnx=args.onnx)
     except ShrinkError as err:
         print(f"admmprune shrink: error: {err}", file=sys.stderr)
         return 2

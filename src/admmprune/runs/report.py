@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..jsonfile import loads
-from ..masks import LayerSparsity, collapsed_layers
+from ..masks import LayerSparsity, collapsed_layers, open_rows_floor
 from ..tables import format_table
 from ..tasks import format_metric
 from .direction import direction_note, format_value, higher_is_better, percent_keys
@@ -64,7 +64,8 @@ def format_summary(summary: dict) -> str:
     text = "\n".join(f"{k.ljust(width)}  {v}" for k, v in overview)
     layers = summary.get("layers") or []
     if layers:
-        text += "\n\n" + format_layer_shares(layers)
+        structure = summary.get("structure") or "unstructured"
+        text += "\n\n" + format_layer_shares(layers, structure)
     skipped = summary.get("not_pruned") or []
     if skipped:
         text += (f"\nnot pruned: {len(skipped)} weight tensors ("
@@ -73,14 +74,15 @@ def format_summary(summary: dict) -> str:
     return text
 
 
-def format_layer_shares(layers: list[dict]) -> str:
+def format_layer_shares(layers: list[dict], structure: str = "unstructured") -> str:
     """The per-layer table: kept share beside the uniform share (what every layer would keep
     at the same ratio) and the output rows that keep any weight; layers that collapse
-    (:func:`~admmprune.masks.collapsed_layers`) are marked and listed under the table."""
+    (:func:`~admmprune.masks.collapsed_layers`, by ``structure``'s rule) are marked and
+    listed under the table."""
     total = sum(r["total"] for r in layers)
     uniform = 100 * sum(r["kept"] for r in layers) / total if total else 0.0
     report = [LayerSparsity.from_dict(r) for r in layers]
-    collapsed = dict(collapsed_layers(report))
+    collapsed = dict(collapsed_layers(report, open_rows_floor(structure)))
     rows = [(("! " if r["name"] in collapsed else "") + r["name"],
              "x".join(map(str, r["shape"])), r["total"], r["kept"],
              f"{100 * r['kept_fraction']:.2f}%", f"{uniform:.2f}%",
