@@ -633,11 +633,20 @@ STRUCTURES: dict[str, Callable[..., list[torch.Tensor]]] = {
     "nm": nm_masks,
 }
 
-# Whole units spanning several tensors (a transformer's MLP neurons and attention groups). It
-# builds on the group rule above, so it is imported once that rule exists.
-from .unit_projection import unit_masks  # noqa: E402
 
-STRUCTURES["units"] = unit_masks
+
+def _units(values: Sequence[torch.Tensor], keep: int | None,
+           percents: float | Sequence[float] | None, allowed: Sequence[torch.Tensor] | None,
+           options: StructureOptions) -> list[torch.Tensor]:
+    """Whole units spanning several tensors (a transformer's MLP neurons and attention
+    groups): ``admmprune.unit_projection.unit_masks``, which builds on the group rule here
+    (imported when called, so that neither module needs the other to load)."""
+    from .unit_projection import unit_masks
+
+    return unit_masks(values, keep, percents, allowed, options)
+
+
+STRUCTURES["units"] = _units
 
 
 # -- live weights ----------------------------------------------------------------------------
