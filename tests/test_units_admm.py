@@ -169,15 +169,35 @@ def test_families_follow_the_pruners_tensor_order():
         assert f.name == f"transformer.h.{i} {kind}"
 
 
+def units_run(corpus, model: str = "gpt"):
+    args = {"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 16}
+    if model == "llama":
+        args = {**args, "n_head": 4, "n_kv_head": 2}
+    return load_config(None, dict(
+        model=model, model_args=args, dataset="text", task="language-modeling",
+        data_dir=str(corpus), train_subset=96, test_subset=32, batch_size=16, dense_epochs=1,
+        all_percent=50.0, k_step=2, rho=1e-2, retraining_epochs=1, progress=False, seed=1,
+        threads=1, structure="units"))
+
+
+def test_an_interrupted_units_run_resumes_bitwise(code_corpus, tmp_path, interrupt_training):
+    straight = run_pipeline(units_run(code_corpus, "llama"), run_dir=tmp_path / "straight")
+    interrupt_training(3)  # inside the ADMM iterations
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(units_run(code_corpus, "llama"), run_dir=tmp_path / "resumed")
+    interrupt_training(None)
+    resumed = run_pipeline(units_run(code_corpus, "llama"), run_dir=tmp_path / "resumed",
+                           resume=True)
+    assert resumed["kept"] == straight["kept"]
+    first = torch.load(tmp_path / "straight" / "model.pt")
+    second = torch.load(tmp_path / "resumed" / "model.pt")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_a_tiny_gpt_run_prunes_units_and_shrink_writes_a_smaller_huggingface_model(
         code_corpus, tmp_path, capsys):
-    config = load_config(None, dict(
-        model="gpt", model_args={"n_layer": 2, "n_embd": 32, "n_head": 2, "context": 16},
-        dataset="text", task="language-modeling", data_dir=str(code_corpus), train_subset=96,
-        test_subset=32, batch_size=16, dense_epochs=1, all_percent=50.0, k_step=2, rho=1e-2,
-        retraining_epochs=1, progress=False, seed=1, threads=1, structure="units"))
     run_dir = tmp_path / "run"
-    summary = run_pipeline(config, run_dir=run_dir)
+    summary = run_pipeline(units_run(code_corpus), run_dir=run_dir)
     assert summary["kept"] >= summary["total"] // 2
     state = torch.load(run_dir / "model.pt")
     capsys.readouterr()
