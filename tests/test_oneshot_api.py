@@ -302,11 +302,19 @@ def test_the_readme_post_training_commands_run_in_tiny_form(tmp_path, code_corpu
                      "16", "--dense-epochs", "1", "--steps-per-epoch", "2", "--k-step", "1",
                      "--epochs", "1", "--retraining-epochs", "1", "--calibration-batches",
                      "2", "--no-progress"]
+        if argv[0] == "prune":  # from the tiny run's weights instead of the reference's
+            argv[1] = str(REPO / argv[1])
+            argv[argv.index("--pretrained") + 1] = str(run_dir / "model.pt")
+            argv += ["--model-args", "{n_layer: 2, n_embd: 16, n_head: 2, context: 16}",
+                     "--data-dir", str(code_corpus), "--train-subset", "64", "--test-subset",
+                     "16", "--steps-per-epoch", "2", "--k-step", "1", "--epochs", "1",
+                     "--retraining-epochs", "1", "--no-progress"]
         assert main(argv) == 0, (line, capsys.readouterr().err)
     assert (tmp_path / "runs" / "gpt-admm70" / "oneshot.json").is_file()
     compared = (tmp_path / "cmp" / "results.md").read_text()
     assert "oneshot-admm-retrain" in compared and "oneshot-wanda" in compared
     assert (tmp_path / "runs" / "gpt-sparsegpt24" / "model.safetensors").is_file()
+    assert (tmp_path / "runs" / "gpt-units" / "model-shrunk" / "model.onnx").is_file()
 
 
 def test_curves_by_another_method_keep_the_budget_and_unknown_ones_are_refused():
