@@ -431,7 +431,7 @@ def test_nm_pruner_refuses_a_disagreeing_all_percent():
 
 
 def test_unstructured_is_unchanged_and_every_structure_is_registered():
-    assert set(STRUCTURES) == {"unstructured", "filter", "channel", "nm"}
+    assert set(STRUCTURES) == {"unstructured", "filter", "channel", "nm", "units"}
     model = lenet()
     weights = [p.detach().clone() for _, p in admmprune.selection.prunable_parameters(model)]
     pruner = ADMMPruner(model, all_percent=90.0, score="lamp")
