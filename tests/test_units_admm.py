@@ -260,3 +260,18 @@ def test_the_hugging_face_callback_prunes_whole_units(tmp_path):
         alive = unit_rows(weights, family).ne(0)
         assert bool((alive.all(1) | ~alive.any(1)).all())  # whole units, in every tensor
     assert pruner.keep <= sum(int(w.count_nonzero()) for w in weights) < pruner.total
+
+
+def test_compare_runs_the_units_methods_from_one_dense_model(code_corpus, tmp_path):
+    from admmprune.runs.compare import run_compare
+
+    rows = run_compare(units_run(code_corpus), ["dense", "units", "units-layerwise",
+                                                "units-oneshot"], [50.0], tmp_path / "cmp")
+    pruned = {r["method"]: r for r in rows if r["method"] != "dense"}
+    assert set(pruned) == {"units", "units-layerwise", "units-oneshot"}
+    for row in pruned.values():
+        # whole units: never more removed than asked, less by under one attention group
+        # (32 x 16 weights in each of q, k, v and o: 2,048 of the 24,576 block weights)
+        assert 50.0 - 100 * 2048 / 24576 < row["sparsity_percent"] <= 50.0
+        assert row["pruned_bpb"] < 8.0  # better than uniform over 256 bytes
+    assert "units-oneshot" in (tmp_path / "cmp" / "results.md").read_text()
