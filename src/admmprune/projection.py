@@ -634,7 +634,6 @@ STRUCTURES: dict[str, Callable[..., list[torch.Tensor]]] = {
 }
 
 
-
 def _units(values: Sequence[torch.Tensor], keep: int | None,
            percents: float | Sequence[float] | None, allowed: Sequence[torch.Tensor] | None,
            options: StructureOptions) -> list[torch.Tensor]:

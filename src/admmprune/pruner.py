@@ -683,12 +683,12 @@ class ADMMPruner:
 def _unit_families(model: nn.Module, names: list[str]) -> tuple:
     """The MLP-neuron and attention-group families of a transformer's blocks (structure
     ``units``); every pruned tensor must belong to one."""
-    from .posttraining.errors import BlockError, OneShotError
+    from .posttraining.errors import OneShotError  # BlockError is one too
     from .posttraining.units import unit_families
 
     try:
         families = unit_families(model, names)
-    except (BlockError, OneShotError) as err:
+    except OneShotError as err:
         raise PrunerError(f"structure 'units': {err}") from None
     covered = {names[t] for f in families for t, _, _ in f.members}
     outside = [n for n in names if n not in covered]

@@ -126,9 +126,10 @@ def unit_masks(values: Sequence[torch.Tensor], keep: int | None,
         raise ProjectionError(f"unknown group score {options.group_score!r}; choose one of "
                               f"{sorted(GROUP_SCORES)}")
     score_of = GROUP_SCORES[options.group_score]
+    detached = [v.detach() for v in values]
     scores, sizes = [], []
     for family in families:
-        score = score_of(unit_rows([v.detach() for v in values], family))
+        score = score_of(unit_rows(detached, family))
         if not bool(torch.isfinite(score).all()):
             raise ProjectionError(NOT_FINITE)
         if allowed is not None:
