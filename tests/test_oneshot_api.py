@@ -11,7 +11,7 @@ import admmprune
 from admmprune.cli import main
 from admmprune.models import create_model
 from admmprune.posttraining import OneShotError, layer_shares
-from admmprune.posttraining.api import removal_cap
+from admmprune.posttraining.api import curve_percents, removal_cap
 from admmprune.projection import survivor_count
 
 LLAMA = dict(n_layer=2, n_embd=32, n_head=4, n_kv_head=2, intermediate=48, context=16)
@@ -88,6 +88,19 @@ def test_the_removal_cap_is_halfway_to_everything_unless_set():
     for most in (90.0, 80.0, 100.0):
         with pytest.raises(OneShotError, match="between the target"):
             removal_cap(90.0, most)
+
+
+@pytest.mark.parametrize("target", [50.0, 70.0, 90.0, 97.0])
+def test_error_curves_are_fine_near_the_target_and_end_at_the_cap(target):
+    cap = removal_cap(target)
+    points = curve_percents(target, most=cap)
+    assert points == sorted(set(points)) and points[-1] == cap
+    assert all(0 < p <= cap for p in points)
+    # the allocation's resolution: every point within 6 of the target is 2 or less apart
+    near = [p for p in points if abs(p - target) <= 6]
+    gaps = [b - a for a, b in zip(near, near[1:], strict=False)]
+    assert target in near and max(gaps) <= 2.0 + 1e-9
+    assert min(points) < target - 10  # and the curve reaches well below the target
 
 
 @pytest.mark.parametrize("most", [None, 75.0])

@@ -46,8 +46,11 @@ __all__ = ["ALLOCATIONS", "DEFAULT_GRID", "MAX_LAYER_PERCENT", "OneShotResult",
 ALLOCATIONS = ("uniform", "owl", "global")
 # offsets from the target (percent points) at which the global allocation measures each
 # layer's error curve: dense near the target, where the shares settle; past the last point
-# (the removal cap, :func:`removal_cap`) a layer's removals cost +inf
-DEFAULT_GRID = (-30.0, -20.0, -10.0, -5.0, 0.0, 5.0, 10.0, 20.0)
+# (the removal cap, :func:`removal_cap`) a layer's removals cost +inf. The greedy stops on
+# the curves' vertices, so the spacing near the target is the allocation's resolution: with
+# 5-point steps most layers of the Llama reference at 90% sat on a grid point (docs/results.md
+# section 14); 2-point steps there cost 4 more error points per layer
+DEFAULT_GRID = (-30.0, -20.0, -10.0, -6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0, 10.0, 20.0)
 MAX_LAYER_PERCENT = 98.0
 
 
