@@ -44,6 +44,7 @@ __all__ = [
     "floored_topk_masks",
     "FOLDED_SCORE",
     "SCORES",
+    "SHARE_SCORE",
     "SCORE_FUNCTIONS",
     "GROUP_SCORES",
     "StructureOptions",
@@ -251,8 +252,11 @@ SCORE_FUNCTIONS = {
 # next to its layer folded in (admmprune.channels.norms): it needs the model, not only the
 # weights, so the pruner computes it and hands the projection raw scores.
 FOLDED_SCORE = "folded"
+# Each weight's share of its own output, |w_ij|·rms(x_j)/rms(y_i), from the activations of a
+# forward pass (admmprune.channels.shares): also computed by the pruner.
+SHARE_SCORE = "share"
 #: every element score a pruner accepts
-SCORES = (*SCORE_FUNCTIONS, FOLDED_SCORE)
+SCORES = (*SCORE_FUNCTIONS, FOLDED_SCORE, SHARE_SCORE)
 
 
 def compute_scores(weights: Sequence[torch.Tensor], score: str = "magnitude") -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ from .projection import (
     FOLDED_SCORE,
     GROUP_SCORES,
     SCORES,
+    SHARE_SCORE,
     STRUCTURES,
     ProjectionError,
     StructureOptions,
@@ -71,11 +72,15 @@ class ADMMPruner:
         projection: ``"global"`` (one budget over all layers) or ``"layerwise"``
             (every layer removes ``layer_percents``, default all_percent each).
         score: ranking criterion of the Z-step and the hard prune: ``magnitude``, ``rms``,
-            ``lamp`` or ``folded`` (unstructured only). ``folded`` ranks each weight by its
-            magnitude times the scale of the BatchNorm its layer feeds (γ/σ per output row)
-            and of the normalization that feeds its layer (γ per input column); it needs
-            ``example_inputs`` to find those norms (``admmprune.channels.norms``). Measured
+            ``lamp``, ``folded`` or ``share`` (unstructured only). ``folded`` ranks each
+            weight by its magnitude times the scale of the BatchNorm its layer feeds (γ/σ per
+            output row) and of the normalization that feeds its layer (γ per input column);
+            it needs ``example_inputs`` to find those norms (``admmprune.channels.norms``). Measured
             on a BatchNorm ResNet it lost to magnitude and LAMP (docs/results.md section 15).
+            ``share`` ranks each weight by its share of its own output, |w_ij|·rms(x_j) /
+            rms(y_i), from the activations of a forward pass over ``example_inputs`` at every
+            projection (``admmprune.channels.shares``): unchanged by any scaling of a
+            layer's rows, columns or inputs.
         structure: what the Z-step keeps (``admmprune.projection.STRUCTURES``):
             ``unstructured`` (single weights), ``filter`` (whole output filters; their
             biases are zeroed and kept zero with them after the hard prune), ``channel``
@@ -215,6 +220,10 @@ class ADMMPruner:
         self._norms = None
         if score == FOLDED_SCORE:
             self._norms = _norm_neighbours(model, self.names, example_inputs)
+        self._share_inputs = None
+        if score == SHARE_SCORE:
+            _share_factors(model, self.names, example_inputs)  # refuses what it cannot read
+            self._share_inputs = example_inputs
         units = _unit_families(model, self.names) if structure == "units" else ()
         floors = _floors(self.params, min_layer_percent, structure, projection, live_weights)
         self.min_layer_percent = min_layer_percent
@@ -630,6 +639,13 @@ class ADMMPruner:
 
             values = folded_magnitudes(values, scale_factors(self.model, self._norms))
             raw_scores = True
+        elif self._share_inputs is not None:
+            # the share score: the current activations' scales on both sides of each layer
+            from .channels.shares import share_magnitudes
+
+            values = share_magnitudes(values, _share_factors(self.model, self.names,
+                                                             self._share_inputs))
+            raw_scores = True
         options = replace(self.options, raw_scores=raw_scores)
         if self.structure != "nm" or not any(self.transposed):
             return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
@@ -711,6 +727,20 @@ def _norm_neighbours(model: nn.Module, names: Sequence[str], example_inputs):
     try:
         return find_norm_neighbours(model, names, example_inputs)
     except NormTraceError as err:
+        raise PrunerError(str(err)) from None
+
+
+def _share_factors(model: nn.Module, names: Sequence[str], example_inputs
+                   ) -> list[torch.Tensor]:
+    """rms(x_j) / rms(y_i) of every pruned weight, for the share score (one forward pass)."""
+    if example_inputs is None:
+        raise PrunerError("score 'share' measures each layer's input and output on one "
+                          "forward pass: pass example_inputs (a batch the model accepts)")
+    from .channels.shares import ShareTraceError, share_factors
+
+    try:
+        return share_factors(model, names, example_inputs)
+    except ShareTraceError as err:
         raise PrunerError(str(err)) from None
 
 

@@ -28,8 +28,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ..selection import is_transposed_linear
 from .graph import as_args
 
-__all__ = ["NormNeighbours", "NormTraceError", "find_norm_neighbours", "scale_factors",
-           "folded_magnitudes"]
+__all__ = ["NormNeighbours", "NormTraceError", "column_factor", "find_norm_neighbours",
+           "folded_magnitudes", "scale_factors", "weight_axes"]
 
 
 class NormTraceError(RuntimeError):
@@ -140,7 +140,7 @@ def _before_scale(norm: nn.Module) -> torch.Tensor | None:
     return weight.detach().abs() if isinstance(weight, torch.Tensor) else None
 
 
-def _axes(layer: nn.Module) -> tuple[int, int]:
+def weight_axes(layer: nn.Module) -> tuple[int, int]:
     """(output axis, input axis) of a layer's weight."""
     if is_transposed_linear(layer):  # Hugging Face Conv1D: [in, out]
         return 1, 0
@@ -155,7 +155,7 @@ def scale_factors(model: nn.Module, neighbours: Sequence[NormNeighbours]
     for entry in neighbours:
         layer = _module_of(model, entry.name)
         weight = model.get_parameter(entry.name)
-        out_axis, in_axis = _axes(layer)
+        out_axis, in_axis = weight_axes(layer)
         factor: torch.Tensor | None = None
         if isinstance(entry.after, _BatchNorm):
             row = _after_scale(entry.after)
@@ -165,14 +165,14 @@ def scale_factors(model: nn.Module, neighbours: Sequence[NormNeighbours]
                 factor = row.to(weight.device).view(shape)
         before = _before_scale(entry.before) if entry.before is not None else None
         if before is not None:
-            column = _column_scale(layer, weight, before, out_axis, in_axis)
+            column = column_factor(layer, weight, before, out_axis, in_axis)
             if column is not None:
                 factor = column if factor is None else factor * column
         factors.append(factor)
     return factors
 
 
-def _column_scale(layer: nn.Module, weight: torch.Tensor, scale: torch.Tensor, out_axis: int,
+def column_factor(layer: nn.Module, weight: torch.Tensor, scale: torch.Tensor, out_axis: int,
                   in_axis: int) -> torch.Tensor | None:
     """The input-side factor: the norm's per-channel scale for each input column (grouped
     convolutions read channel ``g·in_per_group + j`` in group ``g``)."""

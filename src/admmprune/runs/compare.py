@@ -77,6 +77,9 @@ METHODS: dict[str, tuple[str, dict]] = {
                                                                "score": "rms"}),
     "folded": ("global ADMM, |w| with the neighbouring BatchNorm/norm scales folded in, in the "
                "Z-step and the hard prune", {"projection": "global", "score": "folded"}),
+    "share": ("global ADMM, each weight's share of its output (|w|·rms(input)/rms(output) "
+              "from a batch) in the Z-step and the hard prune", {"projection": "global",
+                                                                "score": "share"}),
     # one-shot global pruning by each score: the same ranking as the ADMM variants' hard prune
     "lamp-oneshot": ("one-shot global LAMP pruning + retraining for the same epoch budget",
                      {"pruning": "oneshot", "projection": "global", "score": "lamp"}),
@@ -86,6 +89,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     "folded-oneshot": ("one-shot global pruning by folded |w| + retraining for the same epoch "
                        "budget", {"pruning": "oneshot", "projection": "global",
                                   "score": "folded"}),
+    "share-oneshot": ("one-shot global pruning by each weight's share of its output + "
+                      "retraining for the same epoch budget", {"pruning": "oneshot",
+                                                               "projection": "global",
+                                                               "score": "share"}),
     # Zhang et al. 2018, table 1: kept conv1 20%, conv2 8%, fc1 0.9%, fc2 7% (71.2x).
     "paper": ("layer-wise ADMM with the ADMM paper's hand-tuned LeNet-5 ratios (kept conv1 "
               "20%, conv2 8%, fc1 0.9%, fc2 7%: 71.2x); runs once per seed at that ratio",

@@ -154,8 +154,9 @@ class Config:
                            ("global", "layerwise"))
     layer_percents: list | None = _key(None, "layerwise only: one removal percent per layer")
     score: str = _key("magnitude", "Z-step and hard-prune ranking of single weights: |w|, "
-                      "|w|/layer RMS, LAMP, or |w| with the neighbouring BatchNorm/norm "
-                      "scales folded in", SCORES)
+                      "|w|/layer RMS, LAMP, |w| with the neighbouring BatchNorm/norm "
+                      "scales folded in, or each weight's share of its output "
+                      "(|w|·rms(input)/rms(output), from a batch)", SCORES)
     min_layer_percent: float | None = _key(None, "global unstructured: every layer keeps at "
                                            "least this percent of its weights (default: no "
                                            "floor; a collapsing layer is reported)")
