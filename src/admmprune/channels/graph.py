@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CHANNEL_MIXING", "as_args", "output_tensors", "build_graph", "map_concat"]
+__all__ = ["CHANNEL_MIXING", "as_args", "observed_forward", "output_tensors", "build_graph",
+           "map_concat"]
 
 # Modules that mix channels: removing a zero channel changes the others' values.
 CHANNEL_MIXING = (nn.LocalResponseNorm, nn.CrossMapLRN2d, nn.Softmax, nn.Softmin,
@@ -27,6 +28,21 @@ def as_args(example_inputs) -> tuple:
     """The example inputs as positional arguments of the model's forward."""
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) \
         else (example_inputs,)
+
+
+def observed_forward(model: nn.Module, example_inputs: Any, handles: list) -> None:
+    """One forward pass for the hooks in ``handles`` to watch: eval mode (BatchNorm's running
+    statistics must not move while they look), no gradients; afterwards the hooks are removed
+    and the model's mode restored, whether the pass ran or raised (its error propagates)."""
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*as_args(example_inputs))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
 
 
 def output_tensors(out) -> list[torch.Tensor]:

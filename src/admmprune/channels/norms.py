@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..selection import is_transposed_linear
-from .graph import as_args
+from .graph import observed_forward
 
 __all__ = ["NormNeighbours", "NormTraceError", "column_factor", "find_norm_neighbours",
            "folded_magnitudes", "scale_factors", "weight_axes"]
@@ -90,19 +90,12 @@ def find_norm_neighbours(model: nn.Module, names: Sequence[str], example_inputs:
     for module in watched:
         handles.append(module.register_forward_hook(remember_output))
         handles.append(module.register_forward_pre_hook(remember_input))
-    was_training = model.training
     try:
-        model.eval()  # BatchNorm's running statistics must not move while we look
-        with torch.no_grad():
-            model(*as_args(example_inputs))
+        observed_forward(model, example_inputs, handles)
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward pass
         raise NormTraceError(f"the folded score traces one forward pass on the example "
                              f"inputs to find each layer's normalization, and it failed: "
                              f"{type(err).__name__}: {err}") from None
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
 
     def source(tensor: torch.Tensor) -> nn.Module | None:
         entry = produced.get(id(tensor))

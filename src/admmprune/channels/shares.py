@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .graph import as_args
+from .graph import observed_forward
 from .norms import column_factor, weight_axes
 
 __all__ = ["ShareTraceError", "activation_rms", "share_factors", "share_magnitudes"]
@@ -78,19 +78,12 @@ def activation_rms(model: nn.Module, names: Sequence[str], example_inputs: Any
             entry[2] += 1
 
     handles = [layer.register_forward_hook(measure) for layer in set(layers)]
-    was_training = model.training
     try:
-        model.eval()  # BatchNorm's running statistics must not move while we look
-        with torch.no_grad():
-            model(*as_args(example_inputs))
+        observed_forward(model, example_inputs, handles)
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward pass
         raise ShareTraceError(f"the share score measures each layer's input and output on one "
                               f"forward pass over the example inputs, and it failed: "
                               f"{type(err).__name__}: {err}") from None
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
     found = []
     for name, layer in zip(names, layers, strict=True):
         entry = sums.get(id(layer))
