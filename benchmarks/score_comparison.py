@@ -1,7 +1,7 @@
 """Which score ranks weights fairly across BatchNorm layers: magnitude, LAMP, rms, folded
-(|w| with the neighbouring norms' scales folded in) and share (|w|·rms(input)/rms(output)),
-each under global ADMM and under one-shot global pruning with the same retraining, from a
-converged dense model per seed.
+(|w| with the neighbouring norms' scales folded in), share (|w|·rms(input)/rms(output)) and
+obd (w² times the output Gauss-Newton diagonal), each under global ADMM and under one-shot
+global pruning with the same retraining, from a converged dense model per seed.
 
 For each network and seed it trains the dense model in full epochs (`admmprune train`, unless
 OUT/dense-NET-sSEED/dense.pt exists), checks that its last epoch gained less than 1%, then runs
@@ -39,7 +39,7 @@ from admmprune.tables import format_table
 # score -> (its global ADMM method, its one-shot method) in `admmprune compare`
 SCORES = {"magnitude": ("admm", "magnitude"), "lamp": ("lamp", "lamp-oneshot"),
           "rms": ("rms", "rms-oneshot"), "folded": ("folded", "folded-oneshot"),
-          "share": ("share", "share-oneshot")}
+          "share": ("share", "share-oneshot"), "obd": ("obd", "obd-oneshot")}
 FAMILIES = ("ADMM", "one-shot")
 CONVERGED_GAIN = 0.01  # a dense model whose last epoch gained less than this is converged
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nets", default="resnet_bn,mobilenet_bn")
     parser.add_argument("--percents", default="95,90,98")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--scores", default="magnitude,lamp,rms,folded,share")
+    parser.add_argument("--scores", default="magnitude,lamp,rms,folded,share,obd")
     parser.add_argument("--default", default="folded", help="the score whose targets are checked")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs"))
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(repo)  # the recipes' paths
     if args.smoke:
         nets, seeds, percents = ["resnet_bn"], [0], ["90"]
-        args.scores = ["magnitude", "folded", "share"]
+        args.scores = ["magnitude", "folded", "share", "obd"]
         args.out = Path(tempfile.mkdtemp(prefix="score-smoke-"))
         data = ["--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32",
                 "--model-args", "{width: 4}"]

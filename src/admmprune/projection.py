@@ -45,6 +45,7 @@ __all__ = [
     "FOLDED_SCORE",
     "SCORES",
     "SHARE_SCORE",
+    "OBD_SCORE",
     "SCORE_FUNCTIONS",
     "GROUP_SCORES",
     "StructureOptions",
@@ -255,8 +256,11 @@ FOLDED_SCORE = "folded"
 # Each weight's share of its own output, |w_ij|·rms(x_j)/rms(y_i), from the activations of a
 # forward pass (admmprune.channels.shares): also computed by the pruner.
 SHARE_SCORE = "share"
+# Optimal Brain Damage saliency, w² times the output Gauss-Newton diagonal from a batch's
+# output gradients (admmprune.channels.curvature): also computed by the pruner.
+OBD_SCORE = "obd"
 #: every element score a pruner accepts
-SCORES = (*SCORE_FUNCTIONS, FOLDED_SCORE, SHARE_SCORE)
+SCORES = (*SCORE_FUNCTIONS, FOLDED_SCORE, SHARE_SCORE, OBD_SCORE)
 
 
 def compute_scores(weights: Sequence[torch.Tensor], score: str = "magnitude") -> list[torch.Tensor]:

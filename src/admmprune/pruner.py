@@ -33,6 +33,7 @@ from .masks import (
 from .projection import (
     FOLDED_SCORE,
     GROUP_SCORES,
+    OBD_SCORE,
     SCORES,
     SHARE_SCORE,
     STRUCTURES,
@@ -80,7 +81,10 @@ class ADMMPruner:
             ``share`` ranks each weight by its share of its own output, |w_ij|·rms(x_j) /
             rms(y_i), from the activations of a forward pass over ``example_inputs`` at every
             projection (``admmprune.channels.shares``): unchanged by any scaling of a
-            layer's rows, columns or inputs.
+            layer's rows, columns or inputs. ``obd`` (Optimal Brain Damage) ranks each weight
+            by w² times the diagonal of the output Gauss-Newton matrix, from the output
+            gradients on ``example_inputs`` at every projection
+            (``admmprune.channels.curvature``): how far removing it alone moves the outputs.
         structure: what the Z-step keeps (``admmprune.projection.STRUCTURES``):
             ``unstructured`` (single weights), ``filter`` (whole output filters; their
             biases are zeroed and kept zero with them after the hard prune), ``channel``
@@ -220,10 +224,11 @@ class ADMMPruner:
         self._norms = None
         if score == FOLDED_SCORE:
             self._norms = _norm_neighbours(model, self.names, example_inputs)
-        self._share_inputs = None
-        if score == SHARE_SCORE:
-            _share_factors(model, self.names, example_inputs)  # refuses what it cannot read
-            self._share_inputs = example_inputs
+        self._read_inputs = None  # the batch the share and obd scores read the model on
+        if score in (SHARE_SCORE, OBD_SCORE):
+            # refuses what it cannot read before any training
+            _model_read_scores(score, model, self.names, example_inputs, self.params)
+            self._read_inputs = example_inputs
         units = _unit_families(model, self.names) if structure == "units" else ()
         floors = _floors(self.params, min_layer_percent, structure, projection, live_weights)
         self.min_layer_percent = min_layer_percent
@@ -639,12 +644,10 @@ class ADMMPruner:
 
             values = folded_magnitudes(values, scale_factors(self.model, self._norms))
             raw_scores = True
-        elif self._share_inputs is not None:
-            # the share score: the current activations' scales on both sides of each layer
-            from .channels.shares import share_magnitudes
-
-            values = share_magnitudes(values, _share_factors(self.model, self.names,
-                                                             self._share_inputs))
+        elif self._read_inputs is not None:
+            # the share and obd scores: read from the model as it is now
+            values = _model_read_scores(self.score, self.model, self.names, self._read_inputs,
+                                        values)
             raw_scores = True
         options = replace(self.options, raw_scores=raw_scores)
         if self.structure != "nm" or not any(self.transposed):
@@ -730,17 +733,22 @@ def _norm_neighbours(model: nn.Module, names: Sequence[str], example_inputs):
         raise PrunerError(str(err)) from None
 
 
-def _share_factors(model: nn.Module, names: Sequence[str], example_inputs
-                   ) -> list[torch.Tensor]:
-    """rms(x_j) / rms(y_i) of every pruned weight, for the share score (one forward pass)."""
+def _model_read_scores(score: str, model: nn.Module, names: Sequence[str], example_inputs,
+                       values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The ``share`` or ``obd`` score of ``values``, from the model's activations (share) or
+    output gradients (obd) on ``example_inputs``."""
     if example_inputs is None:
-        raise PrunerError("score 'share' measures each layer's input and output on one "
-                          "forward pass: pass example_inputs (a batch the model accepts)")
-    from .channels.shares import ShareTraceError, share_factors
+        raise PrunerError(f"score {score!r} reads the model on a batch (its activations or "
+                          "its output gradients): pass example_inputs (a batch the model "
+                          "accepts)")
+    from .channels.curvature import CurvatureError, obd_saliency, output_curvature
+    from .channels.shares import ShareTraceError, share_factors, share_magnitudes
 
     try:
-        return share_factors(model, names, example_inputs)
-    except ShareTraceError as err:
+        if score == SHARE_SCORE:
+            return share_magnitudes(values, share_factors(model, names, example_inputs))
+        return obd_saliency(values, output_curvature(model, names, example_inputs))
+    except (ShareTraceError, CurvatureError) as err:
         raise PrunerError(str(err)) from None
 
 

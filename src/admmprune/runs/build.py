@@ -28,7 +28,7 @@ from ..models import create_model, weights_loader, weights_loader_runs_code
 from ..models.hf import config_differences
 from ..models.registry import ModelArgumentsError, accepts_argument
 from ..posttraining.activations import CalibrationError
-from ..projection import FOLDED_SCORE, SHARE_SCORE, ProjectionError, survivor_count
+from ..projection import FOLDED_SCORE, OBD_SCORE, SHARE_SCORE, ProjectionError, survivor_count
 from ..pruner import ADMMPruner, PrunerError
 from ..selection import prunable_parameters
 from ..tasks import Task, create_task
@@ -180,9 +180,10 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0,
 
 def traces_model(config: Config) -> bool:
     """Whether the pruner traces the model on example inputs (to count live weights, or to
-    find the norms the folded score reads, or measure the activations the share score reads)."""
+    find the norms the folded score reads, or read the activations or output gradients the share
+    and obd scores rank by)."""
     return config.structure == "filter" or config.live_weights or \
-        config.score in (FOLDED_SCORE, SHARE_SCORE)
+        config.score in (FOLDED_SCORE, SHARE_SCORE, OBD_SCORE)
 
 
 def check_selection(model: nn.Module, config: Config) -> None:

@@ -80,6 +80,9 @@ METHODS: dict[str, tuple[str, dict]] = {
     "share": ("global ADMM, each weight's share of its output (|w|·rms(input)/rms(output) "
               "from a batch) in the Z-step and the hard prune", {"projection": "global",
                                                                 "score": "share"}),
+    "obd": ("global ADMM, Optimal Brain Damage saliency (w² times the output Gauss-Newton "
+            "diagonal from a batch) in the Z-step and the hard prune",
+            {"projection": "global", "score": "obd"}),
     # one-shot global pruning by each score: the same ranking as the ADMM variants' hard prune
     "lamp-oneshot": ("one-shot global LAMP pruning + retraining for the same epoch budget",
                      {"pruning": "oneshot", "projection": "global", "score": "lamp"}),
@@ -93,6 +96,9 @@ METHODS: dict[str, tuple[str, dict]] = {
                       "retraining for the same epoch budget", {"pruning": "oneshot",
                                                                "projection": "global",
                                                                "score": "share"}),
+    "obd-oneshot": ("one-shot global pruning by Optimal Brain Damage saliency + retraining "
+                    "for the same epoch budget", {"pruning": "oneshot", "projection": "global",
+                                                  "score": "obd"}),
     # Zhang et al. 2018, table 1: kept conv1 20%, conv2 8%, fc1 0.9%, fc2 7% (71.2x).
     "paper": ("layer-wise ADMM with the ADMM paper's hand-tuned LeNet-5 ratios (kept conv1 "
               "20%, conv2 8%, fc1 0.9%, fc2 7%: 71.2x); runs once per seed at that ratio",

@@ -155,8 +155,9 @@ class Config:
     layer_percents: list | None = _key(None, "layerwise only: one removal percent per layer")
     score: str = _key("magnitude", "Z-step and hard-prune ranking of single weights: |w|, "
                       "|w|/layer RMS, LAMP, |w| with the neighbouring BatchNorm/norm "
-                      "scales folded in, or each weight's share of its output "
-                      "(|w|·rms(input)/rms(output), from a batch)", SCORES)
+                      "scales folded in, each weight's share of its output "
+                      "(|w|·rms(input)/rms(output), from a batch), or Optimal Brain Damage "
+                      "(w² times the output Gauss-Newton diagonal, from a batch)", SCORES)
     min_layer_percent: float | None = _key(None, "global unstructured: every layer keeps at "
                                            "least this percent of its weights (default: no "
                                            "floor; a collapsing layer is reported)")
