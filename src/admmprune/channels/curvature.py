@@ -76,7 +76,8 @@ def output_curvature(model: nn.Module, names: Sequence[str], example_inputs: Any
             for probe in range(probes):
                 signs = [(torch.randint(0, 2, t.shape, generator=generator) * 2 - 1)
                          .to(device=t.device, dtype=t.dtype) for t in outputs]
-                projected = sum((t * s).sum() for t, s in zip(outputs, signs, strict=True))
+                projected = torch.stack([(t * s).sum() for t, s in
+                                         zip(outputs, signs, strict=True)]).sum()
                 grads = torch.autograd.grad(projected, params, retain_graph=probe < probes - 1,
                                             allow_unused=True)
                 for name, total, grad in zip(names, sums, grads, strict=True):
