@@ -5,12 +5,14 @@ global pruning with the same retraining, from a converged dense model per seed.
 
 For each network and seed it trains the dense model in full epochs (`admmprune train`, unless
 OUT/dense-NET-sSEED/dense.pt exists), checks that its last epoch gained less than 1%, then runs
-`admmprune compare` at every ratio from it (OUT/bn-NET-sSEED; finished runs are reused). The
-table gives each score's mean test accuracy over the seeds, the layers it collapses (no weight,
-or weights in fewer than half of the output rows) and the targets of the default candidate.
+`admmprune compare` at every ratio from it (OUT/bn-NET-sSEED, OUT/bn-NET-mnist-sSEED on MNIST;
+finished runs are reused). The table gives each score's mean test accuracy over the seeds, the
+layers it collapses (no weight, or weights in fewer than half of the output rows) and the
+targets of the default candidate.
 
     python benchmarks/score_comparison.py --nets resnet_bn,mobilenet_bn --percents 95,90,98 \\
         --seeds 0,1 --out runs
+    python benchmarks/score_comparison.py --dataset mnist --out runs   # the same on MNIST
     python benchmarks/score_comparison.py --report-only --out runs    # the table of finished runs
     python benchmarks/score_comparison.py --smoke                       # synthetic data, seconds
 
@@ -44,8 +46,16 @@ FAMILIES = ("ADMM", "one-shot")
 CONVERGED_GAIN = 0.01  # a dense model whose last epoch gained less than this is converged
 
 
-def recipe(net: str) -> str:
-    return f"recipes/{net}_fashion.yaml"
+DATASETS = {"fashion": "", "mnist": "-mnist"}  # --dataset -> the run directories' suffix
+
+
+def recipe(net: str, dataset: str) -> str:
+    return f"recipes/{net}_{dataset}.yaml"
+
+
+def tag(net: str, dataset: str) -> str:
+    """The network's name in run directories (Fashion-MNIST's keep their first names)."""
+    return net + DATASETS[dataset]
 
 
 def run(command: list[str], threads: int) -> None:
@@ -56,9 +66,10 @@ def run(command: list[str], threads: int) -> None:
 
 
 def train_dense(net: str, seed: int, out: Path, args: argparse.Namespace) -> Path:
-    run_dir = out / f"dense-{net}-s{seed}"
+    run_dir = out / f"dense-{tag(net, args.dataset)}-s{seed}"
     if not (run_dir / "dense.pt").is_file():
-        run([sys.executable, "-m", "admmprune", "train", recipe(net), "--steps-per-epoch", "null",
+        run([sys.executable, "-m", "admmprune", "train", recipe(net, args.dataset),
+             "--steps-per-epoch", "null",
              "--seed", str(seed), "--threads", "1", "--no-progress", "--run-dir", str(run_dir),
              *args.train_extra], args.threads)
     return run_dir
@@ -74,10 +85,11 @@ def dense_curve(run_dir: Path) -> list[float]:
 def run_compare(net: str, seed: int, percent: str, dense: Path, out: Path,
                 args: argparse.Namespace) -> None:
     methods = ["dense"] + [m for score in args.scores for m in SCORES[score]]
-    run([sys.executable, "-m", "admmprune", "compare", recipe(net), "--pretrained",
+    run([sys.executable, "-m", "admmprune", "compare", recipe(net, args.dataset), "--pretrained",
          str(dense / "dense.pt"), "--dense-epochs", "0", "--methods", ",".join(methods),
          "--all-percent", percent, "--seeds", str(seed), "--threads", "1", "--no-progress",
-         "--out", str(out / f"bn-{net}-s{seed}"), *args.compare_extra], args.threads)
+         "--out", str(out / f"bn-{tag(net, args.dataset)}-s{seed}"), *args.compare_extra],
+        args.threads)
 
 
 def collapse_of(summary: dict) -> tuple[int, float]:
@@ -87,13 +99,14 @@ def collapse_of(summary: dict) -> tuple[int, float]:
     return len(collapsed_layers(report)), min(shares) if shares else float("nan")
 
 
-def gather(out: Path, nets: list[str], seeds: list[int]) -> dict:
+def gather(out: Path, nets: list[str], seeds: list[int], dataset: str = "fashion") -> dict:
     """{(net, percent, method): [(accuracy %, collapsed, min open share) per seed]} from the
     finished runs of each compare (METHOD-seedS-pP/summary.json), finished or not."""
     cells: dict[tuple, list[tuple[float, int, float]]] = {}
     for net in nets:
         for seed in seeds:
-            for path in sorted((out / f"bn-{net}-s{seed}").glob("*-seed*-p*/summary.json")):
+            runs = out / f"bn-{tag(net, dataset)}-s{seed}"
+            for path in sorted(runs.glob("*-seed*-p*/summary.json")):
                 method, _, rest = path.parent.name.rpartition("-seed")
                 summary = json.loads(path.read_text())
                 if summary.get("pruned_accuracy") is None:
@@ -170,11 +183,12 @@ def targets(cells: dict, nets: list[str], percents: list[str], scores: list[str]
     return out
 
 
-def dense_lines(out: Path, nets: list[str], seeds: list[int]) -> list[str]:
+def dense_lines(out: Path, nets: list[str], seeds: list[int], dataset: str = "fashion"
+                ) -> list[str]:
     lines = []
     for net in nets:
         for seed in seeds:
-            run_dir = out / f"dense-{net}-s{seed}"
+            run_dir = out / f"dense-{tag(net, dataset)}-s{seed}"
             if not (run_dir / "metrics.jsonl").is_file():
                 continue
             curve = dense_curve(run_dir)
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nets", default="resnet_bn,mobilenet_bn")
     parser.add_argument("--percents", default="95,90,98")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default="fashion",
+                        help="Fashion-MNIST or MNIST (recipes/NET_DATASET.yaml)")
     parser.add_argument("--scores", default="magnitude,lamp,rms,folded,share,obd")
     parser.add_argument("--default", default="folded", help="the score whose targets are checked")
     parser.add_argument("--threads", type=int, default=1)
@@ -277,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                 for percent in percents:
                     run_compare(net, seed, percent, dense, args.out, args)
                     print(f"{net} seed {seed} {percent}%: done", flush=True)
-    dense_lines(args.out, nets, seeds)
-    report(gather(args.out, nets, seeds), nets, percents, args.scores, args.default, len(seeds))
+    dense_lines(args.out, nets, seeds, args.dataset)
+    report(gather(args.out, nets, seeds, args.dataset), nets, percents, args.scores,
+           args.default, len(seeds))
     return 0
 
 
