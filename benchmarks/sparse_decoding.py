@@ -18,6 +18,9 @@ at the thread count being measured, and keeps the model dense if it was slower e
 Structured rows are Llama models whose MLP width and head count are cut by the ratio (what a
 shrink of removed neurons and heads leaves); their weights are random, as only speed is
 measured. GPT-2's head size is tied to its width, so its structured rows cut the MLP only.
+``--uneven 29,30,45,97`` adds a row whose blocks keep those percents of their neurons and
+key-value groups (in block order; Llama only), as a global allocation leaves them: blocks of
+unequal widths against the equal ones above.
 
 Traffic limit: the bytes of weight one decoded token reads, dense / this case (every block
 layer in the smaller of the bitmask and index16 formats; the smaller model for structured).
@@ -78,6 +81,25 @@ def structured(model: nn.Module, ratio: float) -> nn.Module:
         config.n_inner = max(1, round((config.n_inner or 4 * config.n_embd) * keep))
     torch.manual_seed(0)
     return type(model)(config).eval()
+
+
+def uneven(model: nn.Module, kept_percents: Sequence[float]) -> nn.Module:
+    """A Llama whose block i keeps ``kept_percents[i]`` of its MLP neurons and key-value
+    groups (at least one of each), as :func:`admmprune.posttraining.units.shrink_to_widths`
+    cuts a shrunk model (random weights)."""
+    from admmprune.posttraining.units import shrink_to_widths
+
+    config = model.config
+    if config.model_type != "llama" or len(kept_percents) != config.num_hidden_layers:
+        raise SystemExit(f"--uneven needs a Llama and one percent per block "
+                         f"({config.num_hidden_layers}), got {list(kept_percents)}")
+    torch.manual_seed(0)
+    small = type(model)(copy.deepcopy(config)).eval()
+    shrink_to_widths(small, {
+        f"model.layers.{i}": {"neurons": max(1, round(config.intermediate_size * p / 100)),
+                              "groups": max(1, round(config.num_key_value_heads * p / 100))}
+        for i, p in enumerate(kept_percents)})
+    return small
 
 
 def block_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -176,12 +198,17 @@ def cases(model: nn.Module, label: str, args: argparse.Namespace, threads: int,
               "reverted": report.reverted})
         del pruned
         gc.collect()
-    for ratio in args.structured:
-        small = structured(model, ratio)
+    shapes = [(f"structured {ratio:g}%", lambda ratio=ratio: structured(model, ratio))
+              for ratio in args.structured]
+    if args.uneven and model.config.model_type == "llama":
+        shapes.append((f"structured uneven {'/'.join(f'{p:g}' for p in args.uneven)}% kept",
+                       lambda: uneven(model, args.uneven)))
+    for case, build in shapes:
+        small = build()
         measured = speeds({"dense": dense_run,
                            "case": decode_run(small, prompt, args.new_tokens)},
                           args.repeats, args.prompt, args.new_tokens)
-        emit({"model": label, "threads": threads, "case": f"structured {ratio:g}%",
+        emit({"model": label, "threads": threads, "case": case,
               "dense": measured["dense"], "sparse": measured["case"],
               "limit": weight_bytes(model) / weight_bytes(small), "kernels": {},
               "end_to_end_at_choice": None, "reverted": False})
@@ -195,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="blocks of the width-2048 Llama (0: leave it out)")
     parser.add_argument("--percents", default="50,70,90")
     parser.add_argument("--structured", default="25,50")
+    parser.add_argument("--uneven", default="",
+                        help="per-block kept percents of a Llama's neurons and key-value "
+                        "groups, e.g. 29,30,45,97 (one per block; Llama models only)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--prompt", type=int, default=64, help="prefill tokens")
     parser.add_argument("--new-tokens", type=int, default=32, help="decoded tokens per run")
@@ -203,11 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="tiny: a width-64 Llama only, 90%% and 50%% structured, 1 thread")
     args = parser.parse_args(argv)
-    for name in ("percents", "structured"):
+    for name in ("percents", "structured", "uneven"):
         setattr(args, name, [float(v) for v in getattr(args, name).split(",") if v])
     threads = [int(v) for v in args.threads.split(",")]
     if args.smoke:
         args.models, args.percents, args.structured, threads = [], [90.0], [50.0], [1]
+        args.uneven = [25.0]
         args.prompt, args.new_tokens, args.repeats = 4, 2, 1
     print(f"compiled sparse kernels: {'available' if kernel_available() else kernel_problem()}",
           flush=True)

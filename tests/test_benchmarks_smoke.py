@@ -74,6 +74,7 @@ SMOKE = {
                                           "targets met"]),
     "sparse_decoding.py": (["--smoke"], ["compiled sparse kernels: available",
                                          "llama-64 1 thread(s) unstructured 90%: decode",
+                                         "structured uneven 25% kept: decode",
                                          "traffic limit", "cases slower than dense"]),
     "structured.py": (["--percents", "50", "--repeats", "1", "--alexnet-image-size", "67",
                        "--alexnet-fc-width", "32", "--batch", "4"],
