@@ -308,6 +308,9 @@ class StructureOptions:
     # units: the families of coupled groups (admmprune.unit_projection.UnitFamily), e.g. a
     # transformer block's MLP neurons, each a row of up/gate and a column of down
     units: tuple = ()
+    # units: every family's unit scores computed outside the projection (the ``output``
+    # score reads the model: admmprune.unit_contribution), used in place of group_score
+    unit_scores: tuple = ()
 
 
 def unstructured_masks(values: Sequence[torch.Tensor], keep: int | None,

@@ -46,6 +46,7 @@ from .projection import (
 )
 from .regrow import drop_and_grow
 from .selection import PRUNABLE_TYPES, is_transposed_linear, prunable_parameters
+from .unit_contribution import OUTPUT_UNIT_SCORE, output_unit_scores, read_unit_inputs
 
 __all__ = ["ADMMPruner", "PrunerError"]
 
@@ -97,7 +98,12 @@ class ADMMPruner:
             to a block's units; ``admmprune.posttraining.units.shrink_units`` then cuts the
             model smaller). ``filter`` and ``channel`` refuse Conv1D weights.
         group_score: filter/channel/units ranking, comparable across layers: ``l2``
-            (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups).
+            (‖filter‖₂/√size), ``l1`` (mean |w|) or ``lamp`` (LAMP over a layer's groups);
+            structure ``units`` also takes ``output``: each unit's mean squared contribution
+            to the residual stream per weight, E‖O_u x_u‖² / size, with O_u its columns of
+            the down/output projection in the values projected and x_u its inputs there,
+            read from the model on ``example_inputs`` at every projection
+            (``admmprune.unit_contribution``).
         nm_n, nm_m: N and M of ``structure="nm"``.
         example_inputs: a batch the model accepts. With global ``filter`` structure it
             lets the pruner trace which columns read which filters, so the budget counts
@@ -158,9 +164,14 @@ class ADMMPruner:
             raise PrunerError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
         if structure not in STRUCTURES:
             raise PrunerError(f"structure must be one of {tuple(STRUCTURES)}, got {structure!r}")
-        if group_score not in GROUP_SCORES:
-            raise PrunerError(f"group_score must be one of {tuple(GROUP_SCORES)}, got "
-                              f"{group_score!r}")
+        if group_score not in GROUP_SCORES and group_score != OUTPUT_UNIT_SCORE:
+            raise PrunerError(f"group_score must be one of "
+                              f"{(*GROUP_SCORES, OUTPUT_UNIT_SCORE)}, got {group_score!r}")
+        if group_score == OUTPUT_UNIT_SCORE and (structure != "units" or example_inputs is None):
+            raise PrunerError("group_score 'output' ranks a transformer's units by what they "
+                              "add to the residual stream, read from the model: it needs "
+                              "structure 'units' and example_inputs (a batch the model "
+                              "accepts)")
         if structure != "unstructured" and score != "magnitude":
             raise PrunerError(f"score={score!r} ranks single weights (structure "
                               f"'unstructured'); structure {structure!r} ranks "
@@ -230,6 +241,13 @@ class ADMMPruner:
             _model_read_scores(score, model, self.names, example_inputs, self.params)
             self._read_inputs = example_inputs
         units = _unit_families(model, self.names) if structure == "units" else ()
+        # the output score: (model, output projections, their unit indices, example inputs)
+        self._unit_reader = None
+        if group_score == OUTPUT_UNIT_SCORE:
+            self._unit_reader = (
+                model, [model.get_submodule(self.names[f.output[0]].rpartition(".")[0])
+                 for f in units], [f.output[2] for f in units], example_inputs)
+            _read_unit_scores(self._unit_reader, units, self.params)  # refuses before training
         floors = _floors(self.params, min_layer_percent, structure, projection, live_weights)
         self.min_layer_percent = min_layer_percent
         self.options = StructureOptions(score=score, group_score=group_score, nm_n=nm_n,
@@ -650,6 +668,9 @@ class ADMMPruner:
                                         values)
             raw_scores = True
         options = replace(self.options, raw_scores=raw_scores)
+        if self._unit_reader is not None:
+            options = replace(options, unit_scores=_read_unit_scores(
+                self._unit_reader, self.options.units, values))
         if self.structure != "nm" or not any(self.transposed):
             return _checked(STRUCTURES[self.structure], values, self.keep, percents, allowed,
                             options)
@@ -750,6 +771,19 @@ def _model_read_scores(score: str, model: nn.Module, names: Sequence[str], examp
         return obd_saliency(values, output_curvature(model, names, example_inputs))
     except (ShareTraceError, CurvatureError) as err:
         raise PrunerError(str(err)) from None
+
+
+def _read_unit_scores(reader: tuple, families: Sequence, values: Sequence[torch.Tensor]
+                      ) -> tuple[torch.Tensor, ...]:
+    """The ``output`` score of every unit of ``values``, its inputs read from the model now."""
+    model, projections, indices, example_inputs = reader
+    try:
+        inputs = read_unit_inputs(model, projections, indices, example_inputs)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward pass
+        raise PrunerError(f"group_score 'output' reads each unit's inputs on one forward pass "
+                          f"over example_inputs, and it failed: {type(err).__name__}: "
+                          f"{err}") from None
+    return output_unit_scores(values, families, inputs)
 
 
 def _floors(params: Sequence[torch.Tensor], min_layer_percent: float | None, structure: str,

@@ -10,7 +10,9 @@ Budget rule: that of ``projection.group_masks`` with each family in the place of
 units are ranked by ``options.group_score`` of all their entries together (``l2``: their RMS,
 so a unit's score does not grow with its size and units of different sizes compare), every
 family keeps its best unit, then units are taken down the ranking until the kept weights
-reach ``keep``: ``kept >= keep`` and ``kept - keep`` is less than the largest unit.
+reach ``keep``: ``kept >= keep`` and ``kept - keep`` is less than the largest unit. Scores
+computed outside (``options.unit_scores``: the ``output`` score of ``unit_contribution``,
+which reads the model) take the place of ``group_score``'s.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .projection import (
     select_groups,
 )
 
-__all__ = ["UnitFamily", "unit_masks", "unit_rows", "family_percents"]
+__all__ = ["UnitFamily", "unit_masks", "unit_rows", "member_entries", "family_percents"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ class UnitFamily:
 
     ``members``: one ``(tensor index, axis, index)`` per tensor the units touch; ``index`` is
     an int64 tensor [count, width]: unit u owns the slices ``index[u]`` of that tensor along
-    ``axis`` (0: rows, 1: columns of the tensor as stored).
+    ``axis`` (0: rows, 1: columns of the tensor as stored). The last member is the
+    projection through which the units write their output (a block's down or output
+    projection): the ``output`` score reads it.
     """
 
     name: str
@@ -53,9 +57,15 @@ class UnitFamily:
             size += index.shape[1] * (values[tensor].numel() // shape[axis])
         return size
 
+    @property
+    def output(self) -> tuple[int, int, torch.Tensor]:
+        """The member through which the units write their output (the last one)."""
+        return self.members[-1]
 
-def _gather(w: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
-    """[count, entries]: each unit's entries of ``w`` along ``axis``."""
+
+def member_entries(w: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
+    """[count, entries]: each unit's entries of ``w`` along ``axis``; for ``axis`` 1, unit u's
+    row is its columns of ``w`` transposed, flattened ([width, rows, ...])."""
     count = index.shape[0]
     picked = w.index_select(axis, index.reshape(-1).to(w.device))
     if axis == 0:
@@ -67,7 +77,7 @@ def _gather(w: torch.Tensor, axis: int, index: torch.Tensor) -> torch.Tensor:
 
 def unit_rows(values: Sequence[torch.Tensor], family: UnitFamily) -> torch.Tensor:
     """Every unit of ``family`` as one row of all its entries, [count, unit size]."""
-    return torch.cat([_gather(values[t], axis, index) for t, axis, index in family.members],
+    return torch.cat([member_entries(values[t], axis, index) for t, axis, index in family.members],
                      dim=1)
 
 
@@ -122,14 +132,23 @@ def unit_masks(values: Sequence[torch.Tensor], keep: int | None,
         raise ProjectionError("structure 'units' needs the unit families (StructureOptions."
                               "units); the pruner finds them in a transformer's blocks")
     _check_cover(values, families)
-    if options.group_score not in GROUP_SCORES:
+    given = options.unit_scores
+    if given and len(given) != len(families):
+        raise ProjectionError(f"got unit scores for {len(given)} families, there are "
+                              f"{len(families)}")
+    if not given and options.group_score not in GROUP_SCORES:
         raise ProjectionError(f"unknown group score {options.group_score!r}; choose one of "
                               f"{sorted(GROUP_SCORES)}")
-    score_of = GROUP_SCORES[options.group_score]
     detached = [v.detach() for v in values]
     scores, sizes = [], []
-    for family in families:
-        score = score_of(unit_rows(detached, family))
+    for number, family in enumerate(families):
+        if given:
+            score = given[number].to(torch.float64)
+            if score.shape != (family.count,):
+                raise ProjectionError(f"{family.name}: {tuple(score.shape)} unit scores for "
+                                      f"{family.count} units")
+        else:
+            score = GROUP_SCORES[options.group_score](unit_rows(detached, family))
         if not bool(torch.isfinite(score).all()):
             raise ProjectionError(NOT_FINITE)
         if allowed is not None:

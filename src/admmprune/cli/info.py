@@ -58,6 +58,7 @@ def _print_shares(model, config: Config) -> None:
     from ..runs.build import (
         build_pruner,
         example_inputs,
+        examples_read,
         load_data,
         load_weights,
         traces_model,
@@ -72,7 +73,8 @@ def _print_shares(model, config: Config) -> None:
     try:
         if config.pretrained:
             load_weights(model, Path(config.pretrained), cpu, config.model)
-        example = example_inputs(load_data(config, cpu, ("test",)), cpu) \
+        example = example_inputs(load_data(config, cpu, ("test",)), cpu,
+                                 examples_read(config)) \
             if traces_model(config) else None
         report: list[LayerSparsity] = build_pruner(model, config, 0, example).preview()
     except (ConfigError, DatasetError, PrunerError, RunError, OSError) as err:

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..projection import check_percent
 from ..selection import linear_weight
+from ..unit_contribution import output_contributions, unit_blocks
 from .blocks import find_blocks
 from .errors import OneShotError
 from .inputs import call_model, model_input, no_cache
@@ -90,16 +91,15 @@ def _out_in(module: nn.Module) -> torch.Tensor:
 def unit_scores(units: BlockUnits, mlp: _Gram, attention: _Gram
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per neuron, per group) mean squared contribution to the residual stream."""
-    down = _out_in(units.mlp_out)
-    neurons = torch.diagonal(mlp.matrix) * (down ** 2).sum(0) / mlp.tokens
-    o = _out_in(units.o_proj)
-    width = units.heads_per_group * units.head_dim
-    groups = torch.stack([
-        ((o[:, g * width:(g + 1) * width] @ attention.matrix[g * width:(g + 1) * width,
-                                                             g * width:(g + 1) * width])
-         * o[:, g * width:(g + 1) * width]).sum() / attention.tokens
-        for g in range(units.groups)])
-    return neurons.float(), groups.float()
+    neurons = torch.arange(units.neurons)[:, None]
+    groups = units.group_columns(torch.arange(units.groups)).reshape(units.groups, -1)
+    found = []
+    for module, gram, index in ((units.mlp_out, mlp, neurons), (units.o_proj, attention, groups)):
+        # [count, width, out]: each unit's columns of the [out, in] weight, transposed
+        columns = _out_in(module).t()[index.reshape(-1)].reshape(*index.shape, -1)
+        found.append(output_contributions(columns, unit_blocks(gram.matrix, index),
+                                          gram.tokens).float())
+    return found[0], found[1]
 
 
 def _choose(units: list[BlockUnits], scores: list[tuple[torch.Tensor, torch.Tensor]],

@@ -34,13 +34,15 @@ from ..selection import prunable_parameters
 from ..tasks import Task, create_task
 from ..tasks.registry import UnknownTaskError
 from ..train import to_device
+from ..unit_contribution import OUTPUT_UNIT_SCORE
 from .calibrated import check_calibrated
 from .config import CALIBRATED_PRUNING, Config, ConfigError
 from .rundir import MODEL_FILE, RunError, load_run_config
 from .sources import check_run_sources
 
 __all__ = ["LoadedRun", "build_model", "build_pruner", "build_task", "check_selection",
-           "check_pruning", "example_inputs", "check_data", "check_finite", "load_data",
+           "check_pruning", "example_inputs", "examples_read",
+           "check_data", "check_finite", "load_data",
            "load_run", "load_weights", "load_state", "state_differences", "model_args",
            "model_record", "recorded_num_classes", "resolve_device", "traces_model",
            "HF_WEIGHT_FILES"]
@@ -183,7 +185,18 @@ def traces_model(config: Config) -> bool:
     find the norms the folded score reads, or read the activations or output gradients the share
     and obd scores rank by)."""
     return config.structure == "filter" or config.live_weights or \
-        config.score in (FOLDED_SCORE, SHARE_SCORE, OBD_SCORE)
+        config.score in (FOLDED_SCORE, SHARE_SCORE, OBD_SCORE) or \
+        config.group_score == OUTPUT_UNIT_SCORE
+
+
+# The output unit score estimates each unit's mean squared contribution from the example
+# inputs: a trace needs two inputs, an estimate over ~1,000 neurons a block wants more tokens.
+OUTPUT_SCORE_EXAMPLES = 16
+
+
+def examples_read(config: Config) -> int:
+    """How many example inputs the pruner of ``config`` reads (:func:`example_inputs`)."""
+    return OUTPUT_SCORE_EXAMPLES if config.group_score == OUTPUT_UNIT_SCORE else 2
 
 
 def check_selection(model: nn.Module, config: Config) -> None:
@@ -308,15 +321,17 @@ def check_data(model: nn.Module, data: DataSplits, task: Task, device: torch.dev
                 raise DatasetError(f"{where}: {problem}")
 
 
-def example_inputs(data: DataSplits, device: torch.device) -> torch.Tensor | None:
-    """Two inputs of the test split (else the training split), for the projections that
-    trace the model (filter, live weights); None when neither split was read. Every rank
-    takes the same ones, so that their traces, and masks, agree."""
+def example_inputs(data: DataSplits, device: torch.device, count: int = 2
+                   ) -> torch.Tensor | None:
+    """The first ``count`` inputs (at most one batch) of the test split, else the training
+    split, for the projections and scores that read the model (:func:`examples_read`); None
+    when neither split was read. Every rank takes the same ones, so that their traces, and
+    masks, agree."""
     batches = data.test if data.test is not None else data.train
     if batches is None:
         return None
     x, _ = next(iter(batches))
-    return x[:2].to(device)
+    return x[:count].to(device)
 
 
 def check_pruning(model: nn.Module, config: Config,

@@ -23,7 +23,14 @@ from ..jsonfile import dumps, loads
 from ..selection import prunable_parameters
 from ..tables import format_table
 from ..tasks import format_metric
-from .build import build_model, check_pruning, check_selection, example_inputs, load_data
+from .build import (
+    build_model,
+    check_pruning,
+    check_selection,
+    example_inputs,
+    examples_read,
+    load_data,
+)
 from .config import (
     ONE_SHOT_PRUNING,
     STAGE_KEYS,
@@ -359,7 +366,7 @@ def check_methods(base: Config, methods: Sequence[str], percents: Sequence[float
         return
     cpu = torch.device("cpu")
     data = load_data(base, cpu)  # what the model's factory is given, and a batch to trace
-    example = example_inputs(data, cpu)
+    example = example_inputs(data, cpu, examples_read(base))
     for variant in variants or [{}]:
         config = replace(base, model_args={**base.model_args, **variant}).validate()
         model = build_model(config, data.num_classes)

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from ..checks import NM_PERCENT_TOLERANCE, is_int, is_number, rho_schedule_problem
-from ..projection import SCORES, ProjectionError, validate_nm
+from ..projection import GROUP_SCORES, SCORES, ProjectionError, validate_nm
+from ..unit_contribution import OUTPUT_UNIT_SCORE
 
 __all__ = ["CALIBRATED_PRUNING", "ONE_SHOT_PRUNING", "BLOCKWISE_METHODS",
            "BLOCKWISE_ALLOCATIONS", "Config", "ConfigError", "counts_live_weights",
@@ -166,8 +167,10 @@ class Config:
                           "whole MLP neurons and attention groups (units)",
                           ("unstructured", "filter", "channel", "nm", "units"))
     group_score: str = _key("l2", "filter/channel/units ranking across layers: l2 "
-                            "(norm/sqrt(size)), "
-                            "l1 (mean abs), lamp", ("l2", "l1", "lamp"))
+                            "(norm/sqrt(size)), l1 (mean abs), lamp; units also output "
+                            "(each unit's mean squared contribution to the residual stream "
+                            "per weight, read on example inputs)",
+                            (*GROUP_SCORES, OUTPUT_UNIT_SCORE))
     nm_n: int = _key(2, "structure nm: weights kept in every group of nm_m")
     nm_m: int = _key(4, "structure nm: group size along the input dimension")
     include: list = _key([], "module-name patterns to prune (default: every Conv/Linear)")
@@ -324,6 +327,9 @@ class Config:
                f"counts live weights of the global unstructured and filter projections, not "
                f"of projection {self.projection!r} with structure {self.structure!r}: set "
                "live_weights false (--live-weights false)")
+        _check(self.group_score != OUTPUT_UNIT_SCORE or self.structure == "units", "group_score",
+               "'output' ranks a transformer's MLP neurons and attention groups by what they "
+               "add to the residual stream: it needs structure units (--structure units)")
         _check(self.structure == "unstructured" or self.score == "magnitude", "score",
                f"{self.score!r} ranks single weights; structure {self.structure!r} ranks "
                "groups by group_score: leave score at magnitude")

@@ -45,6 +45,7 @@ from .build import (
     check_finite,
     check_pruning,
     example_inputs,
+    examples_read,
     load_data,
     load_weights,
     model_record,
@@ -365,9 +366,11 @@ class Run:
                   "without it", file=sys.stderr)
 
     def _example(self) -> torch.Tensor | None:
-        """Two inputs traced by the filter and live-weight projections (test images, else
-        training images: every rank must trace the same way, or their masks would differ)."""
-        return example_inputs(self.data, self.device) if traces_model(self.config) else None
+        """The inputs the pruner reads the model on (test inputs, else training inputs: every
+        rank must read the same ones, or their masks would differ)."""
+        if not traces_model(self.config):
+            return None
+        return example_inputs(self.data, self.device, examples_read(self.config))
 
     def _load_teacher(self) -> None:
         """The teacher of a resumed run: the dense model its run directory saved."""
