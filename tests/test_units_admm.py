@@ -265,10 +265,10 @@ def test_the_hugging_face_callback_prunes_whole_units(tmp_path):
 def test_compare_runs_the_units_methods_from_one_dense_model(code_corpus, tmp_path):
     from admmprune.runs.compare import run_compare
 
-    rows = run_compare(units_run(code_corpus), ["dense", "units", "units-layerwise",
-                                                "units-oneshot"], [50.0], tmp_path / "cmp")
+    methods = ["units", "units-output", "units-layerwise", "units-oneshot"]
+    rows = run_compare(units_run(code_corpus), ["dense", *methods], [50.0], tmp_path / "cmp")
     pruned = {r["method"]: r for r in rows if r["method"] != "dense"}
-    assert set(pruned) == {"units", "units-layerwise", "units-oneshot"}
+    assert set(pruned) == set(methods)
     for row in pruned.values():
         # whole units: never more removed than asked, less by under one attention group
         # (32 x 16 weights in each of q, k, v and o: 2,048 of the 24,576 block weights)

@@ -126,6 +126,10 @@ METHODS: dict[str, tuple[str, dict]] = {
     "units": ("global units ADMM: a transformer's MLP neurons and attention groups ranked "
               "across all blocks", {"structure": "units", "projection": "global",
                                     "score": "magnitude"}),
+    "units-output": ("global units ADMM ranked by each unit's mean squared contribution to "
+                     "the residual stream (group_score output)",
+                     {"structure": "units", "projection": "global", "score": "magnitude",
+                      "group_score": "output"}),
     "units-layerwise": ("units ADMM, every block removes the same ratio of its neurons and "
                         "of its attention groups", {"structure": "units",
                                                     "projection": "layerwise",
