@@ -231,7 +231,8 @@ def test_shrink_refuses_a_run_of_single_weights_with_the_units_hint(code_corpus,
     assert "structure: units" in capsys.readouterr().err
 
 
-def test_the_hugging_face_callback_prunes_whole_units(tmp_path):
+@pytest.mark.parametrize("group_score", ["l2", "output"])
+def test_the_hugging_face_callback_prunes_whole_units(tmp_path, group_score):
     from transformers import Trainer, TrainingArguments
 
     from admmprune.integrations.transformers import ADMMCallback
@@ -246,8 +247,11 @@ def test_the_hugging_face_callback_prunes_whole_units(tmp_path):
             return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
     model = tiny_gpt2()
+    # the output score reads the model on example inputs; l2 needs none
+    example = Tokens.ids[:4] if group_score == "output" else None
     callback = ADMMCallback(all_percent=50.0, rho=1e-2, structure="units", dense_epochs=1,
-                            k_step=2, epochs=1, retraining_epochs=1)
+                            k_step=2, epochs=1, retraining_epochs=1, group_score=group_score,
+                            example_inputs=example)
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4,
                              num_train_epochs=4, learning_rate=3e-3, report_to="none",
                              use_cpu=True, logging_strategy="no", disable_tqdm=True,
@@ -255,6 +259,7 @@ def test_the_hugging_face_callback_prunes_whole_units(tmp_path):
     Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback]).train()
     pruner = callback.pruner
     assert pruner.pruned and pruner.structure == "units"
+    assert pruner.options.group_score == group_score
     weights = [p.detach() for p in pruner.params]
     for family in pruner.options.units:
         alive = unit_rows(weights, family).ne(0)

@@ -127,11 +127,14 @@ class PruningDriver:
         schedule: the phases, in periods.
         unit: the periods' name in messages ("epochs", "optimizer steps").
         verbose: log the selection at the start and the kept weights at the end.
+        example_inputs: a batch the model accepts, for the scores that read the model
+            (moved to the model's device when the pruner is built).
     """
 
     def __init__(self, config: Config, schedule: PruningSchedule, unit: str = "epochs",
-                 verbose: bool = True) -> None:
+                 verbose: bool = True, example_inputs: Any = None) -> None:
         self.config = config
+        self.example_inputs = example_inputs  # for the scores that read the model
         self.schedule = schedule
         self.unit = unit
         self.verbose = verbose
@@ -149,7 +152,10 @@ class PruningDriver:
         if self.pruner is None or self.pruner.model is not model:
             from ..runs.build import build_pruner  # the pipeline's construction from a recipe
 
-            self.pruner = build_pruner(model, self.config)
+            example = self.example_inputs
+            if isinstance(example, torch.Tensor):
+                example = example.to(next(model.parameters()).device)
+            self.pruner = build_pruner(model, self.config, 0, example)
             if self.verbose:
                 selection = describe_selection(model, self.config.include,
                                                self.config.exclude)

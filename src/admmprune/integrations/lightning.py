@@ -52,6 +52,9 @@ class ADMMPruning(DriverView, Callback):
             ``admmprune.selection``).
         exclude: patterns of tensors never pruned.
         verbose: log the selection at the start and the kept weights at the end.
+        example_inputs: a batch the model accepts, for the settings that read the model:
+            ``group_score="output"`` (with ``structure="units"``), ``score`` ``"share"``,
+            ``"obd"`` or ``"folded"``; moved to the model's device at the training start.
         **options: further pruner keys of the recipe vocabulary: ``structure``, ``nm_n``,
             ``nm_m``, ``projection``, ``layer_percents``, ``score``, ``group_score``,
             ``adaptive_rho``, ``z_init``, ``hard_prune_support``.
@@ -85,6 +88,7 @@ class ADMMPruning(DriverView, Callback):
         include: Sequence[str] | None = None,
         exclude: Sequence[str] | None = None,
         verbose: bool = True,
+        example_inputs: Any = None,
         **options: Any,
     ) -> None:
         config = pruning_config(all_percent=all_percent, k_step=k_step, per_iteration=epochs,
@@ -93,7 +97,8 @@ class ADMMPruning(DriverView, Callback):
                                 include=include, exclude=exclude, options=options)
         schedule = PruningSchedule(dense=dense_epochs, k_step=k_step, per_iteration=epochs,
                                    retraining=retraining_epochs)
-        self._driver = PruningDriver(config, schedule, unit="epochs", verbose=verbose)
+        self._driver = PruningDriver(config, schedule, unit="epochs", verbose=verbose,
+                                     example_inputs=example_inputs)
 
     # -- hooks -----------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

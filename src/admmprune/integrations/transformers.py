@@ -67,6 +67,9 @@ class ADMMCallback(DriverView, TrainerCallback, ExportableState):
             the folder the resumed checkpoint was saved in, else
             ``output_dir/checkpoint-<global step>``), for a checkpoint moved since.
         verbose: log the selection at the start and the kept weights at the end.
+        example_inputs: a batch the model accepts, for the settings that read the model:
+            ``group_score="output"`` (with ``structure="units"``), ``score`` ``"share"``,
+            ``"obd"`` or ``"folded"``; moved to the model's device at the training start.
         **options: further pruner keys of the recipe vocabulary: ``structure``, ``nm_n``,
             ``nm_m``, ``projection``, ``layer_percents``, ``score``, ``group_score``,
             ``adaptive_rho``, ``z_init``, ``hard_prune_support``.
@@ -105,6 +108,7 @@ class ADMMCallback(DriverView, TrainerCallback, ExportableState):
         exclude: Sequence[str] | None = None,
         resume_from: str | os.PathLike | None = None,
         verbose: bool = True,
+        example_inputs: Any = None,
         **options: Any,
     ) -> None:
         if "on_pre_optimizer_step" not in vars(TrainerCallback):
@@ -129,7 +133,7 @@ class ADMMCallback(DriverView, TrainerCallback, ExportableState):
         self.resume_from = resume_from
         self._driver = PruningDriver(config, schedule,
                                      unit="optimizer steps" if self.by_steps else "epochs",
-                                     verbose=verbose)
+                                     verbose=verbose, example_inputs=example_inputs)
         # how the trainer rebuilds this callback from a checkpoint when asked to
         # (restore_callback_states_from_checkpoint); JSON, as trainer_state.json is, and
         # never a reason for a checkpoint to fail (an odd option value becomes its str)
