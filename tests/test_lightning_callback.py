@@ -193,3 +193,22 @@ def test_a_fit_that_ends_before_the_hard_prune_warns(tmp_path, caplog):
         fit(tmp_path, callback, callbacks=[StopAfter(2)])
     assert not callback.pruner.pruned
     assert "NOT pruned" in caplog.text and "kept weights per layer" not in caplog.text
+
+
+class BlobsWithForward(Blobs):
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_example_inputs_let_the_callback_use_a_score_that_reads_the_model(tmp_path):
+    from admmprune.pruner import PrunerError
+
+    callback = ADMMPruning(all_percent=90.0, rho=1e-2, score="obd",
+                           example_inputs=torch.randn(4, 8), **SCHEDULE)
+    fit(tmp_path, callback, module=BlobsWithForward())
+    pruner = callback.pruner
+    assert pruner.score == "obd" and pruner.pruned
+    assert sum(int(p.count_nonzero()) for p in pruner.params) == pruner.keep
+    without = ADMMPruning(all_percent=90.0, rho=1e-2, score="obd", **SCHEDULE)
+    with pytest.raises(PrunerError, match="pass example_inputs"):
+        fit(tmp_path, without, module=BlobsWithForward())
