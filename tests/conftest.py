@@ -201,3 +201,25 @@ def in_repo(monkeypatch) -> Path:
     """The repository as the working directory (recipes/ resolves as in the README)."""
     monkeypatch.chdir(REPO)
     return REPO
+
+
+def tiny_llama() -> torch.nn.Module:
+    """A 2-block Llama with grouped-query attention (4 query heads, 2 key-value heads),
+    width 32, MLP 48, seeded (needs transformers)."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2() -> torch.nn.Module:
+    """A 2-block GPT-2 (Conv1D weights), width 32, 4 heads, seeded (needs transformers)."""
+    import transformers
+
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
+                                     n_positions=32)
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).eval()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_gpt2, tiny_llama
 
 from admmprune import ADMMPruner
 from admmprune.cli import main
@@ -25,21 +26,6 @@ from admmprune.unit_contribution import (
 )
 
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, max_position_embeddings=32)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
-                                     n_positions=32)
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 def block_weights(model: torch.nn.Module) -> list[str]:

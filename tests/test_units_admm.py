@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import tiny_gpt2, tiny_llama
 
 from admmprune import ADMMPruner
 from admmprune.cli import main
@@ -100,21 +101,6 @@ def test_removed_units_stay_removed_and_bad_input_is_refused():
         unit_masks([values[0] * float("nan"), *values[1:]], 10, None, None, options)
     with pytest.raises(ProjectionError, match="needs the unit families"):
         unit_masks(values, 10, None, None, StructureOptions())
-
-
-def tiny_llama() -> torch.nn.Module:
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                      num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, max_position_embeddings=32)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
-
-
-def tiny_gpt2() -> torch.nn.Module:
-    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
-                                     n_positions=32)
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2])
