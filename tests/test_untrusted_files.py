@@ -443,7 +443,10 @@ def test_files_claiming_gigabytes_are_refused_within_a_memory_limit(tmp_path):
     for (call, path, want), (_, _, got, message, seconds) in zip(cases, results, strict=True):
         assert (call, Path(path).parent.name, got) == (call, Path(path).parent.name, want), \
             message
-        assert seconds < 5, (call, path, seconds)
+        # refused before building: building any of these would take minutes (a billion
+        # layers) or hit the memory limit; 30 s leaves room for a busy CI machine (5.3 s seen
+        # with two training jobs beside the suite)
+        assert seconds < 30, (call, path, seconds)
     assert "max_params" in results[1][3] and "max_params" in results[3][3]
 
 
