@@ -181,9 +181,9 @@ def build_pruner(model: nn.Module, config: Config, stage: int = 0,
 
 
 def traces_model(config: Config) -> bool:
-    """Whether the pruner traces the model on example inputs (to count live weights, or to
-    find the norms the folded score reads, or read the activations or output gradients the share
-    and obd scores rank by)."""
+    """Whether the pruner reads the model on example inputs (to count live weights, to find
+    the norms the folded score reads, to read the activations or output gradients the share
+    and obd scores rank by, or the unit inputs of group_score output)."""
     return config.structure == "filter" or config.live_weights or \
         config.score in (FOLDED_SCORE, SHARE_SCORE, OBD_SCORE) or \
         config.group_score == OUTPUT_UNIT_SCORE
